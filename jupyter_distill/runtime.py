@@ -1,0 +1,96 @@
+"""One llama.cpp model per file per process, shared by local teachers, evaluation and serving.
+
+Loading a GGUF costs 0.1 s to seconds and hundreds of MB; the reference tool reloaded the model
+on every completion call. Here every caller asks :func:`get_llama` and gets the same
+``llama_cpp.Llama`` back, bounded by an LRU so a long-lived kernel does not accumulate models.
+llama.cpp contexts are not re-entrant, so callers hold :func:`llama_lock` while generating.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from jupyter_distill.errors import ExportError
+
+MAX_LOADED = int(os.environ.get("JUPYTER_DISTILL_MAX_LOADED_MODELS", "3"))
+
+_cache: OrderedDict[tuple[str, int], Any] = OrderedDict()
+_locks: dict[tuple[str, int], threading.RLock] = {}
+_cache_lock = threading.Lock()
+
+
+def _key(path: str | Path, n_ctx: int) -> tuple[str, int]:
+    return (str(Path(path).resolve()), n_ctx)
+
+
+def get_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None) -> Any:
+    """The cached ``llama_cpp.Llama`` for ``path``; loads it on first use.
+
+    Raises ``ExportError`` naming the file when llama.cpp cannot load it (missing file, not a
+    GGUF, unsupported architecture), never a bare ``ValueError`` from llama.cpp.
+    """
+    key = _key(path, n_ctx)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    if not Path(key[0]).is_file():
+        raise ExportError(
+            f"GGUF file {key[0]!r} does not exist. Fix: check the path, or re-export the model.",
+            field="model_path",
+            value=key[0],
+        )
+    from llama_cpp import Llama
+
+    try:
+        llm = Llama(
+            model_path=key[0],
+            n_ctx=n_ctx,
+            n_threads=n_threads or max(1, os.cpu_count() or 1),
+            logits_all=False,
+            verbose=False,
+        )
+    except Exception as exc:  # llama.cpp raises ValueError/RuntimeError with little detail
+        raise ExportError(
+            f"llama.cpp could not load {key[0]!r}: {exc}. Fix: check that the file is a complete GGUF "
+            "(re-export it) and that its architecture is supported by llama-cpp-python.",
+            field="model_path",
+            value=key[0],
+        ) from None
+    with _cache_lock:
+        if key in _cache:  # another thread won the race; keep one copy
+            llm.close()
+            return _cache[key]
+        _cache[key] = llm
+        _locks.setdefault(key, threading.RLock())
+        while len(_cache) > MAX_LOADED:
+            old_key, old = _cache.popitem(last=False)
+            _locks.pop(old_key, None)
+            old.close()
+    return llm
+
+
+def llama_lock(path: str | Path, *, n_ctx: int = 2048) -> threading.RLock:
+    """The lock to hold while generating with the model of ``path``."""
+    key = _key(path, n_ctx)
+    with _cache_lock:
+        return _locks.setdefault(key, threading.RLock())
+
+
+def loaded_models() -> list[str]:
+    """Paths of the models currently loaded (for status displays and tests)."""
+    with _cache_lock:
+        return [path for path, _ in _cache]
+
+
+def release_all() -> None:
+    """Close every cached model (tests, kernel shutdown)."""
+    with _cache_lock:
+        while _cache:
+            _, llm = _cache.popitem()
+            llm.close()
+        _locks.clear()
