@@ -17,10 +17,15 @@ from typing import Any
 from jupyter_distill.errors import ExportError
 
 MAX_LOADED = int(os.environ.get("JUPYTER_DISTILL_MAX_LOADED_MODELS", "3"))
+# llama.cpp's CPU "extra buffer types" (weight repacking, AMX) crash with a segfault on
+# multi-token batches in llama-cpp-python 0.3.36 on AMX-capable CPUs; plain buffers are safe and
+# barely slower for small models. Set JUPYTER_DISTILL_LLAMA_EXTRA_BUFTS=1 to turn them back on.
+USE_EXTRA_BUFTS = os.environ.get("JUPYTER_DISTILL_LLAMA_EXTRA_BUFTS", "0") == "1"
 
 _cache: OrderedDict[tuple[str, int], Any] = OrderedDict()
 _locks: dict[tuple[str, int], threading.RLock] = {}
 _cache_lock = threading.Lock()
+_construct_lock = threading.Lock()
 
 
 def _key(path: str | Path, n_ctx: int) -> tuple[str, int]:
@@ -44,16 +49,8 @@ def get_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = No
             field="model_path",
             value=key[0],
         )
-    from llama_cpp import Llama
-
     try:
-        llm = Llama(
-            model_path=key[0],
-            n_ctx=n_ctx,
-            n_threads=n_threads or max(1, os.cpu_count() or 1),
-            logits_all=False,
-            verbose=False,
-        )
+        llm = load_llama(key[0], n_ctx=n_ctx, n_threads=n_threads)
     except Exception as exc:  # llama.cpp raises ValueError/RuntimeError with little detail
         raise ExportError(
             f"llama.cpp could not load {key[0]!r}: {exc}. Fix: check that the file is a complete GGUF "
@@ -72,6 +69,36 @@ def get_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = No
             _locks.pop(old_key, None)
             old.close()
     return llm
+
+
+def load_llama(path: str, *, n_ctx: int = 2048, n_threads: int | None = None, **kwargs: Any) -> Any:
+    """Construct a ``llama_cpp.Llama`` (uncached) with the safe buffer settings described above.
+
+    ``Llama.__init__`` takes no argument for ``use_extra_bufts``, so the default model params
+    are wrapped for the duration of the constructor, under a lock.
+    """
+    import llama_cpp
+    import llama_cpp.llama as llama_module
+
+    with _construct_lock:
+        original = llama_module.llama_cpp.llama_model_default_params
+
+        def safe_defaults() -> Any:
+            params = original()
+            params.use_extra_bufts = USE_EXTRA_BUFTS
+            return params
+
+        llama_module.llama_cpp.llama_model_default_params = safe_defaults
+        try:
+            return llama_cpp.Llama(
+                model_path=path,
+                n_ctx=n_ctx,
+                n_threads=n_threads or max(1, os.cpu_count() or 1),
+                verbose=False,
+                **kwargs,
+            )
+        finally:
+            llama_module.llama_cpp.llama_model_default_params = original
 
 
 def llama_lock(path: str | Path, *, n_ctx: int = 2048) -> threading.RLock:
