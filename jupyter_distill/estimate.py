@@ -1,0 +1,242 @@
+"""``estimate()``: what a run will cost in requests, tokens, dollars, time and memory, before it runs.
+
+Nothing is sent and nothing is trained: the dataset is read, tokens are approximated from
+characters (about four per token for English), prices come from ``TEACHER_MODEL_MAP``, samples
+already in the store are subtracted (they are never paid twice), and training time is scaled
+from the throughput measured on a 2-core CPU (see ``docs/benchmarks.md``) or the GPU's peak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from jupyter_distill import data as data_module
+from jupyter_distill.config import DistillConfig
+from jupyter_distill.hashing import content_hash
+from jupyter_distill.models import STUDENT_MODEL_MAP, TEACHER_MODEL_MAP
+from jupyter_distill.store import RunStore
+
+CHARS_PER_TOKEN = 4.0
+CHAT_OVERHEAD_TOKENS = 8  # role markers and separators per message
+TYPICAL_OUTPUT_SHARE = 0.5  # answers usually stop well before max_tokens
+# Effective training throughput in FLOP/s: measured LoRA fwd+bwd on SmolLM2-135M, 2 CPU cores
+# (~140 tokens/s), and a conservative 35% of bf16 peak on a datacenter GPU.
+CPU_FLOPS_PER_CORE = 5.5e10
+GPU_EFFECTIVE_FLOPS = 2.5e14
+
+
+@dataclass
+class Estimate:
+    """The numbers a user needs to decide whether to press run."""
+
+    prompts: int
+    train_prompts: int
+    heldout_prompts: int
+    teacher_requests: int
+    cached_samples: int
+    judge_requests: int
+    input_tokens: int
+    output_tokens_typical: int
+    output_tokens_max: int
+    teacher_cost_typical: float
+    teacher_cost_max: float
+    priced: bool
+    student_params_m: float
+    device: str
+    training_seconds: float
+    memory_gb: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def _lines(self) -> list[tuple[str, str]]:
+        cost = (
+            f"${self.teacher_cost_typical:.4f} typical, ${self.teacher_cost_max:.4f} at most"
+            if self.priced
+            else "$0 (local teacher)"
+        )
+        return [
+            ("prompts", f"{self.prompts} ({self.train_prompts} train, {self.heldout_prompts} held-out)"),
+            ("teacher requests", f"{self.teacher_requests} new ({self.cached_samples} samples already cached)"),
+            ("judge requests", str(self.judge_requests)),
+            (
+                "tokens",
+                f"{self.input_tokens:,} in, {self.output_tokens_typical:,} out typical "
+                f"({self.output_tokens_max:,} max)",
+            ),
+            ("teacher cost", cost),
+            ("student", f"{self.student_params_m:.0f}M parameters"),
+            ("training", f"~{_duration(self.training_seconds)} on {self.device}"),
+            ("memory", f"~{self.memory_gb:.1f} GB {'VRAM' if self.device.startswith('cuda') else 'RAM'}"),
+        ]
+
+    def __repr__(self) -> str:
+        return "Estimate\n" + "\n".join(f"  {k:<17} {v}" for k, v in self._lines())
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in self._lines())
+        return {
+            "text/plain": repr(self),
+            "text/html": f"<table class='jd-estimate'><caption>jupyter-distill estimate</caption>{rows}</table>",
+            "application/json": json.loads(json.dumps(self.to_dict())),
+        }
+
+
+def estimate(
+    dataset: Any = None,
+    teacher: Any = "local:smollm2-135m",
+    student: str = "smollm2-135m",
+    judge: Any = None,
+    **options: Any,
+) -> Estimate:
+    """Estimate a run of ``distill()`` with the same arguments, without sending or training."""
+    config = DistillConfig.from_kwargs(dataset=dataset, teacher=teacher, student=student, judge=judge, **options)
+    return estimate_config(config)
+
+
+def estimate_config(config: DistillConfig) -> Estimate:
+    prompts = data_module.load_dataset(
+        config.dataset, prompt_field=config.prompt_field, system_prompt=config.system_prompt,
+        max_prompts=config.max_prompts,
+    )  # fmt: skip
+    data_module.split(prompts, config.heldout_fraction, config.seed)
+    heldout = sum(p.split == "heldout" for p in prompts)
+    prompt_tokens = [_tokens(p.messages) for p in prompts]
+
+    teacher_spec = config.teacher if isinstance(config.teacher, str) else getattr(config.teacher, "spec", "")
+    cached = _cached_samples(config, teacher_spec, prompts)
+    requests = len(prompts) * config.n_samples - cached
+    new_share = requests / max(1, len(prompts) * config.n_samples)
+    input_tokens = int(sum(prompt_tokens) * config.n_samples * new_share)
+    out_max = requests * config.max_tokens
+    out_typical = int(out_max * TYPICAL_OUTPUT_SHARE)
+
+    price = _price(teacher_spec)
+    judge_requests = requests if config.judge is None or isinstance(config.judge, str) else 0
+    judge_price = price if config.judge is None else _price(config.judge if isinstance(config.judge, str) else "")
+    cost_typical = cost_max = 0.0
+    if price is not None:
+        cost_typical = (input_tokens * price[0] + out_typical * price[1]) / 1e6
+        cost_max = (input_tokens * price[0] + out_max * price[1]) / 1e6
+    if judge_requests and judge_price is not None:
+        judge_in = input_tokens + out_typical + judge_requests * 120
+        cost_typical += (judge_in * judge_price[0] + judge_requests * 60 * judge_price[1]) / 1e6
+        cost_max += (
+            (input_tokens + out_max + judge_requests * 120) * judge_price[0] + judge_requests * 60 * judge_price[1]
+        ) / 1e6
+
+    params_m = _student_params_m(config.student)
+    device = _device(config.device)
+    response_tokens = config.max_tokens * TYPICAL_OUTPUT_SHARE
+    mean_prompt = sum(prompt_tokens) / max(1, len(prompt_tokens))
+    pair_tokens = 2 * mean_prompt + 2 * response_tokens
+    # policy fwd+bwd on chosen and rejected (6PT) + reference fwd on the chosen tokens (2PT)
+    flops = (
+        config.steps * config.batch_size * config.grad_accum * params_m * 1e6 * (6 * pair_tokens + 2 * response_tokens)
+    )
+    if device.startswith("cuda"):
+        seconds = flops / GPU_EFFECTIVE_FLOPS
+        bytes_per_param = 2
+    else:
+        seconds = flops / (CPU_FLOPS_PER_CORE * max(1, os.cpu_count() or 1))
+        bytes_per_param = 4
+    activations = (
+        config.batch_size * 2 * (mean_prompt + response_tokens) * _hidden_guess(params_m) * 40 * bytes_per_param
+    )
+    memory = params_m * 1e6 * bytes_per_param * 1.15 + activations
+    return Estimate(
+        prompts=len(prompts),
+        train_prompts=len(prompts) - heldout,
+        heldout_prompts=heldout,
+        teacher_requests=requests,
+        cached_samples=cached,
+        judge_requests=judge_requests,
+        input_tokens=input_tokens,
+        output_tokens_typical=out_typical,
+        output_tokens_max=out_max,
+        teacher_cost_typical=round(cost_typical, 6),
+        teacher_cost_max=round(cost_max, 6),
+        priced=price is not None and price != (0.0, 0.0),
+        student_params_m=params_m,
+        device=device,
+        training_seconds=round(seconds, 1),
+        memory_gb=round(memory / 1e9, 2),
+    )
+
+
+def _tokens(messages: list[dict[str, str]]) -> int:
+    return int(sum(len(m["content"]) / CHARS_PER_TOKEN + CHAT_OVERHEAD_TOKENS for m in messages))
+
+
+def _price(spec: str) -> tuple[float, float] | None:
+    """(input, output) USD per million tokens, or None for a local/unknown teacher."""
+    if not spec or spec.startswith(("local:", "gguf:", "hf:")):
+        return None
+    model = spec.split(":", 1)[-1].split("#")[-1]
+    scheme = spec.split(":", 1)[0]
+    candidates = [model, f"{scheme}/{model}"]
+    for candidate in candidates:
+        entry = TEACHER_MODEL_MAP.get(candidate)
+        if entry is not None:
+            return (entry.input_usd_per_m, entry.output_usd_per_m)
+    return None
+
+
+def _cached_samples(config: DistillConfig, teacher_spec: str, prompts: list[Any]) -> int:
+    """Samples already in the store for exactly these prompts, teacher and decoding params."""
+    db = Path(config.workdir) / "runs.db"
+    if not db.is_file() or not teacher_spec:
+        return 0
+    store = RunStore(config.workdir)
+    params = {"temperature": config.temperature, "max_tokens": config.max_tokens, "seed": config.seed}
+    keys = [
+        content_hash("sample", p.hash, teacher_spec, params, index)
+        for p in prompts
+        for index in range(config.n_samples)
+    ]
+    found = len(store.existing_sample_keys(keys))
+    store.close()
+    return found
+
+
+def _student_params_m(student: str) -> float:
+    if student in STUDENT_MODEL_MAP:
+        return STUDENT_MODEL_MAP[student].params_m
+    path = Path(student)
+    if path.is_dir() and (path / "config.json").is_file():
+        cfg = json.loads((path / "config.json").read_text())
+        hidden, layers = cfg.get("hidden_size", 0), cfg.get("num_hidden_layers", 0)
+        ffn, vocab = cfg.get("intermediate_size", 4 * hidden), cfg.get("vocab_size", 32000)
+        return (layers * (4 * hidden * hidden + 3 * hidden * ffn) + vocab * hidden) / 1e6
+    if path.is_file() and path.suffix == ".gguf":
+        return path.stat().st_size / 1e6 * 1.6  # ~5 bits per parameter in typical quantized files
+    return 0.0
+
+
+def _hidden_guess(params_m: float) -> int:
+    return 576 if params_m < 200 else 1024 if params_m < 700 else 2048 if params_m < 2500 else 4096
+
+
+def _device(preference: str) -> str:
+    if preference == "cpu":
+        return f"cpu ({os.cpu_count()} cores)"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda ({torch.cuda.get_device_name(0)})"
+    except ImportError:
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,589 @@
+"""The pipeline: ``distill()`` and ``Run``, the stages in order over one run store.
+
+    prompts -> sampling -> judging -> review -> training -> eval -> export -> alias
+
+Each phase reads its inputs from the store and writes its outputs there, so re-running a cell
+(or ``resume=True`` after a kernel restart) skips every teacher call and judgment already paid
+for. Everything user-caused is validated before the first request: the config, the dataset,
+the teacher's distillation terms, the judge and the student spec.
+
+``Run`` executes in the caller's thread (``run()``) or a background thread (``start()``), so a
+notebook stays usable while it trains; ``stop()`` is honoured within one request or step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_distill import data as data_module
+from jupyter_distill.config import DistillConfig
+from jupyter_distill.errors import DistillError, ReviewError, TrainingError
+from jupyter_distill.events import PHASES, Emit, Event, fan_out
+from jupyter_distill.hashing import content_hash, file_sha256
+from jupyter_distill.store import PromptRecord, RunStore
+
+STORED_EVENT_KINDS = frozenset({"run_start", "phase_start", "phase_end", "warning", "error", "run_end"})
+
+
+class RunStopped(DistillError):
+    """The run was stopped by the user; ``resume`` continues it from the store."""
+
+
+@dataclass
+class RunState:
+    """What a front end shows: the phase, what each phase did, and the numbers so far."""
+
+    name: str
+    status: str = "created"  # created | running | waiting-review | done | stopped | failed
+    phase: str | None = None
+    phases_done: list[str] = field(default_factory=list)
+    cost: float = 0.0
+    requests: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def default_run_name(config: DistillConfig) -> str:
+    """A stable name from what defines the run, so calling ``distill()`` again resumes it."""
+    public = config.to_public_dict()
+    identity = {k: public.get(k) for k in ("dataset", "teacher", "student", "judge", "n_samples", "seed")}
+    student = str(config.student).replace("/", "-").replace(".gguf", "")[-24:]
+    return f"{Path(student).name or 'run'}-{content_hash(identity)[:8]}"
+
+
+class Run:
+    """One distillation run over the store in ``config.workdir``."""
+
+    def __init__(
+        self,
+        config: DistillConfig,
+        *,
+        on_progress: Emit | None = None,
+        review_handler: Callable[[Run], None] | None = None,
+        resume: bool = True,
+    ):
+        self.config = config
+        self.name = config.name or default_run_name(config)
+        self.store = RunStore(config.workdir)
+        self.state = RunState(name=self.name)
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._review_done = threading.Event()
+        self._review_handler = review_handler
+        self.resume = resume
+        self._thread: threading.Thread | None = None
+        self._sinks: list[Emit] = [self._record]
+        if on_progress is not None:
+            self._sinks.append(on_progress)
+        self.emit: Emit = fan_out(self._sinks)
+
+    # ------------------------------------------------------------------ control
+    def add_listener(self, sink: Emit) -> None:
+        """Attach another event sink (a dashboard) before or while the run goes."""
+        self._sinks.append(sink)
+        self.emit = fan_out(self._sinks)
+
+    def start(self) -> Run:
+        """Run in a background thread and return at once (the notebook path)."""
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        self._thread = threading.Thread(target=self._run_captured, name=f"distill-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the background run ends; re-raise its error; return the Student."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return None
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def stop(self) -> None:
+        """Ask the run to stop; it ends within one request or training step."""
+        self._stop.set()
+        self._review_done.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def continue_after_review(self) -> None:
+        """Release a run waiting for human review (the review widget's "train" button)."""
+        self._review_done.set()
+
+    def _run_captured(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # stored for wait(); the thread must not die loudly
+            self.error = exc
+
+    # ------------------------------------------------------------------ the stages
+    def run(self) -> Any:
+        """Execute every phase in order in this thread and return the Student."""
+        config = self.config
+        store = self.store
+        self.state.status = "running"
+        store.create_run(self.name, config.to_public_dict())
+        store.update_run(self.name, status="running")
+        self.emit(Event("run_start", run=self.name, message=f"run {self.name}", data=config.to_public_dict()))
+        try:
+            prompts = self._prepare_prompts()
+            teacher = self._load_teacher()
+            judge = self._load_judge(teacher)
+            samples = self._phase("sampling", lambda: self._sample(teacher, prompts))
+            judgments = self._phase("judging", lambda: self._judge(judge, prompts, samples))
+            pairs = self._phase("review", lambda: self._select_and_review(prompts, samples, judgments))
+            student_info = self._phase("training", lambda: self._train(pairs))
+            self._phase("eval", lambda: self._evaluate(prompts, samples, judgments, judge, student_info))
+            exported = self._phase("export", lambda: self._export(student_info, prompts))
+            result = self._phase("alias", lambda: self._finish(student_info, exported))
+        except RunStopped as exc:
+            self.state.status = "stopped"
+            store.update_run(self.name, status="stopped")
+            self.emit(Event("run_end", run=self.name, message=str(exc), data={"status": "stopped"}))
+            raise
+        except DistillError as exc:
+            self._fail(str(exc))
+            raise
+        except Exception as exc:
+            self._fail(f"{type(exc).__name__}: {exc}", detail=traceback.format_exc(limit=8))
+            raise
+        self.state.status = "done"
+        summary = self._summary()
+        store.update_run(self.name, status="done", phase="done", summary=summary)
+        self.state.summary.update(summary)
+        self.emit(Event("run_end", run=self.name, message=_summary_line(summary), data=summary))
+        self.result = result
+        return result
+
+    def _fail(self, message: str, detail: str | None = None) -> None:
+        self.state.status = "failed"
+        self.state.error = message
+        self.store.update_run(self.name, status="failed", summary={"error": message})
+        self.emit(Event("error", run=self.name, phase=self.state.phase, message=message, data={"detail": detail or ""}))
+
+    def _phase(self, name: str, work: Callable[[], Any]) -> Any:
+        if self._stop.is_set():
+            raise RunStopped(f"run {self.name!r} stopped before {name}. Resume with resume=True / %distill resume.")
+        self.state.phase = name
+        self.store.update_run(self.name, phase=name)
+        self.emit(Event("phase_start", run=self.name, phase=name))
+        started = time.time()
+        result = work()
+        if self._stop.is_set():
+            raise RunStopped(f"run {self.name!r} stopped during {name}. Resume with resume=True / %distill resume.")
+        self.state.phases_done.append(name)
+        self.emit(Event("phase_end", run=self.name, phase=name, data={"seconds": round(time.time() - started, 2)}))
+        return result
+
+    def _record(self, event: Event) -> None:
+        """Keep state for front ends and persist the coarse events for the lab panel."""
+        if event.kind == "progress":
+            if "cost" in event.data:
+                self.state.cost = float(event.data["cost"])
+            if "requests" in event.data:
+                self.state.requests = int(event.data["requests"])
+        if event.kind in STORED_EVENT_KINDS:
+            self.store.put_event(self.name, event.kind, event.phase, event.message, _jsonable(event.data))
+
+    # ------------------------------------------------------------------ phase bodies
+    def _prepare_prompts(self) -> list[PromptRecord]:
+        config = self.config
+        prompts = data_module.load_dataset(
+            config.dataset,
+            prompt_field=config.prompt_field,
+            system_prompt=config.system_prompt,
+            max_prompts=config.max_prompts,
+        )
+        data_module.split(prompts, config.heldout_fraction, config.seed)
+        self.store.put_prompts(self.name, prompts)
+        heldout = sum(p.split == "heldout" for p in prompts)
+        self.state.summary.update(
+            {"prompts": len(prompts), "train_prompts": len(prompts) - heldout, "heldout": heldout}
+        )
+        return prompts
+
+    def _load_teacher(self) -> Any:
+        from jupyter_distill.teachers import load_teacher
+
+        config = self.config
+        teacher = load_teacher(
+            config.teacher,
+            policy=config.policy,
+            authorization=config.authorization,
+            enforce_distillable=config.enforce_distillable,
+            concurrency=config.concurrency,
+            max_cost=config.max_cost,
+        )
+        decision = getattr(teacher, "decision", None)
+        reason = getattr(decision, "reason", "")
+        if reason.startswith("WARNING"):
+            self.emit(Event("warning", run=self.name, message=reason))
+        self.state.summary["teacher"] = teacher.spec
+        return teacher
+
+    def _load_judge(self, teacher: Any) -> Any:
+        from jupyter_distill.judges import load_judge
+
+        judge = load_judge(self.config.judge, teacher=teacher, rubric=self.config.rubric)
+        self.state.summary["judge"] = judge.id
+        return judge
+
+    def _sample(self, teacher: Any, prompts: list[PromptRecord]) -> dict[str, list[Any]]:
+        from jupyter_distill.sampling import sample
+
+        config = self.config
+        result = sample(
+            self.store,
+            teacher,
+            prompts,
+            config.n_samples,
+            run_id=self.name,
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            seed=config.seed,
+            emit=self.emit,
+            stop=self._stop,
+        )
+        self.state.summary.update(
+            {
+                "teacher_requests": result.requests_sent,
+                "teacher_cost": round(result.cost, 6),
+                "failed_prompts": sorted(result.failed),
+            }
+        )
+        self.state.cost = result.cost
+        if result.failed:
+            self.emit(
+                Event(
+                    "warning",
+                    run=self.name,
+                    phase="sampling",
+                    message=f"{len(result.failed)} prompt(s) failed permanently and are listed in the run summary; "
+                    "re-run to retry them.",
+                    data={"failed": sorted(result.failed)},
+                )
+            )
+        return result.samples
+
+    def _judge(self, judge: Any, prompts: list[PromptRecord], samples: dict[str, list[Any]]) -> dict[str, Any]:
+        from jupyter_distill.judges import judge as run_judge
+
+        return run_judge(self.store, judge, prompts, samples, run_id=self.name, emit=self.emit, stop=self._stop)
+
+    def _select_and_review(
+        self, prompts: list[PromptRecord], samples: dict[str, list[Any]], judgments: dict[str, Any]
+    ) -> list[Any]:
+        from jupyter_distill.selection import select
+
+        train_prompts = [p for p in prompts if p.split == "train"]
+        selection = select(self.store, self.name, train_prompts, samples, judgments, self.config.top_k)
+        if self.config.review:
+            if self._review_handler is None:
+                raise ReviewError(
+                    f"review=True needs a human: run {self.name!r} has {len(train_prompts)} prompts waiting. "
+                    f"Fix: in a notebook, run `%distill review {self.name}` (or distill(..., review=True) there); "
+                    "from a script, review with jupyter_distill.review.ReviewSession(store, run) and then call "
+                    "distill(..., review=False, resume=True).",
+                    field="review",
+                    value=True,
+                )
+            self.state.status = "waiting-review"
+            self.store.update_run(self.name, status="waiting-review")
+            self.emit(Event("progress", run=self.name, phase="review", message="waiting for review"))
+            self._review_handler(self)
+            self._review_done.wait()
+            self.state.status = "running"
+            self.store.update_run(self.name, status="running")
+            selection = select(self.store, self.name, train_prompts, samples, judgments, self.config.top_k)
+        pairs = selection.pairs
+        if not pairs:
+            raise TrainingError(
+                f"no training pairs for run {self.name!r}: every candidate failed or was rejected. "
+                "Fix: check the judge (verifier) against a few teacher samples, raise n_samples, or review fewer "
+                "rejections.",
+                field="judge",
+                value=self.state.summary.get("judge"),
+            )
+        self.state.summary["pairs"] = len(pairs)
+        self.state.summary["pairs_with_rejected"] = sum(p.rejected_text is not None for p in pairs)
+        return pairs
+
+    def _train(self, pairs: list[Any]) -> dict[str, Any]:
+        from jupyter_distill.train.student import load_student
+        from jupyter_distill.train.trainer import BondTrainer, TrainSettings, pairs_for_training
+
+        config = self.config
+        student = load_student(config.student, device=config.device)
+        prompts = {p.hash: p for p in self.store.get_prompts(self.name)}
+        examples = pairs_for_training(pairs, prompts)
+        settings = TrainSettings.from_config(config)
+        output_dir = Path(config.workdir) / "runs" / self.name / "train"
+        trainer = BondTrainer(
+            student, examples, settings, output_dir=output_dir, store=self.store, run_id=self.name,
+            emit=self.emit, stop=self._stop,
+        )  # fmt: skip
+        before = self._evaluate_student(student, label="student_before")
+        result = trainer.train(resume=self.resume)
+        self.state.summary.update({"steps": result.steps_done, "engine": result.engine})
+        self.store.put_artifact(self.name, "adapter", result.adapter_dir)
+        return {"student": student, "result": result, "before": before}
+
+    def _evaluate_student(self, student: Any, label: str) -> Any:
+        from jupyter_distill.evaluate import evaluate, hf_responder
+
+        heldout = self.store.get_prompts(self.name, split="heldout")
+        if not heldout:
+            return None
+        judge = self._judge_fn()
+        respond = hf_responder(student.model, student.tokenizer, max_new_tokens=self.config.max_tokens)
+        summary = evaluate(self.store, self.name, heldout, respond, judge, label, emit=self.emit)
+        self.state.summary[label] = _summary_dict(summary)
+        return summary
+
+    def _judge_fn(self) -> Callable[[PromptRecord, str], float | None]:
+        from jupyter_distill.judges import load_judge
+
+        if getattr(self, "_judge_fn_cache", None) is None:
+            from jupyter_distill.teachers import load_teacher
+
+            config = self.config
+            teacher = None
+            if config.judge is None or isinstance(config.judge, str):
+                teacher = load_teacher(
+                    config.teacher, policy=config.policy, authorization=config.authorization,
+                    enforce_distillable=config.enforce_distillable, concurrency=config.concurrency,
+                    max_cost=config.max_cost,
+                )  # fmt: skip
+            judge = load_judge(config.judge, teacher=teacher, rubric=config.rubric)
+            self._judge_fn_cache = lambda prompt, response: run_async_safely(judge.score(prompt, response)).score
+        return self._judge_fn_cache
+
+    def _evaluate(
+        self,
+        prompts: list[PromptRecord],
+        samples: dict[str, list[Any]],
+        judgments: dict[str, Any],
+        judge: Any,
+        student_info: dict[str, Any],
+    ) -> None:
+        heldout = [p for p in prompts if p.split == "heldout"]
+        if heldout:
+            best = []
+            for prompt in heldout:
+                scores = [
+                    judgments[s.key].score
+                    for s in samples.get(prompt.hash, [])
+                    if s.key in judgments and judgments[s.key].score is not None
+                ]
+                best.append(max(scores) if scores else 0.0)
+            self.state.summary["teacher_best_of_n"] = {
+                "label": "teacher_best_of_n",
+                "n": len(best),
+                "pass_rate": round(sum(score >= 0.5 for score in best) / len(best), 4),
+                "mean_score": round(sum(best) / len(best), 4),
+            }
+        self._evaluate_student(student_info["student"], label="student_after")
+
+    def _export(self, student_info: dict[str, Any], prompts: list[PromptRecord]) -> Any:
+        config = self.config
+        if config.quantize is None:
+            return None
+        from jupyter_distill.export import export_gguf
+
+        out_dir = Path(config.workdir) / "runs" / self.name / "export"
+        heldout = [p.messages for p in prompts if p.split == "heldout"][:8]
+        card = {
+            "run": self.name,
+            "teacher": self.state.summary.get("teacher"),
+            "teacher_terms": _teacher_terms(self.store, self.name),
+            "student": config.student,
+            "student_licence": getattr(student_info["student"].info, "licence", None),
+            "dataset": _dataset_source(config.dataset),
+            "judge": self.state.summary.get("judge"),
+            "metrics": {k: self.state.summary.get(k) for k in ("teacher_best_of_n", "student_before", "student_after")},
+        }
+        result = export_gguf(
+            student_info["result"].adapter_dir,
+            out_dir,
+            base_folder=student_info["student"].hf_folder,
+            quantize=config.quantize,
+            check_prompts=heldout,
+            store=self.store,
+            run_id=self.name,
+            card=card,
+        )
+        self.state.summary["gguf"] = str(result.gguf)
+        self.state.summary["agreement"] = result.agreement
+        return result
+
+    def _finish(self, student_info: dict[str, Any], exported: Any) -> Any:
+        from jupyter_distill.serving import Student
+
+        metrics = {k: self.state.summary.get(k) for k in ("teacher_best_of_n", "student_before", "student_after")}
+        if exported is not None:
+            student = Student.from_export(exported, metrics=metrics, run=self.name)
+        else:
+            student = Student.from_adapter(
+                student_info["result"].adapter_dir,
+                base_model=str(student_info["student"].hf_folder),
+                metrics=metrics,
+                run=self.name,
+            )
+        if self.config.alias:
+            student.deploy(self.config.alias)
+            self.state.summary["alias"] = self.config.alias
+        return student
+
+    def _summary(self) -> dict[str, Any]:
+        summary = dict(self.state.summary)
+        summary["teacher_cost"] = round(self.store.teacher_cost(self.name), 6)
+        summary["failed"] = [f["prompt_hash"] for f in self.store.get_failures(self.name)]
+        return _jsonable(summary)
+
+
+def distill(
+    dataset: Any = None,
+    teacher: Any = "local:smollm2-135m",
+    student: str = "smollm2-135m",
+    judge: Any = None,
+    *,
+    on_progress: Emit | None = None,
+    resume: bool = True,
+    **options: Any,
+) -> Any:
+    """Distil ``student`` from ``teacher`` on ``dataset`` and return the trained Student.
+
+    Every argument of :class:`~jupyter_distill.config.DistillConfig` is accepted. With no
+    ``on_progress`` a console progress display (tqdm) is drawn on stderr. A run of the same name
+    always re-uses every sample and judgment already in the store (never paying twice);
+    ``resume=False`` only restarts training from the initial student instead of the last checkpoint.
+    """
+    config = DistillConfig.from_kwargs(dataset=dataset, teacher=teacher, student=student, judge=judge, **options)
+    console = None
+    if on_progress is None:
+        from jupyter_distill.events import ConsoleRenderer
+
+        console = ConsoleRenderer()
+    review_handler = _notebook_review_handler() if config.review else None
+    run = Run(config, on_progress=on_progress or console, review_handler=review_handler, resume=resume)
+    try:
+        return run.run()
+    finally:
+        if console is not None:
+            console.close()
+
+
+def _notebook_review_handler() -> Callable[[Run], None] | None:
+    """In a notebook, show the review widget; elsewhere there is no human to ask."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return None
+
+    def show(run: Run) -> None:
+        from IPython.display import display
+
+        from jupyter_distill.notebook.review_widget import ReviewWidget
+
+        widget = ReviewWidget(run.store, run.name)
+        widget.on_continue.append(lambda *_: run.continue_after_review())
+        display(widget)
+
+    return show
+
+
+def run_async_safely(coro: Any) -> Any:
+    """Run a coroutine from sync code, also when an event loop already runs (Jupyter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _summary_dict(summary: Any) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {k: getattr(summary, k) for k in ("label", "n", "pass_rate", "mean_score") if hasattr(summary, k)}
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    def rate(key: str) -> str:
+        value = summary.get(key) or {}
+        return f"{value.get('pass_rate', float('nan')):.2f}" if value else "n/a"
+
+    parts = [
+        f"pass@1 before {rate('student_before')}",
+        f"teacher best-of-N {rate('teacher_best_of_n')}",
+        f"pass@1 after {rate('student_after')}",
+        f"teacher cost ${summary.get('teacher_cost', 0.0):.4f}",
+    ]
+    if summary.get("alias"):
+        parts.append(f"alias '{summary['alias']}'")
+    return "done: " + ", ".join(parts)
+
+
+def _teacher_terms(store: RunStore, run_id: str) -> dict[str, Any] | None:
+    prompts = store.get_prompts(run_id)
+    for prompt in prompts:
+        for sample in store.samples_for_prompt(prompt.hash):
+            policy = sample.provenance.get("policy")
+            if policy:
+                return policy
+    return None
+
+
+def _dataset_source(dataset: Any) -> str:
+    if isinstance(dataset, str | Path):
+        path = Path(dataset)
+        if path.is_file():
+            return f"{path.name} (sha256 {file_sha256(path)[:16]})"
+        return str(dataset)
+    from jupyter_distill.config import describe_object
+
+    return describe_object(dataset)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "__dataclass_fields__"):
+        return _jsonable({k: getattr(value, k) for k in value.__dataclass_fields__})
+    return str(value)
+
+
+__all__ = ["PHASES", "Run", "RunState", "RunStopped", "default_run_name", "distill", "run_async_safely"]
