@@ -1,0 +1,963 @@
+"""Judges: what decides which teacher candidates the student learns from.
+
+Two kinds, one protocol (:class:`Judge`: a stable ``id`` plus ``async score(prompt, response)``):
+
+* **Verifiers** are plain Python callables ``(row, response) -> float | bool`` where ``row`` is
+  the dataset row (reference fields such as ``expected``). They are exact, free and instant, so
+  they are the default for tasks with a checkable answer. Built-ins: :func:`exact_match`,
+  :func:`regex`, :func:`json_valid` and a weighted :func:`combine`.
+* **LLM judges** (:class:`LLMJudge`) ask a model to grade a response against a rubric and answer
+  ``{"score": 1-10, "rationale": "..."}`` at temperature 0. An unparsable answer gets exactly one
+  repair request; after that the judgment is *recorded as failed* (score ``None``). A failure is
+  never turned into a default score: the reference tool scored parse failures as 0.5, which
+  silently put garbage into the training set.
+
+:func:`judge` runs a judge over all candidates of a run, concurrently, and stores every verdict
+under ``content_hash("judgment", sample_key, judge.id)``: a re-run re-uses every successful
+judgment and retries only the failed ones. Scores in the store are always in [0, 1].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import json
+import math
+import re
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+from jupyter_distill.errors import BudgetExceeded, JudgeError, PolicyError
+from jupyter_distill.events import Emit, Event, no_emit
+from jupyter_distill.hashing import canonical_json, content_hash
+from jupyter_distill.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.teachers.base import FatalTeacherError
+
+T = TypeVar("T")
+
+VerifierFn = Callable[[dict[str, Any], str], "float | bool"]
+"""A verifier: ``(row, response) -> float | bool``; ``row`` is the dataset row dict."""
+
+
+# ---------------------------------------------------------------------------- results and protocol
+@dataclass
+class JudgeResult:
+    """One verdict. ``score`` is in [0, 1], or ``None`` when ``status == "failed"``."""
+
+    score: float | None
+    rationale: str = ""
+    raw: str = ""
+    cost: float = 0.0
+    status: Literal["ok", "failed"] = "ok"
+
+    @classmethod
+    def failed(cls, reason: str, raw: str = "", cost: float = 0.0) -> JudgeResult:
+        return cls(score=None, rationale=reason, raw=raw, cost=cost, status="failed")
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Anything with a stable identity that can score a response to a prompt."""
+
+    id: str
+
+    async def score(self, prompt: PromptRecord, response: str) -> JudgeResult: ...
+
+
+# ---------------------------------------------------------------------------- verifiers
+class Verifier:
+    """A named verifier callable: ``Verifier(fn, id)`` is itself ``(row, response) -> float``.
+
+    The ``id`` is what judgments are keyed by, so it must change when the check changes: the
+    built-ins spell out their arguments; a plain function gets its qualified name plus a hash of
+    its source (or bytecode), so editing the function re-judges, and re-running the cell does not.
+    """
+
+    def __init__(self, fn: VerifierFn, id: str, description: str = ""):
+        self.fn = fn
+        self.id = id
+        self.description = description or id
+
+    def __call__(self, row: dict[str, Any], response: str) -> float:
+        return _as_score(self.fn(row, response), self.id)
+
+    def __repr__(self) -> str:
+        return f"Verifier({self.id})"
+
+
+def verifier(fn: VerifierFn | None = None, *, id: str | None = None) -> Any:
+    """Wrap a callable as a :class:`Verifier`; usable as ``@verifier`` or ``@verifier(id="...")``.
+
+    Giving an explicit ``id`` pins the cache key: judgments survive edits of the function body.
+    """
+
+    def wrap(f: VerifierFn) -> Verifier:
+        if isinstance(f, Verifier) and id is None:
+            return f
+        if not callable(f):
+            raise JudgeError(
+                f"judge {f!r} is not callable. Fix: pass a function (row, response) -> float | bool, "
+                "a model spec string, or None for the teacher as judge.",
+                field="judge",
+                value=repr(f),
+            )
+        return Verifier(f, id or callable_id(f))
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def callable_id(fn: Callable[..., Any], _depth: int = 0) -> str:
+    """A stable identity for a user function: explicit ``.id``, else its name plus a hash of its
+    code *and* of the values it closes over (defaults, closure cells, a callable object's
+    attributes, a partial's arguments).
+
+    The values matter: ``make_check(0.5)`` and ``make_check(0.9)`` share their source, and must
+    not share cached judgments. A value whose repr is not stable across processes (an object
+    address) only costs a re-judgment, never a wrong cache hit.
+    """
+    explicit = getattr(fn, "id", None)
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    depth = _depth + 1
+    if isinstance(fn, functools.partial):
+        inner = callable_id(fn.func, depth)
+        args = content_hash("partial", _state_repr(fn.args, depth), _state_repr(fn.keywords, depth))
+        return f"{inner}+{args[:12]}"
+    target: Any = fn
+    state: list[Any] = []
+    if inspect.ismethod(fn):
+        owner = fn.__self__
+        target, state = fn.__func__, [_state_repr(vars(owner) if hasattr(owner, "__dict__") else None, depth)]
+    elif not inspect.isfunction(fn) and callable(fn):
+        target = type(fn).__call__
+        state = [_state_repr(vars(fn) if hasattr(fn, "__dict__") else None, depth)]
+    name = f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    try:
+        code = inspect.getsource(target)
+    except (OSError, TypeError):
+        code_obj = getattr(target, "__code__", None)
+        code = repr((code_obj.co_code, code_obj.co_consts)) if code_obj is not None else repr(fn)
+    cells = getattr(target, "__closure__", None) or ()
+    closure = []
+    for cell in cells:
+        try:
+            closure.append(_state_repr(cell.cell_contents, depth))
+        except ValueError:  # an empty cell
+            closure.append(None)
+    state += [
+        _state_repr(getattr(target, "__defaults__", None), depth),
+        _state_repr(getattr(target, "__kwdefaults__", None), depth),
+    ]
+    digest = hashlib.sha256((code + canonical_json([closure, state])).encode("utf-8", "replace")).hexdigest()[:12]
+    return f"verifier:{name}#{digest}"
+
+
+def _state_repr(value: Any, depth: int) -> Any:
+    """A JSON-able stand-in for a closed-over value: functions by their id, the rest by JSON or repr.
+
+    ``depth`` stops self-referencing closures (a recursive inner function) from recursing forever.
+    """
+    if isinstance(value, Verifier):
+        return value.id
+    if callable(value) and not isinstance(value, type):
+        return callable_id(value, depth) if depth < 4 else getattr(value, "__qualname__", repr(type(value)))
+    if isinstance(value, dict) and depth < 8:
+        return {str(k): _state_repr(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple) and depth < 8:
+        return [_state_repr(v, depth + 1) for v in value]
+    if isinstance(value, re.Pattern):
+        return ["re", value.pattern, value.flags]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
+
+
+def _as_score(value: Any, who: str) -> float:
+    """bool -> 1.0/0.0; numbers clipped to [0, 1]; anything else is the verifier's bug."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+        if math.isnan(number):
+            raise JudgeError(
+                f"verifier {who} returned NaN. Fix: return a float in [0, 1] or a bool.",
+                field="judge",
+                value=who,
+            )
+        return min(1.0, max(0.0, number))
+    try:  # numpy scalars and similar
+        return _as_score(float(value), who)
+    except (TypeError, ValueError):
+        raise JudgeError(
+            f"verifier {who} returned {value!r} ({type(value).__name__}). Fix: return a float in [0, 1] or a bool.",
+            field="judge",
+            value=who,
+        ) from None
+
+
+def _normalize_text(text: str) -> str:
+    """Case, surrounding whitespace/quotes/final period and inner whitespace runs do not matter."""
+    text = " ".join(str(text).split()).casefold()
+    text = text.strip().strip("\"'`").strip()
+    return text.rstrip(".").strip()
+
+
+def _reference(row: Mapping[str, Any], field: str, who: str) -> Any:
+    if field not in row:
+        available = ", ".join(sorted(map(str, row))) or "none"
+        raise JudgeError(
+            f"{who} needs the dataset field {field!r}, but the row has only: {available}. Fix: add a "
+            f"{field!r} column to the dataset or pass {who.split('(')[0]}(field=...) naming the column "
+            "that holds the reference answer.",
+            field="judge",
+            value=field,
+        )
+    return row[field]
+
+
+def exact_match(field: str = "expected", normalize: bool = True) -> Verifier:
+    """1.0 when the response equals ``row[field]`` (any of them, when the field is a list).
+
+    With ``normalize`` (default) case, whitespace runs, surrounding quotes and a final period are
+    ignored: small models add them freely and they rarely change the meaning of a label.
+    """
+    name = f"exact_match(field={field!r}, normalize={normalize!r})"
+    clean: Callable[[str], str] = _normalize_text if normalize else (lambda s: s)
+
+    def check(row: dict[str, Any], response: str) -> bool:
+        expected = _reference(row, field, name)
+        options = expected if isinstance(expected, list | tuple) else [expected]
+        got = clean(response)
+        return any(got == clean(_plain(option)) for option in options)
+
+    return Verifier(check, name)
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def regex(pattern: str, field: str | None = None, *, flags: int = 0, fullmatch: bool = False) -> Verifier:
+    """Without ``field``: 1.0 when ``pattern`` is found in the response.
+
+    With ``field``: the first match's first group (or the whole match when the pattern has no
+    group) must equal ``row[field]`` after normalisation, e.g.
+    ``regex(r"Answer:\\s*(\\w+)", field="expected")`` checks the final answer of a worked solution.
+    """
+    try:
+        compiled = re.compile(pattern, flags)
+    except re.error as exc:
+        raise JudgeError(
+            f"regex pattern {pattern!r} does not compile: {exc}. Fix: correct the pattern (use a raw "
+            'string r"..." for backslashes).',
+            field="judge",
+            value=pattern,
+        ) from None
+    name = f"regex({pattern!r}, field={field!r}, flags={flags!r}, fullmatch={fullmatch!r})"
+
+    def check(row: dict[str, Any], response: str) -> bool:
+        match = compiled.fullmatch(response.strip()) if fullmatch else compiled.search(response)
+        if match is None:
+            return False
+        if field is None:
+            return True
+        expected = _reference(row, field, name)
+        found = match.group(1) if compiled.groups else match.group(0)
+        options = expected if isinstance(expected, list | tuple) else [expected]
+        return any(_normalize_text(found or "") == _normalize_text(_plain(o)) for o in options)
+
+    return Verifier(check, name)
+
+
+# -- JSON extraction and a small schema checker
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
+
+
+def extract_json(text: str, *, strict: bool = False) -> Any:
+    """The first JSON value in ``text``: code fences are tolerated, prose around an object too.
+
+    Tries, in order: the whole text, each fenced block, then the first ``{`` that starts a
+    decodable object. With ``strict`` only the whole text (or a single fenced block around it)
+    counts. Raises ``ValueError`` with the reason when nothing decodes.
+    """
+    stripped = text.strip()
+    candidates = [stripped]
+    fences = _FENCE.findall(stripped)
+    if strict:
+        if len(fences) == 1 and stripped.startswith("```") and stripped.endswith("```"):
+            candidates = [fences[0].strip()]
+    else:
+        candidates.extend(block.strip() for block in fences)
+    for candidate in candidates:
+        try:
+            return json.loads(candidate)
+        except (json.JSONDecodeError, ValueError):
+            continue
+    if strict:
+        raise ValueError("the response is not a single JSON value")
+    decoder = json.JSONDecoder()
+    for block in [*candidates[1:], stripped]:
+        for match in re.finditer(r"\{", block):
+            try:
+                value, _ = decoder.raw_decode(block, match.start())
+            except (json.JSONDecodeError, ValueError):
+                continue
+            if isinstance(value, dict):
+                return value
+    raise ValueError("no JSON object found in the response")
+
+
+_PY_TYPES: dict[type, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
+_JSON_TYPES = {"string", "integer", "number", "boolean", "array", "object", "null"}
+
+
+def _type_ok(value: Any, json_type: str) -> bool:
+    if json_type == "string":
+        return isinstance(value, str)
+    if json_type == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if json_type == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if json_type == "boolean":
+        return isinstance(value, bool)
+    if json_type == "array":
+        return isinstance(value, list)
+    if json_type == "object":
+        return isinstance(value, dict)
+    return value is None  # "null"
+
+
+def _normalize_schema(schema: Mapping[str, Any] | None, required: Sequence[str] | None) -> dict[str, Any] | None:
+    """Turn either accepted schema form into the JSON-schema-like form, validating it."""
+    if schema is None and not required:
+        return None
+    if schema is None:
+        out: dict[str, Any] = {"type": "object", "properties": {}}
+    elif _is_json_schema(schema):
+        out = dict(schema)
+        _check_json_schema(out, "schema")
+    else:  # {field: python type or tuple of types}
+        props: dict[str, Any] = {}
+        for key, typ in schema.items():
+            types = typ if isinstance(typ, tuple) else (typ,)
+            names = []
+            for t in types:
+                if t not in _PY_TYPES:
+                    raise JudgeError(
+                        f"json_valid schema field {key!r} has type {t!r}; supported: str, int, float, bool, "
+                        'list, dict, None. Fix: use one of those, or a JSON-schema-like {"type": ...}.',
+                        field="schema",
+                        value=key,
+                    )
+                names.append(_PY_TYPES[t])
+            props[str(key)] = {"type": names if len(names) > 1 else names[0]}
+        out = {"type": "object", "properties": props, "required": list(props)}
+    if required:
+        out["required"] = list(dict.fromkeys([*out.get("required", []), *required]))
+    return out
+
+
+def _is_json_schema(schema: Mapping[str, Any]) -> bool:
+    """JSON-schema-like when "type" is a type *name* (not a Python class) or "properties" is a dict."""
+    return isinstance(schema.get("type"), str | list) or isinstance(schema.get("properties"), Mapping)
+
+
+def _check_json_schema(schema: Mapping[str, Any], where: str) -> None:
+    types = schema.get("type")
+    names = types if isinstance(types, list) else ([] if types is None else [types])
+    for t in names:
+        if t not in _JSON_TYPES:
+            raise JudgeError(
+                f"json_valid {where} has unknown type {t!r}. Fix: use one of {sorted(_JSON_TYPES)}.",
+                field="schema",
+                value=t,
+            )
+    for name, sub in (schema.get("properties") or {}).items():
+        if not isinstance(sub, Mapping):
+            raise JudgeError(
+                f"json_valid {where}.properties.{name} must be a dict like {{'type': 'string'}}, got {sub!r}. "
+                "Fix: describe each property with a dict.",
+                field="schema",
+                value=name,
+            )
+        _check_json_schema(sub, f"{where}.properties.{name}")
+    if isinstance(schema.get("items"), Mapping):
+        _check_json_schema(schema["items"], f"{where}.items")
+
+
+def _schema_checks(value: Any, schema: Mapping[str, Any]) -> tuple[int, int, list[str]]:
+    """(passed, total, problems) over every type/enum/required check the schema makes."""
+    passed = total = 0
+    problems: list[str] = []
+
+    def check(ok: bool, problem: str) -> bool:
+        nonlocal passed, total
+        total += 1
+        passed += ok
+        if not ok:
+            problems.append(problem)
+        return ok
+
+    types = schema.get("type")
+    if types is not None:
+        options = types if isinstance(types, list) else [types]
+        if not check(any(_type_ok(value, t) for t in options), f"expected {types}, got {type(value).__name__}"):
+            return passed, total, problems
+    if "enum" in schema:
+        check(value in schema["enum"], f"{value!r} not in {schema['enum']!r}")
+    if "const" in schema:
+        check(value == schema["const"], f"{value!r} != {schema['const']!r}")
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for name in schema.get("required", []):
+            check(name in value, f"missing field {name!r}")
+        for name, sub in props.items():
+            if name in value:
+                p, t, probs = _schema_checks(value[name], sub)
+                passed, total = passed + p, total + t
+                problems.extend(f"{name}: {x}" for x in probs)
+        if schema.get("additionalProperties") is False:
+            extra = sorted(set(value) - set(props))
+            check(not extra, f"unexpected fields {extra}")
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for i, item in enumerate(value):
+            p, t, probs = _schema_checks(item, schema["items"])
+            passed, total = passed + p, total + t
+            problems.extend(f"[{i}]: {x}" for x in probs)
+    return passed, total, problems
+
+
+def json_valid(
+    schema: Mapping[str, Any] | None = None,
+    required: Sequence[str] | None = None,
+    *,
+    strict: bool = False,
+    partial: bool = True,
+) -> Verifier:
+    """1.0 when the response holds valid JSON that satisfies ``schema``.
+
+    ``schema`` is either ``{field: python type}`` (every field required) or a JSON-schema-like
+    dict (``type``, ``properties``, ``required``, ``enum``, ``const``, ``items``,
+    ``additionalProperties: False``). ``required`` adds required fields. The first JSON object is
+    extracted from the text, code fences and surrounding prose tolerated, unless ``strict``.
+    With ``partial`` (default) a parsed value that fails some checks scores
+    ``0.5 * share of checks passed``: always below 0.5 so it never passes, yet best-of-N can
+    still prefer the nearly right candidate. Unparsable text scores 0.
+    """
+    normalized = _normalize_schema(schema, required)
+    name = (
+        f"json_valid(schema={canonical_json(normalized) if normalized else None}, strict={strict!r}, "
+        f"partial={partial!r})"
+    )
+
+    def check(row: dict[str, Any], response: str) -> float:
+        try:
+            value = extract_json(response, strict=strict)
+        except ValueError:
+            return 0.0
+        if normalized is None:
+            return 1.0
+        passed, total, _ = _schema_checks(value, normalized)
+        if passed == total:
+            return 1.0
+        return 0.5 * passed / total if partial and total else 0.0
+
+    return Verifier(check, name)
+
+
+def combine(*verifiers: VerifierFn, weights: Sequence[float] | None = None) -> Verifier:
+    """The weighted mean of several verifiers (equal weights by default), e.g.
+    ``combine(json_valid({"label": str}), exact_match(), weights=[1, 3])``.
+    """
+    if not verifiers:
+        raise JudgeError(
+            "combine() needs at least one verifier. Fix: pass verifiers, e.g. combine(json_valid(), exact_match()).",
+            field="judge",
+            value="combine()",
+        )
+    parts = [verifier(v) for v in verifiers]
+    if weights is None:
+        weights = [1.0] * len(parts)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(parts):
+        raise JudgeError(
+            f"combine() got {len(parts)} verifiers but {len(weights)} weights. Fix: give one weight per verifier.",
+            field="weights",
+            value=list(weights),
+        )
+    if any(w < 0 or math.isnan(w) for w in weights) or sum(weights) <= 0:
+        raise JudgeError(
+            f"combine() weights must be >= 0 with a positive sum, got {list(weights)}. Fix: e.g. weights=[1, 1].",
+            field="weights",
+            value=list(weights),
+        )
+    total = sum(weights)
+    name = "combine(" + ", ".join(f"{w:g}*{p.id}" for w, p in zip(weights, parts, strict=True)) + ")"
+
+    def check(row: dict[str, Any], response: str) -> float:
+        return sum(w * p(row, response) for w, p in zip(weights, parts, strict=True)) / total
+
+    return Verifier(check, name)
+
+
+class VerifierJudge:
+    """A :class:`Judge` around a verifier; an exception becomes a failed judgment, not a crash."""
+
+    def __init__(self, fn: VerifierFn):
+        self.verifier = verifier(fn)
+        self.id = self.verifier.id
+
+    async def score(self, prompt: PromptRecord, response: str) -> JudgeResult:
+        try:
+            value = self.verifier(dict(prompt.row), response)
+        except Exception as exc:  # a user's verifier may raise anything; record it, go on
+            return JudgeResult.failed(f"verifier {self.id} raised {type(exc).__name__}: {exc}")
+        return JudgeResult(score=value, rationale=f"{self.verifier.description} -> {value:g}")
+
+    def __repr__(self) -> str:
+        return f"VerifierJudge({self.id})"
+
+
+# ---------------------------------------------------------------------------- LLM judge
+DEFAULT_RUBRIC = """\
+Grade how well the response answers the user's request.
+- Correctness: is it right? When reference data is given, does it agree with it?
+- Instruction following: does it do exactly what was asked, in the requested format?
+- Helpfulness and concision: complete, with nothing irrelevant or invented.
+10 = fully correct and follows every instruction; 7 = correct with minor flaws;
+4 = partly correct or ignores part of the request; 1 = wrong, off-topic or empty."""
+
+_SYSTEM = """\
+You are a strict, consistent grader of AI assistant responses.
+
+Rubric:
+{rubric}
+
+Reply with only a JSON object and nothing else:
+{{"score": <integer from 1 to 10>, "rationale": "<one or two sentences>"}}"""
+
+_REPAIR = (
+    "Your reply could not be read ({reason}). Reply again with only the JSON object "
+    '{{"score": <integer from 1 to 10>, "rationale": "<one or two sentences>"}} and nothing else.'
+)
+
+REFERENCE_FIELDS = ("expected", "reference", "answer", "label", "target", "solution")
+_SCORE_TEXT = re.compile(r"[\"']?score[\"']?\s*[:=]\s*[\"']?(\d+(?:\.\d+)?)", re.IGNORECASE)
+_RATIONALE_TEXT = re.compile(r"[\"']?rationale[\"']?\s*[:=]\s*[\"']?(.+?)[\"']?\s*[},]?\s*$", re.I | re.S)
+
+
+def parse_judge_output(text: str) -> tuple[float, str]:
+    """``(raw score in 1..10, rationale)`` from a judge's reply, or ``ValueError`` with the reason.
+
+    JSON first (fences and prose tolerated); then an explicit ``score: N`` in plain text, which
+    small models often write instead of JSON. Out-of-range or missing scores are errors: the
+    caller repairs once and then records a failure; there is no default score.
+    """
+    rationale = ""
+    score: Any = None
+    try:
+        value = extract_json(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict):
+        lowered = {str(k).lower(): v for k, v in value.items()}
+        score = lowered.get("score", lowered.get("rating", lowered.get("grade")))
+        rationale = str(lowered.get("rationale", lowered.get("reason", lowered.get("explanation", ""))) or "")
+    if score is None:
+        match = _SCORE_TEXT.search(text)
+        if match is None:
+            raise ValueError("no score found" if not text.strip() else "no JSON object with a 'score' field")
+        score = match.group(1)
+        found = _RATIONALE_TEXT.search(text[match.end() :])
+        rationale = found.group(1).strip() if found else text.strip()
+    if isinstance(score, str):
+        cleaned = score.strip().split("/")[0].strip()
+        try:
+            score = float(cleaned)
+        except ValueError:
+            raise ValueError(f"score {score!r} is not a number") from None
+    if isinstance(score, bool) or not isinstance(score, int | float) or math.isnan(float(score)):
+        raise ValueError(f"score {score!r} is not a number")
+    if not 1.0 <= float(score) <= 10.0:
+        raise ValueError(f"score {score!r} is outside 1..10")
+    return float(score), rationale.strip()
+
+
+def render_messages(messages: Sequence[Mapping[str, Any]]) -> str:
+    """A chat as plain text for the judge: ``[role] content`` blocks."""
+    return "\n\n".join(f"[{m.get('role', 'user')}]\n{_content_text(m.get('content'))}" for m in messages)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "\n".join(str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content)
+    return "" if content is None else str(content)
+
+
+class LLMJudge:
+    """Grades responses with a model through the Teacher protocol (same HTTP machinery as sampling).
+
+    ``rubric`` replaces :data:`DEFAULT_RUBRIC` (the grading criteria; the JSON answer format is
+    always appended). The judge's ``id`` contains the teacher spec and a hash of the rubric and
+    settings, so changing either re-judges while a re-run re-uses every stored judgment.
+    """
+
+    def __init__(
+        self,
+        teacher: Any,
+        *,
+        rubric: str | None = None,
+        max_tokens: int = 256,
+        reference_fields: Sequence[str] = REFERENCE_FIELDS,
+    ):
+        if not hasattr(teacher, "sample") or not hasattr(teacher, "spec"):
+            raise JudgeError(
+                f"the LLM judge needs a Teacher (with .spec and async .sample()), got {teacher!r}. Fix: pass a "
+                "model spec string such as 'openrouter:openai/gpt-4o-mini' or a Teacher from load_teacher().",
+                field="judge",
+                value=repr(teacher),
+            )
+        if rubric is not None and not str(rubric).strip():
+            raise JudgeError(
+                "rubric is empty. Fix: pass rubric=None for the default rubric, or describe what a good answer is.",
+                field="rubric",
+                value=rubric,
+            )
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 16:
+            raise JudgeError(
+                f"judge max_tokens must be an integer >= 16 (room for the JSON verdict), got {max_tokens!r}. "
+                "Fix: e.g. max_tokens=256.",
+                field="max_tokens",
+                value=max_tokens,
+            )
+        self.teacher = teacher
+        self.rubric = (rubric or DEFAULT_RUBRIC).strip()
+        self.max_tokens = int(max_tokens)
+        self.reference_fields = tuple(reference_fields)
+        settings = {"rubric": self.rubric, "max_tokens": self.max_tokens, "reference_fields": self.reference_fields}
+        self.id = f"llm:{teacher.spec}#{content_hash('llm-judge', settings)[:12]}"
+
+    def messages(self, prompt: PromptRecord, response: str) -> list[dict[str, str]]:
+        """The grading conversation for one candidate."""
+        parts = [f"## Conversation to grade\n{render_messages(prompt.messages)}"]
+        reference = {k: prompt.row[k] for k in self.reference_fields if k in (prompt.row or {})}
+        if reference:
+            parts.append("## Reference data\n" + json.dumps(reference, ensure_ascii=False, indent=1))
+        parts.append(f"## Response to grade\n{response}")
+        parts.append("Grade the response. Reply with only the JSON object.")
+        return [
+            {"role": "system", "content": _SYSTEM.format(rubric=self.rubric)},
+            {"role": "user", "content": "\n\n".join(parts)},
+        ]
+
+    async def _ask(self, messages: list[dict[str, str]]) -> tuple[str, float]:
+        samples = await self.teacher.sample(messages, n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0)
+        if not samples:
+            return "", 0.0
+        return str(samples[0].text or ""), float(getattr(samples[0], "cost", 0.0) or 0.0)
+
+    async def score(self, prompt: PromptRecord, response: str) -> JudgeResult:
+        messages = self.messages(prompt, response)
+        cost = 0.0
+        raws: list[str] = []
+        try:
+            text, spent = await self._ask(messages)
+            cost += spent
+            raws.append(text)
+            try:
+                raw_score, rationale = parse_judge_output(text)
+            except ValueError as first:
+                repair = [
+                    *messages,
+                    {"role": "assistant", "content": text},
+                    {"role": "user", "content": _REPAIR.format(reason=first)},
+                ]
+                text, spent = await self._ask(repair)
+                cost += spent
+                raws.append(text)
+                try:
+                    raw_score, rationale = parse_judge_output(text)
+                except ValueError as second:
+                    return JudgeResult.failed(
+                        f"judge output unparsable after one repair request: {second}", raw=_join_raw(raws), cost=cost
+                    )
+        except (BudgetExceeded, PolicyError, FatalTeacherError):
+            raise  # the run must stop: money, terms or a dead endpoint, not one bad answer
+        except Exception as exc:  # network errors after the teacher's own retries: retry on re-run
+            return JudgeResult.failed(f"judge request failed: {type(exc).__name__}: {exc}", _join_raw(raws), cost)
+        return JudgeResult(score=(raw_score - 1.0) / 9.0, rationale=rationale, raw=_join_raw(raws), cost=cost)
+
+    async def aclose(self) -> None:
+        """Close the teacher's connections of the running loop (it reconnects on demand)."""
+        if hasattr(self.teacher, "aclose"):
+            await self.teacher.aclose()
+
+    def __repr__(self) -> str:
+        return f"LLMJudge({self.id})"
+
+
+def _join_raw(raws: list[str]) -> str:
+    return raws[0] if len(raws) == 1 else json.dumps({"attempts": raws}, ensure_ascii=False)
+
+
+def load_judge(
+    judge: Any = None,
+    *,
+    teacher: Any = None,
+    rubric: str | None = None,
+    max_tokens: int = 256,
+    **options: Any,
+) -> Judge:
+    """Turn the ``judge=`` argument into a :class:`Judge`.
+
+    ``None`` -> the teacher as LLM judge; a string -> ``load_teacher(spec, **options)`` as LLM
+    judge; a Judge object -> itself; any other callable -> a verifier judge.
+    """
+    if judge is None:
+        if teacher is None:
+            raise JudgeError(
+                "judge=None means 'the teacher grades its own candidates', but no teacher was given. Fix: pass "
+                "teacher=, a judge model spec (judge='openrouter:...'), or a verifier function.",
+                field="judge",
+                value=None,
+            )
+        if isinstance(teacher, str):
+            from jupyter_distill.teachers import load_teacher
+
+            return LLMJudge(load_teacher(teacher, **options), rubric=rubric, max_tokens=max_tokens)
+        return LLMJudge(teacher, rubric=rubric, max_tokens=max_tokens)
+    if isinstance(judge, str):
+        if not judge.strip():
+            raise JudgeError(
+                "judge is an empty string. Fix: pass None (teacher as judge), a model spec, or a verifier function.",
+                field="judge",
+                value=judge,
+            )
+        from jupyter_distill.teachers import load_teacher
+
+        return LLMJudge(load_teacher(judge, **options), rubric=rubric, max_tokens=max_tokens)
+    if isinstance(judge, VerifierJudge | LLMJudge):
+        return judge
+    if hasattr(judge, "sample") and hasattr(judge, "spec"):  # a Teacher object
+        return LLMJudge(judge, rubric=rubric, max_tokens=max_tokens)
+    if isinstance(getattr(judge, "id", None), str) and inspect.iscoroutinefunction(getattr(judge, "score", None)):
+        return judge  # a user-made Judge
+    if callable(judge):
+        return VerifierJudge(judge)
+    raise JudgeError(
+        f"judge={judge!r} is not a judge. Fix: pass None (teacher as judge), a model spec string, a verifier "
+        "function (row, response) -> float | bool, or a Judge object.",
+        field="judge",
+        value=repr(judge),
+    )
+
+
+# ---------------------------------------------------------------------------- the judging stage
+def judgment_key(sample_key: str, judge_id: str) -> str:
+    return content_hash("judgment", sample_key, judge_id)
+
+
+def judge(
+    store: RunStore,
+    judge: Any,
+    prompts: Sequence[PromptRecord],
+    samples: Mapping[str, Sequence[SampleRecord]] | Iterable[SampleRecord],
+    *,
+    run_id: str,
+    emit: Emit = no_emit,
+    stop: threading.Event | None = None,
+    concurrency: int = 16,
+) -> dict[str, JudgmentRecord]:
+    """Judge every candidate; returns ``{sample_key: JudgmentRecord}`` including stored ones.
+
+    Successful judgments already in the store are re-used without a request; failed ones are
+    tried again. Each verdict is written as soon as it arrives, so a crash or ``stop`` loses at
+    most the requests in flight. Failures are recorded in the judgment (status "failed", the
+    reason in ``rationale``) and in the store's failures table; a warning event summarises them.
+    """
+    the_judge = judge if isinstance(judge, VerifierJudge | LLMJudge) else load_judge(judge)
+    if concurrency < 1:
+        raise JudgeError(
+            f"concurrency must be >= 1, got {concurrency!r}. Fix: e.g. concurrency=16.",
+            field="concurrency",
+            value=concurrency,
+        )
+    by_hash = {p.hash: p for p in prompts}
+    candidates = list({s.key: s for s in _flatten(samples) if s.prompt_hash in by_hash}.values())
+    keys = {s.key: judgment_key(s.key, the_judge.id) for s in candidates}
+    stored = store.get_judgments(keys.values())
+    results: dict[str, JudgmentRecord] = {}
+    todo: list[SampleRecord] = []
+    for s in candidates:
+        record = stored.get(keys[s.key])
+        if record is not None and record.status == "ok":
+            results[s.key] = record
+        else:
+            todo.append(s)
+    total = len(candidates)
+    emit(Event("phase_start", phase="judging", run=run_id, total=total, message=f"judging with {the_judge.id}"))
+    emit(
+        Event("progress", phase="judging", run=run_id, current=len(results), total=total, data={"cached": len(results)})
+    )
+
+    async def work() -> None:
+        gate = asyncio.Semaphore(concurrency)
+        state = {"cost": 0.0, "failed": 0}
+
+        async def one(s: SampleRecord) -> None:
+            async with gate:
+                if stop is not None and stop.is_set():
+                    return
+                try:
+                    result = await the_judge.score(by_hash[s.prompt_hash], s.text)
+                except (BudgetExceeded, PolicyError, FatalTeacherError):
+                    raise
+                except Exception as exc:  # a user-made Judge: its bug is one failed judgment, not a crash
+                    result = JudgeResult.failed(f"judge {the_judge.id} raised {type(exc).__name__}: {exc}")
+            record = _record(keys[s.key], s.key, the_judge.id, result)
+            _save(store, run_id, record, s.prompt_hash, had_failure=keys[s.key] in stored)
+            results[s.key] = record
+            state["cost"] += record.cost
+            state["failed"] += record.status != "ok"
+            emit(
+                Event(
+                    "progress",
+                    phase="judging",
+                    run=run_id,
+                    current=len(results),
+                    total=total,
+                    data={"cost": round(state["cost"], 6), "failed": state["failed"]},
+                )
+            )
+
+        tasks = [asyncio.ensure_future(one(s)) for s in todo]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if isinstance(the_judge, LLMJudge):
+                await the_judge.aclose()  # this loop ends with the call: release its sockets
+
+    if todo:
+        run_sync(work)
+    failed = [r for r in results.values() if r.status != "ok"]
+    if failed:
+        emit(
+            Event(
+                "warning",
+                phase="judging",
+                run=run_id,
+                message=f"{len(failed)} of {total} judgments failed (they rank last; a re-run retries them). "
+                f"First: {failed[0].rationale}",
+                data={"failed": len(failed)},
+            )
+        )
+    stopped = stop is not None and stop.is_set() and len(results) < total
+    emit(
+        Event(
+            "phase_end",
+            phase="judging",
+            run=run_id,
+            current=len(results),
+            total=total,
+            message="stopped" if stopped else "",
+            data={"judged": len(results), "failed": len(failed), "cost": sum(r.cost for r in results.values())},
+        )
+    )
+    return results
+
+
+def _flatten(samples: Mapping[str, Sequence[SampleRecord]] | Iterable[SampleRecord]) -> list[SampleRecord]:
+    if isinstance(samples, Mapping):
+        return [s for group in samples.values() for s in group]
+    return list(samples)
+
+
+def _record(key: str, sample_key: str, judge_id: str, result: JudgeResult) -> JudgmentRecord:
+    ok = result.status == "ok" and result.score is not None
+    return JudgmentRecord(
+        key=key,
+        sample_key=sample_key,
+        judge=judge_id,
+        score=min(1.0, max(0.0, float(result.score))) if ok and result.score is not None else None,
+        rationale=result.rationale,
+        raw=result.raw,
+        status="ok" if ok else "failed",
+        cost=result.cost,
+    )
+
+
+def _save(store: RunStore, run_id: str, record: JudgmentRecord, prompt_hash: str, *, had_failure: bool) -> None:
+    """One transaction per verdict (a crash loses only what is in flight); failures table kept in step."""
+    store.put_judgments([record])
+    if record.status == "ok":
+        if had_failure:
+            store.clear_failure(run_id, "judging", record.key)
+    else:
+        store.record_failure(run_id, "judging", record.key, record.rationale, prompt_hash=prompt_hash)
+
+
+def run_sync(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from sync code, also when a loop is running (Jupyter).
+
+    With no running loop ``asyncio.run`` is used; inside a running loop (a notebook cell) the
+    coroutine runs on a fresh loop in a worker thread, and this call waits for it.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_await(factory))
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(_await(factory))
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="jupyter-distill-judge", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+async def _await(factory: Callable[[], Awaitable[T]]) -> T:
+    return await factory()
+
+
+__all__ = [
+    "DEFAULT_RUBRIC",
+    "Judge",
+    "JudgeResult",
+    "LLMJudge",
+    "Verifier",
+    "VerifierJudge",
+    "callable_id",
+    "combine",
+    "exact_match",
+    "extract_json",
+    "json_valid",
+    "judge",
+    "judgment_key",
+    "load_judge",
+    "parse_judge_output",
+    "regex",
+    "verifier",
+]

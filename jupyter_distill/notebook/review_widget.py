@@ -1,0 +1,488 @@
+"""The review widget: one prompt at a time, its N candidates side by side, driven by the keyboard.
+
+Keys (``handle_key({"key": ...})``; the same dict shape a browser ``keydown`` event has):
+
+=========  ==================================================================
+``j`` / ``k``  next / previous prompt
+``1``-``9``    choose candidate 1-9 as the best answer (then go to the next prompt)
+``x``          reject the whole prompt: it is dropped from training (then next)
+``e``          edit the best candidate (the human's pick, else the judge's); ``Escape`` cancels
+``u``          undo the last decision made here (goes back to that prompt)
+``f``          toggle "least certain first"
+=========  ==================================================================
+
+Each card also has buttons (best / reject / edit) for what the keys do not cover, such as
+rejecting a single candidate. Every decision goes through :class:`~jupyter_distill.review.ReviewSession`,
+so it is in the store the moment it is made.
+
+**How keystrokes reach Python in the browser.** No extra front-end package: a small ``Text``
+widget (CSS class ``jd-review-keys``, placeholder "click here, then type j/k/1-9/x/e/u") is the
+key catcher. With ``continuous_update`` every typed character syncs its ``value`` to the kernel;
+an observer feeds each new character to :meth:`ReviewWidget.handle_key` and clears the box. Tests
+call :meth:`handle_key` directly, and the browser test types into that box.
+
+The widget changes only widget traits (no ``with output:``), so it is safe to build from the
+run's worker thread, and its ``_repr_mimebundle_`` adds a text and HTML summary so a saved
+notebook still says what was reviewed.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ipywidgets as widgets
+
+from jupyter_distill.errors import DistillError, ReviewError
+from jupyter_distill.review import Candidate, Order, ReviewItem, ReviewSession
+from jupyter_distill.store import RunStore
+
+MAX_CANDIDATES_SHOWN = 9  # digit keys 1-9
+KEY_HELP = "j/k move · 1-9 best · x reject prompt · e edit · u undo · f least certain first"
+_MARK_COLOURS = {"best": "#2e7d32", "accepted": "#1565c0", "rejected": "#c62828", None: "#9e9e9e"}
+
+
+class _Card:
+    """The widgets of one candidate column; reused between prompts (traits change, widgets stay)."""
+
+    def __init__(self, owner: ReviewWidget, slot: int):
+        self.slot = slot
+        self.header = widgets.HTML()
+        self.rationale = widgets.HTML()
+        self.text = widgets.HTML()
+        self.best_button = widgets.Button(description=f"best ({slot + 1})", layout=widgets.Layout(width="auto"))
+        self.reject_button = widgets.Button(description="reject", layout=widgets.Layout(width="auto"))
+        self.edit_button = widgets.Button(description="edit", layout=widgets.Layout(width="auto"))
+        self.best_button.on_click(lambda _b: owner.choose(slot))
+        self.reject_button.on_click(lambda _b: owner.reject_candidate(slot))
+        self.edit_button.on_click(lambda _b: owner.start_edit(slot))
+        self.box = widgets.VBox(
+            [
+                self.header,
+                self.rationale,
+                self.text,
+                widgets.HBox([self.best_button, self.reject_button, self.edit_button]),
+            ],
+            layout=widgets.Layout(
+                flex="1 1 0", min_width="14em", padding="6px", margin="2px", border="2px solid #9e9e9e"
+            ),
+        )
+        self.box.add_class("jd-review-candidate")
+
+    def show(self, candidate: Candidate, judge_pick: bool) -> None:
+        score = "judge failed" if candidate.status == "failed" else "not judged" if candidate.score is None else None
+        score = score or f"score {candidate.score:.2f}"
+        badges = [f"<b>{candidate.index + 1}</b>", html.escape(score)]
+        if candidate.mark:
+            badges.append(f"<b style='color:{_MARK_COLOURS[candidate.mark]}'>{candidate.mark}</b>")
+        if judge_pick:
+            badges.append("<i>judge's pick</i>")
+        if candidate.edited_text is not None:
+            badges.append("<i>edited</i>")
+        self.header.value = " · ".join(badges)
+        self.rationale.value = (
+            f"<div style='color:#555;font-size:90%'>{html.escape(candidate.rationale)}</div>"
+            if candidate.rationale
+            else ""
+        )
+        body = candidate.edited_text if candidate.edited_text is not None else candidate.text
+        self.text.value = f"<pre style='white-space:pre-wrap;margin:0'>{html.escape(body)}</pre>"
+        self.box.layout.border = f"2px solid {_MARK_COLOURS[candidate.mark]}"
+        self.box.layout.display = "flex"
+
+    def hide(self) -> None:
+        self.box.layout.display = "none"
+
+
+class ReviewWidget(widgets.VBox):
+    """Review a run's candidates: ``ReviewWidget(store, run_id)`` or ``ReviewWidget(session)``.
+
+    ``on_continue`` is a list of callables ``(widget) -> None`` run by the "Train on what is
+    reviewed" button (the pipeline appends ``run.continue_after_review``).
+    """
+
+    def __init__(
+        self,
+        store: RunStore | ReviewSession,
+        run_id: str | None = None,
+        *,
+        on_continue: Callable[[ReviewWidget], Any] | list[Callable[[ReviewWidget], Any]] | None = None,
+        order: str = "position",
+        auto_advance: bool = True,
+        **session_options: Any,
+    ):
+        if isinstance(store, ReviewSession):
+            self.session = store
+        else:
+            if run_id is None:
+                raise DistillError(
+                    "ReviewWidget(store) needs the run name. Fix: ReviewWidget(store, 'my-run') or "
+                    "ReviewWidget(ReviewSession(store, 'my-run')).",
+                    field="run_id",
+                    value=None,
+                )
+            self.session = ReviewSession(store, run_id, **session_options)
+        if order not in ("position", "least_certain"):
+            raise ReviewError(
+                f"order={order!r} is not known. Fix: use 'position' or 'least_certain'.", field="order", value=order
+            )
+        if callable(on_continue):
+            on_continue = [on_continue]
+        self.on_continue: list[Callable[[ReviewWidget], Any]] = list(on_continue or [])
+        self.auto_advance = auto_advance
+        self.items: list[ReviewItem] = []
+        self.index = 0
+        self.editing: str | None = None  # sample key being edited
+        self._history: list[str] = []  # prompts decided here, for "u"
+
+        self.title = widgets.HTML()
+        self.counter = widgets.Label()
+        self.prompt_view = widgets.HTML()
+        self.cards = [_Card(self, slot) for slot in range(MAX_CANDIDATES_SHOWN)]
+        self.more = widgets.HTML()
+        self.prev_button = widgets.Button(description="◀ prev (k)", layout=widgets.Layout(width="auto"))
+        self.next_button = widgets.Button(description="next (j) ▶", layout=widgets.Layout(width="auto"))
+        self.reject_prompt_button = widgets.Button(description="reject prompt (x)", layout=widgets.Layout(width="auto"))
+        self.undo_button = widgets.Button(description="undo (u)", layout=widgets.Layout(width="auto"))
+        self.filter_toggle = widgets.ToggleButton(
+            value=order == "least_certain", description="least certain first", tooltip="f", icon="sort-amount-desc"
+        )
+        self.key_box = widgets.Text(
+            value="",
+            placeholder=f"click here, then type: {KEY_HELP}",
+            continuous_update=True,
+            layout=widgets.Layout(width="100%"),
+        )
+        self.key_box.add_class("jd-review-keys")
+        self.editor = widgets.Textarea(layout=widgets.Layout(width="100%", height="10em"))
+        self.save_button = widgets.Button(description="save edit", button_style="primary")
+        self.cancel_button = widgets.Button(description="cancel")
+        self.edit_title = widgets.HTML()
+        self.edit_box = widgets.VBox(
+            [self.edit_title, self.editor, widgets.HBox([self.save_button, self.cancel_button])],
+            layout=widgets.Layout(display="none"),
+        )
+        self.status = widgets.HTML()
+        self.continue_button = widgets.Button(
+            description="Train on what is reviewed", button_style="success", layout=widgets.Layout(width="auto")
+        )
+
+        self.prev_button.on_click(lambda _b: self.previous())
+        self.next_button.on_click(lambda _b: self.next())
+        self.reject_prompt_button.on_click(lambda _b: self.reject_prompt())
+        self.undo_button.on_click(lambda _b: self.undo())
+        self.filter_toggle.observe(lambda change: self.set_least_certain_first(change["new"]), names="value")
+        self.key_box.observe(self._on_keys, names="value")
+        self.save_button.on_click(lambda _b: self.save_edit())
+        self.cancel_button.on_click(lambda _b: self.cancel_edit())
+        self.continue_button.on_click(lambda _b: self.continue_training())
+
+        super().__init__(
+            [
+                widgets.HBox([self.title, self.counter], layout=widgets.Layout(justify_content="space-between")),
+                self.prompt_view,
+                widgets.HBox([c.box for c in self.cards], layout=widgets.Layout(width="100%", align_items="stretch")),
+                self.more,
+                self.edit_box,
+                widgets.HBox(
+                    [
+                        self.prev_button,
+                        self.next_button,
+                        self.reject_prompt_button,
+                        self.undo_button,
+                        self.filter_toggle,
+                        self.continue_button,
+                    ]
+                ),
+                self.key_box,
+                self.status,
+            ]
+        )
+        self.add_class("jd-review")
+        self.reload()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def order(self) -> Order:
+        return "least_certain" if self.filter_toggle.value else "position"
+
+    @property
+    def current(self) -> ReviewItem | None:
+        return self.items[self.index] if self.items else None
+
+    def reload(self) -> None:
+        """Re-read every item from the store (keeps the current prompt selected when it can)."""
+        keep = self.current.prompt_hash if self.current else None
+        self.items = self.session.items(order=self.order)
+        hashes = [it.prompt_hash for it in self.items]
+        self.index = hashes.index(keep) if keep in hashes else 0
+        self._render()
+
+    def _refresh_current(self) -> None:
+        if self.current is not None:
+            self.items[self.index] = self.session.item(self.current.prompt_hash)
+        self._render()
+
+    def _go_to(self, prompt_hash: str) -> None:
+        for i, it in enumerate(self.items):
+            if it.prompt_hash == prompt_hash:
+                self.index = i
+                break
+
+    # ------------------------------------------------------------------ actions
+    def handle_key(self, event: Mapping[str, Any]) -> bool:
+        """Act on one key event ``{"key": "j"}``; returns whether the key meant something."""
+        key = str(event.get("key", ""))
+        if self.editing is not None:  # typing goes to the editor; only Escape means something
+            if key == "Escape":
+                self.cancel_edit()
+                return True
+            return False
+        if key in ("j", "ArrowDown"):
+            self.next()
+        elif key in ("k", "ArrowUp"):
+            self.previous()
+        elif len(key) == 1 and key in "123456789":
+            self.choose(int(key) - 1)
+        elif key == "x":
+            self.reject_prompt()
+        elif key == "e":
+            self.start_edit()
+        elif key == "u":
+            self.undo()
+        elif key == "f":
+            self.filter_toggle.value = not self.filter_toggle.value
+        else:
+            return False
+        return True
+
+    def _on_keys(self, change: dict[str, Any]) -> None:
+        typed = change["new"]
+        if not typed:
+            return
+        self.key_box.value = ""
+        for char in typed:
+            self.handle_key({"key": char})
+
+    def next(self) -> None:
+        if self.items and self.index < len(self.items) - 1:
+            self.index += 1
+            self._render()
+
+    def previous(self) -> None:
+        if self.items and self.index > 0:
+            self.index -= 1
+            self._render()
+
+    def _candidate(self, slot: int) -> Candidate | None:
+        item = self.current
+        if item is None or not 0 <= slot < len(item.candidates):
+            n = len(item.candidates) if item else 0
+            self._say(f"there is no candidate {slot + 1} here (this prompt has {n})", error=True)
+            return None
+        return item.candidates[slot]
+
+    def _decided(self, advance: bool) -> None:
+        item = self.current
+        assert item is not None
+        self._history.append(item.prompt_hash)
+        self._refresh_current()
+        if advance and self.auto_advance:
+            self.next()
+
+    def choose(self, slot: int) -> None:
+        """Candidate ``slot`` (0-based) is the best answer for this prompt."""
+        candidate, item = self._candidate(slot), self.current
+        if candidate is None or item is None:
+            return
+        if not self._guard(lambda: self.session.choose_best(item.prompt_hash, candidate.key)):
+            return
+        self._say(f"candidate {slot + 1} chosen as best")
+        self._decided(advance=True)
+
+    def reject_candidate(self, slot: int) -> None:
+        """Candidate ``slot`` must never be trained on (it becomes the preferred 'rejected' side)."""
+        candidate, item = self._candidate(slot), self.current
+        if candidate is None or item is None:
+            return
+        if not self._guard(lambda: self.session.reject(item.prompt_hash, candidate.key)):
+            return
+        self._say(f"candidate {slot + 1} rejected")
+        self._decided(advance=False)
+
+    def reject_prompt(self) -> None:
+        """Drop this prompt from training."""
+        item = self.current
+        if item is None:
+            return
+        if not self._guard(lambda: self.session.reject(item.prompt_hash)):
+            return
+        self._say("prompt rejected: it will not be trained on")
+        self._decided(advance=True)
+
+    def start_edit(self, slot: int | None = None) -> None:
+        """Open the editor on candidate ``slot``, or on the best one (human pick, else judge pick)."""
+        item = self.current
+        if item is None:
+            return
+        if slot is None:
+            key = item.decision.best or item.judge_best or (item.candidates[0].key if item.candidates else None)
+            slot = next((c.index for c in item.candidates if c.key == key), None)
+            if slot is None:
+                self._say("this prompt has no candidates to edit", error=True)
+                return
+        candidate = self._candidate(slot)
+        if candidate is None:
+            return
+        self.editing = candidate.key
+        self.editor.value = candidate.edited_text if candidate.edited_text is not None else candidate.text
+        self.edit_title.value = f"<b>Editing candidate {slot + 1}</b> (save trains on your text)"
+        self.edit_box.layout.display = "flex"
+
+    def save_edit(self) -> None:
+        """Store the editor's text as the human-corrected answer."""
+        item = self.current
+        if self.editing is None or item is None:
+            return
+        key, text = self.editing, self.editor.value
+        if not self._guard(lambda: self.session.edit(item.prompt_hash, key, text)):
+            return
+        self._close_editor()
+        self._say("edit saved")
+        self._decided(advance=True)
+
+    def cancel_edit(self) -> None:
+        self._close_editor()
+        self._say("edit cancelled")
+
+    def _close_editor(self) -> None:
+        self.editing = None
+        self.editor.value = ""
+        self.edit_box.layout.display = "none"
+
+    def undo(self) -> None:
+        """Undo the last decision made in this widget; with none, the current prompt's latest."""
+        target = self._history.pop() if self._history else (self.current.prompt_hash if self.current else None)
+        if target is None:
+            return
+        undone = self.session.undo(target)
+        self._go_to(target)
+        if undone is None:
+            self._say("nothing to undo", error=True)
+        else:
+            self._say("undone")
+        self._refresh_current()
+
+    def set_least_certain_first(self, on: bool) -> None:
+        """Order prompts by the judge's uncertainty (most uncertain first), or by position."""
+        if bool(self.filter_toggle.value) != bool(on):
+            self.filter_toggle.value = bool(on)  # the observer calls back here
+            return
+        self.reload()
+
+    def continue_training(self) -> None:
+        """The "Train on what is reviewed" button: run every ``on_continue`` callback."""
+        if not self.on_continue:
+            self._say("nothing is waiting for this review; run the pipeline with review=True to train from it")
+            return
+        for callback in list(self.on_continue):
+            try:
+                callback(self)
+            except Exception as exc:  # show it where the user clicked; never kill the widget
+                self._say(f"could not continue: {exc}", error=True)
+                return
+        reviewed, total = self.session.progress()
+        self.continue_button.disabled = True
+        self.continue_button.description = "Training started"
+        self._say(f"training continues with {reviewed} of {total} prompts reviewed (the rest as the judge ranked)")
+
+    def _guard(self, action: Callable[[], Any]) -> bool:
+        try:
+            action()
+        except DistillError as exc:
+            self._say(str(exc), error=True)
+            return False
+        return True
+
+    def _say(self, message: str, *, error: bool = False) -> None:
+        colour = "#c62828" if error else "#555"
+        self.status.value = f"<span style='color:{colour}'>{html.escape(message)}</span>"
+
+    # ------------------------------------------------------------------ rendering (traits only)
+    def _render(self) -> None:
+        reviewed, total = self.session.progress()
+        self.counter.value = f"{reviewed} of {total} reviewed"
+        item = self.current
+        self.prev_button.disabled = item is None or self.index == 0
+        self.next_button.disabled = item is None or self.index >= len(self.items) - 1
+        if item is None:
+            self.title.value = "<b>Nothing to review</b>: this run has no training prompts yet."
+            self.prompt_view.value = ""
+            for card in self.cards:
+                card.hide()
+            self.more.value = ""
+            return
+        self.title.value = (
+            f"<b>Prompt {self.index + 1} of {len(self.items)}</b> · uncertainty {item.uncertainty:.2f}"
+            f" · {html.escape(item.decision.summary())}"
+        )
+        self.prompt_view.value = _render_prompt(item)
+        judge_pick = item.judge_best
+        for slot, card in enumerate(self.cards):
+            if slot < len(item.candidates):
+                card.show(item.candidates[slot], judge_pick == item.candidates[slot].key)
+            else:
+                card.hide()
+        hidden = len(item.candidates) - len(self.cards)
+        self.more.value = f"<i>{hidden} more candidates not shown (only 1-9 have keys)</i>" if hidden > 0 else ""
+
+    # ------------------------------------------------------------------ saved-notebook fallbacks
+    def text_summary(self) -> str:
+        reviewed, total = self.session.progress()
+        lines = [f"Review of run {self.session.run_id!r}: {reviewed} of {total} prompts reviewed"]
+        decisions = self.session.decisions()
+        for item in self.items:
+            d = decisions.get(item.prompt_hash)
+            lines.append(f"  {_prompt_line(item)[:70]!r}: {d.summary() if d else 'not reviewed'}")
+        return "\n".join(lines)
+
+    def html_summary(self) -> str:
+        reviewed, total = self.session.progress()
+        decisions = self.session.decisions()
+        rows = []
+        for item in self.items:
+            decision = decisions.get(item.prompt_hash)
+            verdict = decision.summary() if decision else "not reviewed"
+            rows.append(
+                f"<tr><td>{html.escape(_prompt_line(item)[:120])}</td><td>{item.uncertainty:.2f}</td>"
+                f"<td>{html.escape(verdict)}</td></tr>"
+            )
+        return (
+            f"<div><b>Review of run {html.escape(self.session.run_id)}</b>: {reviewed} of {total} prompts reviewed"
+            f"<table><tr><th>prompt</th><th>uncertainty</th><th>decision</th></tr>{''.join(rows)}</table></div>"
+        )
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        data = super()._repr_mimebundle_(**kwargs) or {}
+        data["text/plain"] = self.text_summary()
+        data["text/html"] = self.html_summary()
+        return data
+
+
+def _prompt_line(item: ReviewItem) -> str:
+    users = [m for m in item.prompt.messages if m.get("role") == "user"]
+    content = (users[-1] if users else item.prompt.messages[-1]).get("content", "") if item.prompt.messages else ""
+    return " ".join(str(content).split())
+
+
+def _render_prompt(item: ReviewItem) -> str:
+    blocks = []
+    for message in item.prompt.messages:
+        role = html.escape(str(message.get("role", "user")))
+        content = html.escape(str(message.get("content", "")))
+        blocks.append(f"<div><b>{role}</b><pre style='white-space:pre-wrap;margin:0 0 4px 0'>{content}</pre></div>")
+    return "<div style='border-left:3px solid #9e9e9e;padding-left:8px'>" + "".join(blocks) + "</div>"
+
+
+__all__ = ["KEY_HELP", "ReviewWidget"]
