@@ -16,7 +16,6 @@ from typing import Any
 
 from jupyter_distill import data as data_module
 from jupyter_distill.config import DistillConfig
-from jupyter_distill.hashing import content_hash
 from jupyter_distill.models import STUDENT_MODEL_MAP, TEACHER_MODEL_MAP
 from jupyter_distill.store import RunStore
 

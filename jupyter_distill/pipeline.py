@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +83,23 @@ class Run:
         self._sinks: list[Emit] = [self._record]
         if on_progress is not None:
             self._sinks.append(on_progress)
-        self.emit: Emit = fan_out(self._sinks)
+        self._announce: Emit = fan_out(self._sinks)
 
     # ------------------------------------------------------------------ control
     def add_listener(self, sink: Emit) -> None:
         """Attach another event sink (a dashboard) before or while the run goes."""
         self._sinks.append(sink)
-        self.emit = fan_out(self._sinks)
+        self._announce = fan_out(self._sinks)
+
+    def emit(self, event: Event) -> None:
+        """The sink handed to stages. The pipeline alone marks phase boundaries, so a stage's own
+        ``phase_start`` (which carries the amount of work) becomes a progress event at 0 and its
+        ``phase_end`` a final progress event: listeners see each phase start and end once."""
+        if event.kind == "phase_start":
+            event = replace(event, kind="progress", current=event.current or 0)
+        elif event.kind == "phase_end":
+            event = replace(event, kind="progress")
+        self._announce(replace(event, run=event.run or self.name))
 
     def start(self) -> Run:
         """Run in a background thread and return at once (the notebook path)."""
@@ -136,7 +146,7 @@ class Run:
         self.state.status = "running"
         store.create_run(self.name, config.to_public_dict())
         store.update_run(self.name, status="running")
-        self.emit(Event("run_start", run=self.name, message=f"run {self.name}", data=config.to_public_dict()))
+        self._announce(Event("run_start", run=self.name, message=f"run {self.name}", data=config.to_public_dict()))
         try:
             prompts = self._prepare_prompts()
             teacher = self._load_teacher()
@@ -151,7 +161,7 @@ class Run:
         except RunStopped as exc:
             self.state.status = "stopped"
             store.update_run(self.name, status="stopped")
-            self.emit(Event("run_end", run=self.name, message=str(exc), data={"status": "stopped"}))
+            self._announce(Event("run_end", run=self.name, message=str(exc), data={"status": "stopped"}))
             raise
         except DistillError as exc:
             self._fail(str(exc))
@@ -163,7 +173,7 @@ class Run:
         summary = self._summary()
         store.update_run(self.name, status="done", phase="done", summary=summary)
         self.state.summary.update(summary)
-        self.emit(Event("run_end", run=self.name, message=_summary_line(summary), data=summary))
+        self._announce(Event("run_end", run=self.name, message=_summary_line(summary), data=summary))
         self.result = result
         return result
 
@@ -171,20 +181,22 @@ class Run:
         self.state.status = "failed"
         self.state.error = message
         self.store.update_run(self.name, status="failed", summary={"error": message})
-        self.emit(Event("error", run=self.name, phase=self.state.phase, message=message, data={"detail": detail or ""}))
+        self._announce(
+            Event("error", run=self.name, phase=self.state.phase, message=message, data={"detail": detail or ""})
+        )
 
     def _phase(self, name: str, work: Callable[[], Any]) -> Any:
         if self._stop.is_set():
             raise RunStopped(f"run {self.name!r} stopped before {name}. Resume with resume=True / %distill resume.")
         self.state.phase = name
         self.store.update_run(self.name, phase=name)
-        self.emit(Event("phase_start", run=self.name, phase=name))
+        self._announce(Event("phase_start", run=self.name, phase=name))
         started = time.time()
         result = work()
         if self._stop.is_set():
             raise RunStopped(f"run {self.name!r} stopped during {name}. Resume with resume=True / %distill resume.")
         self.state.phases_done.append(name)
-        self.emit(Event("phase_end", run=self.name, phase=name, data={"seconds": round(time.time() - started, 2)}))
+        self._announce(Event("phase_end", run=self.name, phase=name, data={"seconds": round(time.time() - started, 2)}))
         return result
 
     def _record(self, event: Event) -> None:
@@ -322,12 +334,11 @@ class Run:
 
     def _train(self, pairs: list[Any]) -> dict[str, Any]:
         from jupyter_distill.train.student import load_student
-        from jupyter_distill.train.trainer import BondTrainer, TrainSettings, pairs_for_training
+        from jupyter_distill.train.trainer import BondTrainer, TrainPair, TrainSettings
 
         config = self.config
         student = load_student(config.student, device=config.device)
-        prompts = {p.hash: p for p in self.store.get_prompts(self.name)}
-        examples = pairs_for_training(pairs, prompts)
+        examples = TrainPair.from_records(pairs, self.store.get_prompts(self.name))
         settings = TrainSettings.from_config(config)
         output_dir = Path(config.workdir) / "runs" / self.name / "train"
         trainer = BondTrainer(
@@ -336,18 +347,25 @@ class Run:
         )  # fmt: skip
         before = self._evaluate_student(student, label="student_before")
         result = trainer.train(resume=self.resume)
+        if result.stopped:
+            raise RunStopped(f"run {self.name!r} stopped at step {result.steps_done}. Resume with resume=True.")
         self.state.summary.update({"steps": result.steps_done, "engine": result.engine})
+        if result.engine_reason:
+            self.emit(Event("warning", run=self.name, phase="training", message=result.engine_reason))
         self.store.put_artifact(self.name, "adapter", result.adapter_dir)
         return {"student": student, "result": result, "before": before}
 
     def _evaluate_student(self, student: Any, label: str) -> Any:
-        from jupyter_distill.evaluate import evaluate, hf_responder
+        from jupyter_distill.evaluate import HFResponder, evaluate
 
         heldout = self.store.get_prompts(self.name, split="heldout")
         if not heldout:
             return None
         judge = self._judge_fn()
-        respond = hf_responder(student.model, student.tokenizer, max_new_tokens=self.config.max_tokens)
+        respond = HFResponder(
+            student.model, student.tokenizer, max_new_tokens=self.config.max_tokens,
+            stop_token_ids=student.stop_token_ids(),
+        )  # fmt: skip
         summary = evaluate(self.store, self.name, heldout, respond, judge, label, emit=self.emit)
         self.state.summary[label] = _summary_dict(summary)
         return summary
@@ -432,14 +450,12 @@ class Run:
         from jupyter_distill.serving import Student
 
         metrics = {k: self.state.summary.get(k) for k in ("teacher_best_of_n", "student_before", "student_after")}
+        base_model = str(student_info["student"].hf_folder)
         if exported is not None:
-            student = Student.from_export(exported, metrics=metrics, run=self.name)
+            student = Student.from_export(exported, metrics=metrics, base_model=base_model, name=self.name)
         else:
-            student = Student.from_adapter(
-                student_info["result"].adapter_dir,
-                base_model=str(student_info["student"].hf_folder),
-                metrics=metrics,
-                run=self.name,
+            student = Student(
+                adapter_dir=student_info["result"].adapter_dir, base_model=base_model, metrics=metrics, name=self.name
             )
         if self.config.alias:
             student.deploy(self.config.alias)

@@ -8,6 +8,7 @@ llama.cpp contexts are not re-entrant, so callers hold :func:`llama_lock` while 
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections import OrderedDict
@@ -121,3 +122,8 @@ def release_all() -> None:
             _, llm = _cache.popitem()
             llm.close()
         _locks.clear()
+
+
+# llama.cpp models closed by the garbage collector during interpreter shutdown find their free
+# functions already torn down and print a TypeError traceback; close them while Python still runs.
+atexit.register(release_all)

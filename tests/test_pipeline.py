@@ -1,0 +1,93 @@
+"""The whole pipeline, end to end, on real components: an HTTP teacher on 127.0.0.1, a verifier
+judge, a tiny random-init llama student trained with BOND, f16 GGUF export and an alias."""
+
+from __future__ import annotations
+
+import pytest
+
+import jupyter_distill as jd
+from jupyter_distill.errors import ConfigError, DatasetError, PolicyError, ReviewError
+from jupyter_distill.judges import exact_match
+from jupyter_distill.store import RunStore
+from tiny_models import build_tiny_llama
+
+
+def answer(body, index):
+    """Half of the teacher's candidates are right: index 0 and 2 answer the number, 1 and 3 do not."""
+    prompt = body["messages"][-1]["content"]
+    number = prompt.rsplit(" ", 1)[-1]
+    return number if index % 2 == 0 else f"I think it is {number}?"
+
+
+@pytest.fixture
+def tiny_student(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("student"))
+
+
+def dataset(n=10):
+    return [{"prompt": f"Repeat the number {i}", "expected": str(i)} for i in range(n)]
+
+
+def test_distill_end_to_end_then_rerun_pays_nothing(tmp_path, monkeypatch, openai_server, tiny_student):
+    monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
+    openai_server.responder = answer
+    events = []
+    options = dict(
+        dataset=dataset(),
+        teacher=openai_server.spec("test-model"),
+        student=str(tiny_student),
+        judge=exact_match("expected"),
+        n_samples=4,
+        top_k=1,
+        steps=3,
+        batch_size=2,
+        max_tokens=8,
+        quantize="f16",
+        alias="tiny-numbers",
+        workdir=str(tmp_path / "wd"),
+        name="numbers",
+    )
+    student = jd.distill(on_progress=events.append, **options)
+
+    phases = [e.phase for e in events if e.kind == "phase_end"]
+    assert phases == ["sampling", "judging", "review", "training", "eval", "export", "alias"]
+    assert openai_server.requests_total > 0
+    store = RunStore(tmp_path / "wd")
+    run = store.get_run("numbers")
+    assert run["status"] == "done"
+    summary = run["summary"]
+    assert summary["teacher_best_of_n"]["pass_rate"] == 1.0  # a right answer is always among 4 candidates
+    assert summary["student_before"]["n"] == summary["student_after"]["n"] == 2
+    assert summary["pairs"] == 8 and summary["pairs_with_rejected"] == 8
+    assert {"adapter", "gguf"} <= set(store.get_artifacts("numbers"))
+    assert [m["step"] for m in store.get_metrics("numbers", "loss")] == [1, 2, 3]
+
+    reply = jd.completion(model="tiny-numbers", messages=[{"role": "user", "content": "Repeat the number 3"}])
+    assert reply.choices[0].message.role == "assistant" and reply._cost == 0.0
+    assert isinstance(student("Repeat the number 4"), str)
+    assert "tiny-numbers" in {a["name"] if isinstance(a, dict) else a for a in jd.list_aliases()}
+
+    sent = openai_server.requests_total
+    jd.distill(on_progress=events.append, **options)
+    assert openai_server.requests_total == sent  # every sample re-used: nothing paid twice
+
+
+def test_bad_input_fails_before_any_request(tmp_path, openai_server):
+    base = dict(dataset=dataset(4), teacher=openai_server.spec("m"), workdir=str(tmp_path), on_progress=lambda e: None)
+    with pytest.raises(ConfigError):
+        jd.distill(**{**base, "n_samples": 2, "top_k": 3})
+    with pytest.raises(DatasetError):
+        jd.distill(**{**base, "dataset": [{"text": "no prompt field"}]})
+    with pytest.raises(PolicyError):
+        jd.distill(**{**base, "teacher": "openai:gpt-4o-mini"})
+    assert openai_server.requests_total == 0
+
+
+def test_review_true_in_a_script_explains_how_to_review(tmp_path, openai_server, tiny_student):
+    openai_server.responder = answer
+    with pytest.raises(ReviewError, match="%distill review"):
+        jd.distill(
+            dataset=dataset(4), teacher=openai_server.spec("m"), student=str(tiny_student),
+            judge=exact_match("expected"), n_samples=2, top_k=1, steps=1, max_tokens=8, review=True,
+            workdir=str(tmp_path), on_progress=lambda e: None,
+        )  # fmt: skip
