@@ -190,13 +190,11 @@ def _cached_samples(config: DistillConfig, teacher_spec: str, prompts: list[Any]
     db = Path(config.workdir) / "runs.db"
     if not db.is_file() or not teacher_spec:
         return 0
+    from jupyter_distill.sampling import decoding_params, sample_key
+
     store = RunStore(config.workdir)
-    params = {"temperature": config.temperature, "max_tokens": config.max_tokens, "seed": config.seed}
-    keys = [
-        content_hash("sample", p.hash, teacher_spec, params, index)
-        for p in prompts
-        for index in range(config.n_samples)
-    ]
+    params = decoding_params(config.temperature, config.max_tokens, config.seed)
+    keys = [sample_key(p.hash, teacher_spec, params, index) for p in prompts for index in range(config.n_samples)]
     found = len(store.existing_sample_keys(keys))
     store.close()
     return found

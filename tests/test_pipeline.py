@@ -4,12 +4,12 @@ judge, a tiny random-init llama student trained with BOND, f16 GGUF export and a
 from __future__ import annotations
 
 import pytest
+from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.errors import ConfigError, DatasetError, PolicyError, ReviewError
 from jupyter_distill.judges import exact_match
 from jupyter_distill.store import RunStore
-from tiny_models import build_tiny_llama
 
 
 def answer(body, index):
