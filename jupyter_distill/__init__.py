@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "distill": "jupyter_distill.pipeline",
+    "distill": "jupyter_distill.api",
     "Run": "jupyter_distill.pipeline",
     "estimate": "jupyter_distill.estimate",
     "completion": "jupyter_distill.serving",

@@ -144,13 +144,22 @@ class Run:
         config = self.config
         store = self.store
         self.state.status = "running"
+        try:
+            # Everything the user handed over is checked before the store is touched: a typo in a
+            # re-run must not mark a finished run failed or replace its config (tests/test_bad_input.py).
+            prompts = self._prepare_prompts()
+            teacher = self._load_teacher()
+            judge = self._load_judge(teacher)
+        except BaseException as exc:
+            self.state.status = "failed"
+            self.state.error = str(exc)
+            fan_out(self._sinks[1:])(Event("error", run=self.name, message=str(exc), data={"detail": ""}))
+            raise
         store.create_run(self.name, config.to_public_dict())
         store.update_run(self.name, status="running")
         self._announce(Event("run_start", run=self.name, message=f"run {self.name}", data=config.to_public_dict()))
         try:
-            prompts = self._prepare_prompts()
-            teacher = self._load_teacher()
-            judge = self._load_judge(teacher)
+            store.put_prompts(self.name, prompts)
             samples = self._phase("sampling", lambda: self._sample(teacher, prompts))
             judgments = self._phase("judging", lambda: self._judge(judge, prompts, samples))
             pairs = self._phase("review", lambda: self._select_and_review(prompts, samples, judgments))
@@ -219,7 +228,6 @@ class Run:
             max_prompts=config.max_prompts,
         )
         data_module.split(prompts, config.heldout_fraction, config.seed)
-        self.store.put_prompts(self.name, prompts)
         heldout = sum(p.split == "heldout" for p in prompts)
         self.state.summary.update(
             {"prompts": len(prompts), "train_prompts": len(prompts) - heldout, "heldout": heldout}
@@ -238,10 +246,7 @@ class Run:
             concurrency=config.concurrency,
             max_cost=config.max_cost,
         )
-        decision = getattr(teacher, "decision", None)
-        reason = getattr(decision, "reason", "")
-        if reason.startswith("WARNING"):
-            self.emit(Event("warning", run=self.name, message=reason))
+        # a policy='warn' decision is announced by the sampling stage, with the samples it affects
         self.state.summary["teacher"] = teacher.spec
         return teacher
 
@@ -346,7 +351,23 @@ class Run:
             emit=self.emit, stop=self._stop,
         )  # fmt: skip
         before = self._evaluate_student(student, label="student_before")
-        result = trainer.train(resume=self.resume)
+        try:
+            result = trainer.train(resume=self.resume)
+        except TrainingError as exc:
+            # A re-run that retried failed prompts (or changed a training setting) has other pairs
+            # than the checkpoint: mixing them is wrong, failing the re-run is worse. Start over.
+            if exc.field != "resume" or exc.value not in ("pairs", "settings"):
+                raise
+            self.emit(
+                Event(
+                    "warning",
+                    run=self.name,
+                    phase="training",
+                    message=f"the training {exc.value} changed since the last checkpoint; training restarts "
+                    "from the initial student.",
+                )
+            )
+            result = trainer.train(resume=False)
         if result.stopped:
             raise RunStopped(f"run {self.name!r} stopped at step {result.steps_done}. Resume with resume=True.")
         self.state.summary.update({"steps": result.steps_done, "engine": result.engine})
@@ -477,6 +498,7 @@ def distill(
     *,
     on_progress: Emit | None = None,
     resume: bool = True,
+    review_handler: Callable[[Run], None] | None = None,
     **options: Any,
 ) -> Any:
     """Distil ``student`` from ``teacher`` on ``dataset`` and return the trained Student.
@@ -485,6 +507,8 @@ def distill(
     ``on_progress`` a console progress display (tqdm) is drawn on stderr. A run of the same name
     always re-uses every sample and judgment already in the store (never paying twice);
     ``resume=False`` only restarts training from the initial student instead of the last checkpoint.
+    ``review_handler(run)`` shows a review UI when ``review=True`` (the notebook front end passes
+    one; without it ``review=True`` raises a ``ReviewError`` saying how to review).
     """
     config = DistillConfig.from_kwargs(dataset=dataset, teacher=teacher, student=student, judge=judge, **options)
     console = None
@@ -492,35 +516,12 @@ def distill(
         from jupyter_distill.events import ConsoleRenderer
 
         console = ConsoleRenderer()
-    review_handler = _notebook_review_handler() if config.review else None
     run = Run(config, on_progress=on_progress or console, review_handler=review_handler, resume=resume)
     try:
         return run.run()
     finally:
         if console is not None:
             console.close()
-
-
-def _notebook_review_handler() -> Callable[[Run], None] | None:
-    """In a notebook, show the review widget; elsewhere there is no human to ask."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return None
-    shell = get_ipython()
-    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
-        return None
-
-    def show(run: Run) -> None:
-        from IPython.display import display
-
-        from jupyter_distill.notebook.review_widget import ReviewWidget
-
-        widget = ReviewWidget(run.store, run.name)
-        widget.on_continue.append(lambda *_: run.continue_after_review())
-        display(widget)
-
-    return show
 
 
 def run_async_safely(coro: Any) -> Any:

@@ -1,0 +1,208 @@
+"""Local teachers: GGUF files through llama-cpp-python, the embedded offline default.
+
+``local:NAME`` resolves a GGUF shipped inside a PyPI package (``models.LOCAL_MODELS``);
+``gguf:PATH`` takes your own file. The model is loaded lazily (a re-run that finds every sample
+in the store never loads it) through :func:`jupyter_distill.runtime.get_llama`, so teachers,
+evaluation and serving share one copy per process, and generation holds
+:func:`~jupyter_distill.runtime.llama_lock` because a llama.cpp context is not re-entrant.
+Generation runs in a worker thread (``asyncio.to_thread``) so the event loop, and with it
+progress events and the Stop button, stays responsive.
+
+llama.cpp's chat completion has no ``n``: candidates are generated one by one, candidate ``i``
+with seed ``seed + i``, so any single candidate can be regenerated exactly on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_distill.errors import DistillError, TeacherError
+from jupyter_distill.hashing import file_sha256
+from jupyter_distill.models import LOCAL_MODELS, resolve_local_gguf
+from jupyter_distill.policy import PolicyDecision, PolicyMode, decide
+from jupyter_distill.runtime import get_llama, llama_lock
+from jupyter_distill.teachers.base import FatalTeacherError, ParsedSpec, Sample, check_sample_args, utc_now
+
+LOCAL_OPTIONS = ("n_ctx", "n_threads", "licence")
+_sha_cache: dict[tuple[str, int, int], str] = {}
+_sha_lock = threading.Lock()
+
+
+def model_file_sha256(path: Path) -> str:
+    """SHA-256 of a model file, computed once per (path, size, mtime) per process."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, int(stat.st_mtime))
+    with _sha_lock:
+        if key in _sha_cache:
+            return _sha_cache[key]
+    digest = file_sha256(path)
+    with _sha_lock:
+        _sha_cache[key] = digest
+    return digest
+
+
+class LlamaTeacher:
+    """A GGUF model sampled in-process; costs nothing and needs no key."""
+
+    def __init__(
+        self,
+        *,
+        spec: str,
+        model: str,
+        path: Path,
+        decision: PolicyDecision,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+    ):
+        self.spec = spec
+        self.model = model
+        self.path = path
+        self.decision = decision
+        self.provider = decision.provider
+        self.endpoint = f"llama.cpp:{path.name}"
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.concurrency = 1  # one context: parallel prompts would only queue on the lock
+        self.requests_sent = 0  # generations run
+        self.spent = 0.0
+        self._sha256: str | None = None
+
+    def __repr__(self) -> str:
+        return f"LlamaTeacher(spec={self.spec!r}, path={str(self.path)!r})"
+
+    def _load(self) -> Any:
+        try:
+            llm = get_llama(self.path, n_ctx=self.n_ctx, n_threads=self.n_threads)
+        except DistillError as exc:
+            raise FatalTeacherError(
+                f"teacher {self.spec}: {exc}", field="teacher", value=self.spec, fix=exc.fix
+            ) from None
+        if not self.decision.licence:
+            licence = str(llm.metadata.get("general.license") or "unknown (not in the GGUF metadata)")
+            self.decision = dataclasses.replace(self.decision, licence=licence)
+        if self._sha256 is None:
+            self._sha256 = model_file_sha256(self.path)
+        return llm
+
+    def _generate(
+        self, messages: list[dict[str, Any]], temperature: float, max_tokens: int, seed: int
+    ) -> tuple[dict[str, Any], float]:
+        llm = self._load()
+        with llama_lock(self.path, n_ctx=self.n_ctx):
+            started = time.monotonic()
+            result = llm.create_chat_completion(
+                messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed
+            )
+            return result, time.monotonic() - started
+
+    async def sample(
+        self,
+        messages: list[dict[str, Any]],
+        n: int = 4,
+        temperature: float = 0.8,
+        max_tokens: int = 256,
+        seed: int | None = None,
+    ) -> list[Sample]:
+        """``n`` candidates generated one after another, candidate ``i`` with seed ``seed + i``."""
+        check_sample_args(n, temperature, max_tokens)
+        base = seed if seed is not None else random.randrange(2**31 - n)
+        samples = []
+        for i in range(n):
+            try:
+                result, seconds = await asyncio.to_thread(self._generate, messages, temperature, max_tokens, base + i)
+            except DistillError:
+                raise
+            except (ValueError, RuntimeError) as exc:  # e.g. prompt longer than the context
+                raise TeacherError(
+                    f"teacher {self.spec} could not generate: {exc}. Fix: shorten the prompt or load the teacher "
+                    f"with a larger n_ctx= (now {self.n_ctx}).",
+                    field="teacher",
+                    value=self.spec,
+                ) from None
+            self.requests_sent += 1
+            choice = result["choices"][0]
+            usage = {k: int(v) for k, v in (result.get("usage") or {}).items() if isinstance(v, int)}
+            samples.append(
+                Sample(
+                    text=choice["message"].get("content") or "",
+                    usage=usage,
+                    cost=0.0,
+                    finish_reason=choice.get("finish_reason"),
+                    provenance={
+                        "teacher": self.spec,
+                        "model": self.model,
+                        "provider": self.provider,
+                        "endpoint": self.endpoint,
+                        "model_file": self.path.name,
+                        "model_sha256": self._sha256,
+                        "time": utc_now(),
+                        "params": {
+                            "temperature": temperature,
+                            "max_tokens": max_tokens,
+                            "seed": base + i,
+                            "n_per_request": 1,
+                        },
+                        "policy": self.decision.to_dict(),
+                        "terms_version": self.decision.terms_version,
+                        "licence": self.decision.licence,
+                        "usage": usage,
+                        "usage_estimated": False,
+                        "cost_usd": 0.0,
+                        "latency_s": round(seconds, 4),
+                        "runtime": "llama-cpp-python",
+                    },
+                )
+            )
+        return samples
+
+    async def aclose(self) -> None:
+        """Nothing to close: the model stays in the shared runtime cache for other callers."""
+
+
+def build_llama_teacher(
+    parsed: ParsedSpec,
+    *,
+    policy: PolicyMode = "strict",
+    authorization: str | None = None,
+    **options: Any,
+) -> LlamaTeacher:
+    """Resolve the GGUF and decide the policy; the model itself loads on first use."""
+    unknown = sorted(set(options) - set(LOCAL_OPTIONS))
+    if unknown:
+        raise TeacherError(
+            f"unknown option {unknown[0]!r} for teacher '{parsed.scheme}:{parsed.target}'. "
+            f"Known options: {', '.join(LOCAL_OPTIONS)}.",
+            field=unknown[0],
+            value=unknown[0],
+        )
+    licence = str(options.get("licence") or "")
+    if parsed.scheme == "local":
+        path = resolve_local_gguf(parsed.target)
+        licence = licence or LOCAL_MODELS[parsed.target].licence
+        spec = f"local:{parsed.target}"
+    else:
+        path = Path(parsed.target).expanduser()
+        if not path.is_file():
+            raise TeacherError(
+                f"teacher 'gguf:{parsed.target}': no such file. Fix: give the path of a .gguf file, or use "
+                f"'local:NAME' with one of {', '.join(LOCAL_MODELS)}.",
+                field="teacher",
+                value=f"gguf:{parsed.target}",
+            )
+        path = path.resolve()
+        spec = f"gguf:{path}"
+    decision = decide("local", parsed.target, mode=policy, authorization=authorization, licence=licence)
+    return LlamaTeacher(
+        spec=spec,
+        model=parsed.target if parsed.scheme == "local" else path.stem,
+        path=path,
+        decision=decision,
+        n_ctx=int(options.get("n_ctx", 2048)),
+        n_threads=options.get("n_threads"),
+    )

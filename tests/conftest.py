@@ -1,0 +1,28 @@
+"""Shared fixtures.
+
+``openai_server``: a real OpenAI-compatible aiohttp server on 127.0.0.1 (random free port,
+background thread), fresh for each test; its knobs and records are documented in
+``tests/openai_server.py``. Point a teacher at it with ``load_teacher(openai_server.spec())`` or,
+for named providers, ``base_url=openai_server.url``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from openai_server import OpenAIServer
+
+
+@pytest.fixture
+def openai_server() -> Iterator[OpenAIServer]:
+    server = OpenAIServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
