@@ -72,6 +72,16 @@ def get_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = No
     return llm
 
 
+def default_threads() -> int:
+    """llama.cpp threads: ``JUPYTER_DISTILL_LLAMA_THREADS`` if set, else every core.
+
+    On a machine shared with other busy processes fewer threads are faster (llama.cpp threads
+    spin-wait for each other), so the override is there for such hosts.
+    """
+    value = os.environ.get("JUPYTER_DISTILL_LLAMA_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else max(1, os.cpu_count() or 1)
+
+
 def load_llama(path: str, *, n_ctx: int = 2048, n_threads: int | None = None, **kwargs: Any) -> Any:
     """Construct a ``llama_cpp.Llama`` (uncached) with the safe buffer settings described above.
 
@@ -94,7 +104,7 @@ def load_llama(path: str, *, n_ctx: int = 2048, n_threads: int | None = None, **
             return llama_cpp.Llama(
                 model_path=path,
                 n_ctx=n_ctx,
-                n_threads=n_threads or max(1, os.cpu_count() or 1),
+                n_threads=n_threads or default_threads(),
                 verbose=False,
                 **kwargs,
             )

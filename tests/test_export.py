@@ -1,0 +1,245 @@
+"""GGUF export: tiny random-init llama / qwen2 / qwen3 models round-trip through our writer,
+llama.cpp's quantizer and llama.cpp itself, and agree with the HF model token by token."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_models import CHECK_PROMPTS, add_lora_adapter, build_tiny_llama, build_tiny_qwen, smol_hf_folder
+
+from jupyter_distill import runtime
+from jupyter_distill.errors import ExportError
+from jupyter_distill.export import (
+    QUANT_TYPES,
+    _permute_rotary,
+    export_gguf,
+    llama3_rope_factors,
+    validate_quantize,
+    write_gguf,
+)
+from jupyter_distill.hashing import file_sha256
+from jupyter_distill.store import PromptRecord, RunStore, SampleRecord
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(autouse=True)
+def _release_models():
+    yield
+    runtime.release_all()
+
+
+def _fields(path: Path) -> dict:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    out = {}
+    for key, field in reader.fields.items():
+        if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
+            out[key] = len(field.data)
+        else:
+            try:
+                out[key] = field.contents()
+            except Exception:
+                out[key] = None
+    out["_tensors"] = {t.name: (tuple(int(x) for x in t.shape), t.tensor_type.name) for t in reader.tensors}
+    return out
+
+
+def test_tiny_llama_round_trip_with_store_and_card(tiny_llama: Path, tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "wd")
+    store.create_run("r1", {"student": "smollm2-135m", "teacher": "local:smollm2-135m", "dataset": "tickets.jsonl"})
+    prompts = [PromptRecord(hash="h1", messages=[{"role": "user", "content": "hi"}], row={}, split="heldout")]
+    store.put_prompts("r1", prompts)
+    policy = {"verdict": "allowed", "terms_version": "2026-11-01", "reason": "open weights", "licence": "apache-2.0"}
+    provenance = {"teacher": "local:smollm2-135m", "provider": "local", "model": "smollm2-135m", "policy": policy}
+    sample = SampleRecord("s1", "h1", "local:smollm2-135m", {}, 0, "hello", provenance=provenance)
+    store.put_samples([sample])
+    result = export_gguf(
+        tiny_llama,
+        tmp_path / "out",
+        quantize="q8_0",
+        check_prompts=CHECK_PROMPTS,
+        store=store,
+        run_id="r1",
+        check_tokens=8,
+    )
+    assert result.quantize == "q8_0" and result.gguf.name.endswith(".q8_0.gguf") and result.gguf.is_file()
+    fields = _fields(result.f16_gguf)
+    assert fields["general.architecture"] == "llama"
+    assert fields["llama.block_count"] == 2 and fields["llama.embedding_length"] == 64
+    assert fields["llama.attention.head_count"] == 4 and fields["llama.attention.head_count_kv"] == 2
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
+    assert fields["tokenizer.ggml.tokens"] == 49152 and fields["tokenizer.ggml.merges"] > 40000
+    assert fields["tokenizer.ggml.eos_token_id"] == 2 and fields["tokenizer.ggml.add_bos_token"] is False
+    template = (smol_hf_folder() / "chat_template.jinja").read_text()
+    assert fields["tokenizer.chat_template"] == template
+    tensors = fields["_tensors"]
+    assert "output.weight" not in tensors  # tied embeddings: llama.cpp reuses token_embd
+    assert tensors["blk.0.attn_q.weight"][1] == "F16" and tensors["blk.0.attn_norm.weight"][1] == "F32"
+    assert len(tensors) == 2 + 2 * 9
+    # the quantized file is readable too, and llama.cpp loads it through the shared runtime
+    assert _fields(result.gguf)["general.architecture"] == "llama"
+    llm = runtime.get_llama(result.gguf)
+    assert llm.n_vocab() == 49152
+    assert result.agreement["f16"] >= 0.95 and 0.0 <= result.agreement["q8_0"] <= 1.0
+    assert result.details["tokenizer_match"] == 1.0
+    # artifacts with sha256 in the store
+    arts = store.get_artifacts("r1")
+    for kind in ("gguf", "gguf_f16", "model_card"):
+        assert arts[kind]["sha256"] == file_sha256(arts[kind]["path"]) == result.sha256[kind]
+        assert arts[kind]["size"] == Path(arts[kind]["path"]).stat().st_size
+    card = result.card.read_text()
+    assert 'license: "apache-2.0"' in card and "HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "Dataset**: tickets.jsonl" in card and result.sha256["gguf"] in card
+    assert "f16" in card and "Licence chain" in card
+    assert "Teacher** `local:smollm2-135m`: terms verdict `allowed` (terms version 2026-11-01)" in card
+
+
+def test_lora_adapter_is_merged_before_conversion(tiny_llama: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    adapter = tmp_path / "adapter"
+    add_lora_adapter(tiny_llama, adapter)
+    result = export_gguf(adapter, tmp_path / "out", quantize="f16", check_prompts=CHECK_PROMPTS[:2])
+    assert result.adapter_dir == adapter.resolve() and result.gguf == result.f16_gguf
+    merged = load_file(str(result.merged_dir / "model.safetensors"))
+    base = load_file(str(tiny_llama / "model.safetensors"))
+    key = "model.layers.0.self_attn.v_proj.weight"
+    assert not torch.allclose(merged[key], base[key])  # the adapter changed the weights
+    assert result.agreement["f16"] >= 0.95
+    # a second export reuses the merged folder (same adapter hash): the merge is idempotent
+    marker = result.merged_dir / "jupyter_distill_merge.json"
+    before = marker.stat().st_mtime_ns
+    export_gguf(adapter, tmp_path / "out", quantize="f16", check_prompts=CHECK_PROMPTS[:1])
+    assert marker.stat().st_mtime_ns == before
+
+
+def test_in_memory_peft_model_is_not_mutated(tiny_llama: Path, tmp_path: Path) -> None:
+    peft_model = add_lora_adapter(tiny_llama, tmp_path / "a0")
+    result = export_gguf(
+        peft_model, tmp_path / "out", base_folder=tiny_llama, quantize="f16", check_prompts=CHECK_PROMPTS[:1]
+    )
+    assert result.agreement["f16"] >= 0.95
+    assert any("lora_A" in name for name, _ in peft_model.named_parameters())  # still a LoRA model
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_tiny_qwen_round_trip(arch: str, tmp_path: Path) -> None:
+    folder = build_tiny_qwen(tmp_path / arch, arch)
+    result = export_gguf(folder, tmp_path / "out", quantize="q8_0", check_prompts=CHECK_PROMPTS)
+    fields = _fields(result.f16_gguf)
+    assert fields["general.architecture"] == arch
+    assert fields["tokenizer.ggml.pre"] == "qwen2"
+    assert fields["tokenizer.ggml.tokens"] == 512  # padded past the tokenizer's 400 tokens
+    assert "output.weight" in fields["_tensors"]  # untied head
+    if arch == "qwen2":
+        assert "blk.0.attn_q.bias" in fields["_tensors"]
+    else:
+        assert fields["qwen3.attention.key_length"] == 32
+        assert fields["_tensors"]["blk.1.attn_k_norm.weight"] == ((32,), "F32")
+    assert result.details["tokenizer_match"] == 1.0
+    assert result.agreement["f16"] >= 0.95, result.agreement
+
+
+def test_llama3_rope_scaling_writes_rope_freqs(tmp_path: Path) -> None:
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    folder = build_tiny_llama(tmp_path / "l3", rope_scaling=scaling, tied=False)
+    result = export_gguf(folder, tmp_path / "out", quantize="f16", check_prompts=CHECK_PROMPTS)
+    tensors = _fields(result.f16_gguf)["_tensors"]
+    assert tensors["rope_freqs.weight"] == ((8,), "F32") and "output.weight" in tensors
+    assert result.agreement["f16"] >= 0.95, result.agreement
+
+
+def test_llama3_rope_factors_match_transformers() -> None:
+    import torch
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    config = LlamaConfig(hidden_size=2048, num_attention_heads=32, rope_parameters=scaling)
+    inv_scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, torch.device("cpu"))
+    inv = 1.0 / (500000.0 ** (torch.arange(0, 64, 2, dtype=torch.float64) / 64))
+    ours = llama3_rope_factors({"rope_parameters": scaling}, 64)
+    np.testing.assert_allclose(ours, (inv / inv_scaled.double()).numpy(), rtol=1e-5)
+
+
+def test_permute_rotary_pairs_halves() -> None:
+    # one head of dim 4: rows [a0, a1, b0, b1] (rotate-half halves) become [a0, b0, a1, b1]
+    w = np.arange(8, dtype=np.float32).reshape(4, 2)
+    out = _permute_rotary(w, 1)
+    np.testing.assert_array_equal(out[:, 0], [0, 4, 2, 6])
+
+
+def test_unknown_quantize_type_lists_valid_ones(tiny_llama: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError) as info:
+        export_gguf(tiny_llama, tmp_path / "out", quantize="q3_weird")
+    message = str(info.value)
+    assert "q3_weird" in message and all(q in message for q in QUANT_TYPES)
+    assert info.value.field == "quantize"
+    assert not (tmp_path / "out").exists()  # refused before any work
+    assert validate_quantize("Q4_K_M") == "q4_k_m" and validate_quantize(None) == "f16"
+
+
+def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "gpt2ish"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
+    save_file({"wte.weight": torch.zeros(4, 8)}, str(folder / "model.safetensors"))
+    with pytest.raises(ExportError) as info:
+        export_gguf(folder, tmp_path / "out", quantize="f16")
+    assert "'gpt2'" in str(info.value) and "llama" in str(info.value)
+    assert info.value.field == "architecture"
+    with pytest.raises(ExportError, match="gpt2"):
+        write_gguf(folder, tmp_path / "x.gguf")
+
+
+def test_not_a_model_folder(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="neither a PEFT adapter"):
+        export_gguf(tmp_path, tmp_path / "out", quantize="f16")
+
+
+@pytest.mark.slow
+def test_real_smollm2_export_agreement(tmp_path: Path) -> None:
+    folder = smol_hf_folder()
+    result = export_gguf(folder, tmp_path / "smol", quantize="q4_k_m", also_quantize=("q8_0",))
+    print(f"\nSmolLM2-135M agreement: {json.dumps(result.agreement)} details: {json.dumps(result.details)}")
+    assert result.agreement["f16"] >= 0.95
+    assert result.agreement["q8_0"] >= 0.9
+    assert result.agreement["q4_k_m"] >= 0.7  # reported; q4 on a 135M model loses some argmaxes
+    assert result.details["tokenizer_match"] == 1.0
+    assert set(result.sha256) >= {"gguf", "gguf_f16", "gguf_q8_0", "model_card"}
+
+
+def test_a_broken_conversion_is_caught(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agreement check has teeth: without the q/k permutation the export is refused."""
+    from jupyter_distill import export
+
+    monkeypatch.setattr(export, "_permute_rotary", lambda w, n_head: w)
+    with pytest.raises(ExportError) as info:
+        export_gguf(tiny_llama, tmp_path / "out", quantize="f16", check_prompts=CHECK_PROMPTS)
+    assert info.value.field == "agreement" and info.value.value < 0.95
