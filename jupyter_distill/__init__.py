@@ -20,6 +20,7 @@ _LAZY = {
     "set_alias": "jupyter_distill.registry",
     "list_aliases": "jupyter_distill.registry",
     "unset_alias": "jupyter_distill.registry",
+    "get_alias": "jupyter_distill.registry",
     "DistillConfig": "jupyter_distill.config",
     "DistillError": "jupyter_distill.errors",
 }
