@@ -383,11 +383,27 @@ class Run:
         if not heldout:
             return None
         judge = self._judge_fn()
+        # An LLM judge costs money: a resumed run re-uses the stored score of an identical answer
+        # judged by the same judge (recorded as eval_judge/<label> once the results are stored).
+        judge_id = self.state.summary.get("judge")
+        recorded = ((self.store.get_run(self.name) or {}).get("summary") or {}).get(f"eval_judge/{label}")
+        paid: dict[tuple[str, str], float] = {}
+        if judge_id and recorded == judge_id:
+            for row in self.store.get_eval_results(self.name, label):
+                if row["score"] is not None:
+                    paid[(row["prompt_hash"], row["response"])] = row["score"]
+
+        def score(prompt: PromptRecord, response: str) -> float | None:
+            key = (prompt.hash, response)
+            return paid[key] if key in paid else judge(prompt, response)
+
         respond = HFResponder(
             student.model, student.tokenizer, max_new_tokens=self.config.max_tokens,
             stop_token_ids=student.stop_token_ids(),
         )  # fmt: skip
-        summary = evaluate(self.store, self.name, heldout, respond, judge, label, emit=self.emit)
+        summary = evaluate(self.store, self.name, heldout, respond, score, label, emit=self.emit)
+        if judge_id:
+            self.store.update_run(self.name, summary={f"eval_judge/{label}": judge_id})
         self.state.summary[label] = _summary_dict(summary)
         return summary
 

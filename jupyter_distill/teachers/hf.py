@@ -79,10 +79,12 @@ class HFTeacher:
                     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
                 elif isinstance(dtype, str):
                     dtype = getattr(torch, dtype)
-                try:
-                    tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-                    model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype).to(device)
-                except (OSError, ValueError) as exc:
+                try:  # safetensors only, never remote code: a pickle or an auto_map can run anything
+                    tokenizer = AutoTokenizer.from_pretrained(str(self.path), trust_remote_code=False)
+                    model = AutoModelForCausalLM.from_pretrained(
+                        str(self.path), dtype=dtype, use_safetensors=True, trust_remote_code=False
+                    ).to(device)
+                except Exception as exc:  # transformers raises OSError, ValueError, pickle errors...
                     raise FatalTeacherError(
                         f"teacher {self.spec}: transformers cannot load {str(self.path)!r}: {exc}. Fix: point hf: at "
                         "a folder with config.json, weights and a tokenizer.",
@@ -192,6 +194,14 @@ def build_hf_teacher(
         raise TeacherError(
             f"teacher 'hf:{parsed.target}': {str(path)!r} is not a transformers model folder (no config.json). "
             "Fix: point hf: at a folder saved with save_pretrained, or use 'gguf:PATH' for a GGUF file.",
+            field="teacher",
+            value=f"hf:{parsed.target}",
+        )
+    if not any(path.glob("*.safetensors")):
+        raise TeacherError(
+            f"teacher 'hf:{parsed.target}': {str(path)!r} has no *.safetensors weights. jupyter-distill loads only "
+            "safetensors (pickled .bin weights can run code when loaded). Fix: re-save the model with "
+            "save_pretrained(folder, safe_serialization=True) in a trusted environment.",
             field="teacher",
             value=f"hf:{parsed.target}",
         )
