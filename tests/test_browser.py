@@ -1,0 +1,309 @@
+"""JupyterLab in a real browser: the Distill panel, the run card renderer, the template command,
+unsetting an alias, and the review widget driven by the keyboard in a live kernel.
+
+JupyterLab runs as a subprocess on 127.0.0.1 with a token; Debian's chromium is driven through
+Playwright (``make test`` installs it when missing). Everything the browser does is checked where
+it lands: in the page, in the run store, or in the alias registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from distill_server_fixtures import build_fixture_store, fixture_prompts, sample_key
+
+from jupyter_distill import registry
+from jupyter_distill.store import RunStore
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TOKEN = "distill-browser-test-token"
+RUN_MIME = "application/vnd.jupyter.distill.run+json"
+UI_TIMEOUT_MS = 90_000  # 2 shared cores: the first lab load compiles nothing but is still slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.25)
+
+
+def notebook(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "cells": cells,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def code_cell(source: str, outputs: list[dict[str, Any]] | None = None, ident: str = "c0") -> dict[str, Any]:
+    return {
+        "cell_type": "code",
+        "id": ident,
+        "execution_count": None,
+        "metadata": {},
+        "source": source,
+        "outputs": outputs or [],
+    }
+
+
+class Lab:
+    """A running JupyterLab subprocess and the paths its test data lives in."""
+
+    def __init__(self, root: Path, workdir: Path, alias_home: Path, url: str, process: subprocess.Popen[bytes]):
+        self.root = root
+        self.workdir = workdir
+        self.alias_home = alias_home
+        self.url = url
+        self.process = process
+
+    def page_url(self, path: str) -> str:
+        return f"{self.url}{path}?token={TOKEN}"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (apt-get install chromium)")
+    base = tmp_path_factory.mktemp("lab")
+    root, workdir, alias_home = base / "root", base / "root" / ".distill", base / "alias-home"
+    root.mkdir()
+    store = build_fixture_store(workdir)
+
+    # A notebook whose saved output is a run summary: the card must render with no kernel.
+    from jupyter_distill.server.summary import run_summary
+
+    summary = run_summary(store, store.get_run("tickets"))
+    output = {"output_type": "display_data", "metadata": {}, "data": {RUN_MIME: summary, "text/plain": "run tickets"}}
+    (root / "runs.ipynb").write_text(json.dumps(notebook([code_cell("# the run", [output])])))
+    (root / "review.ipynb").write_text(
+        json.dumps(
+            notebook(
+                [
+                    code_cell(
+                        "from jupyter_distill.store import RunStore\n"
+                        "from jupyter_distill.notebook.review_widget import ReviewWidget\n"
+                        "ReviewWidget(RunStore('.distill'), 'tickets')"
+                    )
+                ]
+            )
+        )
+    )
+
+    gguf = base / "student.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    config_dir = base / "config"
+    config_dir.mkdir()
+    (config_dir / "jupyter_server_config.json").write_text(
+        json.dumps({"ServerApp": {"jpserver_extensions": {"jupyter_distill": True}}})
+    )
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(config_dir),
+        "JUPYTER_DATA_DIR": str(base / "data"),
+        "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
+        "JUPYTER_DISTILL_HOME": str(alias_home),
+        "JUPYTER_DISTILL_WORKDIR": ".distill",
+    }
+    previous_home = os.environ.get("JUPYTER_DISTILL_HOME")
+    os.environ["JUPYTER_DISTILL_HOME"] = str(alias_home)
+    registry.set_alias("ticket-classifier", backend="gguf", model_path=gguf)
+    registry.set_alias("keep-me", backend="gguf", model_path=gguf)
+
+    port = free_port()
+    log = (base / "lab.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            "--ServerApp.port_retries=0",
+            "--allow-root",  # CI containers run as root; harmless otherwise
+            f"--IdentityProvider.token={TOKEN}",
+            f"--ServerApp.root_dir={root}",
+            f"--LabApp.workspaces_dir={base / 'workspaces'}",
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run cells by command, not by focus
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"jupyter lab exited: {(base / 'lab.log').read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{url}/api/status", headers={"Authorization": f"token {TOKEN}"}, timeout=2).is_success
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, 120, "jupyter lab to start")
+        yield Lab(root, workdir, alias_home, url, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+        if previous_home is None:
+            os.environ.pop("JUPYTER_DISTILL_HOME", None)
+        else:
+            os.environ["JUPYTER_DISTILL_HOME"] = previous_home
+        shutil.rmtree(base / "runtime", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser(lab: Lab) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def open_distill_panel(page: Any) -> Any:
+    page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-distill-panel"]').click()
+    panel = page.locator("#jupyter-distill-panel")
+    panel.wait_for(state="visible")
+    return panel
+
+
+def test_saved_run_output_renders_as_a_card_without_a_kernel(lab: Lab, page: Any) -> None:
+    page.goto(lab.page_url("/lab/tree/runs.ipynb"))
+    card = page.locator('.jp-Distill-card[data-run-id="tickets"]')
+    card.wait_for(state="visible")
+    text = card.inner_text()
+    assert "tickets" in text and "done" in text
+    assert "$0.75" in text  # teacher cost from the run summary
+    assert "0%" in text and "100%" in text  # pass@1 before and after
+    assert card.locator(".jp-Distill-sparkline path").count() == 1
+
+
+def test_panel_lists_runs_live_and_unsets_an_alias(lab: Lab, page: Any) -> None:
+    page.goto(lab.page_url("/lab"))
+    panel = open_distill_panel(page)
+    live = panel.locator('.jp-Distill-run[data-run-id="live"]')
+    live.wait_for(state="visible")
+    assert "training 4/10" in live.inner_text()
+    done = panel.locator('.jp-Distill-run[data-run-id="tickets"]')
+    assert "pass 0% → 100% (best-of-N 100%)" in done.inner_text()
+    assert done.locator(".jp-Distill-sparkline path").count() == 1
+
+    # A training step lands in the store: the panel shows it on its next poll, no click needed.
+    store = RunStore(lab.workdir)
+    store.put_metrics("live", 5, {"loss": 0.5})
+    page.wait_for_function(
+        """() => document.querySelector('.jp-Distill-run[data-run-id="live"] .jp-Distill-run-phase')
+                  ?.textContent === 'training 5/10'""",
+        timeout=30_000,
+    )
+
+    alias = panel.locator('.jp-Distill-alias[data-alias="ticket-classifier"]')
+    alias.wait_for(state="visible")
+    alias.locator(".jp-Distill-alias-unset").click()
+    page.locator(".jp-Dialog .jp-mod-warn").click()
+    alias.wait_for(state="detached")
+    assert list(registry.list_aliases()) == ["keep-me"]
+    assert panel.locator('.jp-Distill-alias[data-alias="keep-me"]').is_visible()
+
+
+def test_toolbar_button_inserts_a_distill_template(lab: Lab, page: Any) -> None:
+    page.goto(lab.page_url("/lab/tree/runs.ipynb"))
+    page.locator('.jp-Distill-card[data-run-id="tickets"]').wait_for(state="visible")
+    page.locator(".jp-NotebookPanel-toolbar .jp-Distill-toolbar-button").first.click()
+    cells = page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor")
+    page.wait_for_function("() => document.querySelectorAll('.jp-Notebook .jp-Cell').length === 3")
+    sources = [cells.nth(i).inner_text() for i in range(3)]
+    assert sources[1].strip() == "%load_ext jupyter_distill"
+    assert sources[2].startswith("%%distill my-run")
+    assert "teacher: local:smollm2-135m" in sources[2]
+
+
+def test_review_widget_keyboard_decision_reaches_the_store(lab: Lab, page: Any) -> None:
+    store = RunStore(lab.workdir)
+    assert store.get_reviews("tickets") == []
+    page.goto(lab.page_url("/lab/tree/review.ipynb"))
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(state="visible")
+    keys = page.locator(".jd-review-keys input")
+    dialog = page.locator(".jp-Dialog")
+    kernel_idle = """() => {
+        const panel = window.jupyterapp.shell.currentWidget;
+        return panel?.sessionContext?.session?.kernel?.status === 'idle';
+    }"""
+    # Lab may ask which kernel to use (more than one kernelspec is installed): take its choice.
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while not page.evaluate(kernel_idle):
+        if dialog.count() and dialog.first.is_visible():
+            dialog.first.locator(".jp-mod-accept").click()
+        if time.monotonic() > deadline:
+            raise AssertionError("the notebook's kernel never became idle")
+        page.wait_for_timeout(250)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    try:
+        keys.wait_for(state="visible")
+    except Exception as exc:  # say what the cell printed instead (a traceback, a missing widget manager)
+        outputs = page.locator(".jp-Notebook .jp-OutputArea").all_inner_texts()
+        page.screenshot(path=str(lab.root.parent / "review-failure.png"))
+        raise AssertionError(f"no review widget; the cell's output: {outputs}") from exc
+    keys.click()
+    page.keyboard.type("2")  # candidate 2 is the best answer to the first prompt
+
+    first_prompt = fixture_prompts()[0]
+    reviews = wait_for(lambda: store.get_reviews("tickets"), 60, "the review decision in the store")
+    assert [(r["prompt_hash"], r["action"], r["sample_key"]) for r in reviews] == [
+        (first_prompt.hash, "choose", sample_key(first_prompt, 1))
+    ]
