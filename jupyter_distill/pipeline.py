@@ -76,6 +76,7 @@ class Run:
         self.result: Any = None
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        self._loaded_judge: Any = None
         self._review_done = threading.Event()
         self._review_handler = review_handler
         self.resume = resume
@@ -255,6 +256,7 @@ class Run:
 
         judge = load_judge(self.config.judge, teacher=teacher, rubric=self.config.rubric)
         self.state.summary["judge"] = judge.id
+        self._loaded_judge = judge
         return judge
 
     def _sample(self, teacher: Any, prompts: list[PromptRecord]) -> dict[str, list[Any]]:
@@ -408,22 +410,9 @@ class Run:
         return summary
 
     def _judge_fn(self) -> Callable[[PromptRecord, str], float | None]:
-        from jupyter_distill.judges import load_judge
-
-        if getattr(self, "_judge_fn_cache", None) is None:
-            from jupyter_distill.teachers import load_teacher
-
-            config = self.config
-            teacher = None
-            if config.judge is None or isinstance(config.judge, str):
-                teacher = load_teacher(
-                    config.teacher, policy=config.policy, authorization=config.authorization,
-                    enforce_distillable=config.enforce_distillable, concurrency=config.concurrency,
-                    max_cost=config.max_cost,
-                )  # fmt: skip
-            judge = load_judge(config.judge, teacher=teacher, rubric=config.rubric)
-            self._judge_fn_cache = lambda prompt, response: run_async_safely(judge.score(prompt, response)).score
-        return self._judge_fn_cache
+        """Score held-out answers with the judge that scored the teacher's samples (same scale)."""
+        judge = self._loaded_judge
+        return lambda prompt, response: run_async_safely(judge.score(prompt, response)).score
 
     def _evaluate(
         self,
