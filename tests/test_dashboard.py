@@ -1,0 +1,291 @@
+"""The run dashboard, driven by synthetic events and checked through widget traits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import pytest
+from distill_fakes import FAKE_SUMMARY, fake_run
+
+from jupyter_distill.config import DistillConfig
+from jupyter_distill.events import PHASES, Event
+from jupyter_distill.notebook.dashboard import (
+    RUN_MIME_TYPE,
+    DashboardState,
+    PhaseProgress,
+    RunDashboard,
+    RunSummary,
+    loss_svg,
+)
+
+
+def full_run_events(name: str = "r", steps: int = 5) -> list[Event]:
+    """What a finished run emits, phase by phase, in order."""
+    events = [Event("run_start", run=name)]
+    for phase in PHASES:
+        events.append(Event("phase_start", run=name, phase=phase, total=steps if phase == "training" else 4))
+        if phase == "sampling":
+            for i in range(1, 5):
+                events.append(
+                    Event(
+                        "progress",
+                        run=name,
+                        phase=phase,
+                        current=i,
+                        total=4,
+                        data={"requests": i * 4, "cost": 0.01 * i},
+                    )
+                )
+        elif phase == "training":
+            for step in range(1, steps + 1):
+                events.append(Event("metric", run=name, phase=phase, step=step, data={"loss": 3.0 / step, "kl": 0.01}))
+                events.append(Event("progress", run=name, phase=phase, current=step, total=steps))
+        else:
+            events.append(Event("progress", run=name, phase=phase, current=4, total=4))
+        events.append(Event("phase_end", run=name, phase=phase))
+    summary = dict(FAKE_SUMMARY, teacher_cost=0.04, teacher_requests=16, alias="ticket-bot")
+    events.append(Event("run_end", run=name, message="done", data=summary))
+    return events
+
+
+class FakeRun:
+    """What the dashboard needs from a Run: listeners, stop(), running, state, error, result."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Any] = []
+        self.stopped = False
+        self.running = True
+        self.state = type("S", (), {"status": "running"})()
+        self.error: BaseException | None = None
+        self.result = None
+
+    def add_listener(self, sink: Any) -> None:
+        self.listeners.append(sink)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_finished_run_fills_every_panel() -> None:
+    dashboard = RunDashboard("r", min_interval=0.05)
+    finals: list[RunDashboard] = []
+    dashboard.on_final.append(finals.append)
+    for event in full_run_events():
+        dashboard.sink(event)
+    assert dashboard.wait_rendered(5.0)
+
+    for phase in PHASES:
+        assert dashboard.phase_bars[phase].value == 1.0, phase
+        assert dashboard.phase_bars[phase].bar_style == "success"
+        assert "#2e7d32" in dashboard.phase_labels[phase].value  # the "done" colour
+        assert f"✓ {phase}" in dashboard.timeline.value
+    assert "5/5" in dashboard.phase_texts["training"].value
+    assert "requests 16" in dashboard.stats.value  # the summary's count wins at the end
+    assert "teacher cost $0.0400" in dashboard.stats.value
+    assert "loss 0.6" in dashboard.stats.value and "step 5/5" in dashboard.stats.value
+    assert ">done<" in dashboard.header.value
+    assert dashboard.stop_button.disabled and dashboard.stop_button.description == "Done"
+    card = dashboard.summary_card.value
+    assert "student before 50% · teacher best-of-N 100% · student after 100%" in card
+    assert "ticket-bot" in card and "jd.completion(model=&#x27;ticket-bot&#x27;" in card
+    assert "cost per 1k calls" in card
+    assert finals == [dashboard]  # on_final ran once
+
+
+def test_loss_plot_gets_the_points() -> None:
+    dashboard = RunDashboard("r", min_interval=0.05)
+    for event in full_run_events(steps=8):
+        dashboard.sink(event)
+    dashboard.wait_rendered(5.0)
+    assert [p[0] for p in dashboard.state.series["loss"]] == list(range(1, 9))
+    plot = dashboard.plot.widget
+    assert dashboard.plot.live is not None, "notebook/plots.py's LivePlot draws the curve"
+    assert isinstance(plot, widgets.Image) and bytes(plot.value).startswith(b"\x89PNG")
+    assert plot.layout.display == "block"
+    steps, values = dashboard.plot.live.series["loss"]
+    assert steps == list(range(1, 9)) and values[-1] == pytest.approx(3.0 / 8)
+
+
+def test_svg_fallback_when_the_plot_renderer_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "jupyter_distill.notebook.plots", None)  # import fails
+    dashboard = RunDashboard("r", min_interval=0.05)
+    assert dashboard.plot.live is None
+    for event in full_run_events(steps=8):
+        dashboard.sink(event)
+    dashboard.wait_rendered(5.0)
+    svg = bytes(dashboard.plot.widget.value).decode()
+    assert dashboard.plot.widget.format == "svg+xml"
+    assert "<polyline" in svg and "loss 0.375 (step 8)" in svg
+
+
+def test_loss_svg_handles_flat_and_short_series() -> None:
+    assert loss_svg([]) == "" and loss_svg([(1, 2.0)]) == ""
+    flat = loss_svg([(1, 1.0), (2, 1.0)])
+    assert "<polyline" in flat and "nan" not in flat
+
+
+def test_progress_bar_eta_per_phase() -> None:
+    p = PhaseProgress(status="active", current=5, total=20, started=100.0)
+    assert p.fraction == 0.25
+    assert p.eta(110.0) == pytest.approx(30.0)  # 5 units in 10 s, 15 left
+    assert PhaseProgress(status="active", current=0, total=20, started=100.0).eta(110.0) is None
+    assert PhaseProgress(status="done").fraction == 1.0
+
+    dashboard = RunDashboard("r", min_interval=0.05)
+    now = time.time()
+    dashboard.sink(Event("run_start", run="r", time=now - 10))
+    dashboard.sink(Event("phase_start", run="r", phase="sampling", total=20, time=now - 10))
+    dashboard.sink(Event("progress", run="r", phase="sampling", current=5, total=20))
+    dashboard.flush()
+    assert dashboard.phase_bars["sampling"].value == 0.25
+    text = dashboard.phase_texts["sampling"].value
+    assert text.startswith("5/20 · 0:10") and "ETA 0:3" in text
+    assert "● sampling" in dashboard.timeline.value and "○ training" in dashboard.timeline.value
+
+
+def test_renders_are_throttled_and_the_last_state_is_drawn() -> None:
+    interval = 0.2
+    dashboard = RunDashboard("r", min_interval=interval)
+    dashboard.sink(Event("phase_start", run="r", phase="training", total=3000))
+    started = time.monotonic()
+    for step in range(1, 3001):
+        dashboard.sink(Event("progress", run="r", phase="training", current=step, total=3000))
+        if step % 100 == 0:
+            time.sleep(0.01)
+    elapsed = time.monotonic() - started
+    time.sleep(interval * 2.5)  # the renderer catches up with the last event
+    assert dashboard.render_count <= (elapsed + interval * 2.5) / interval + 3
+    assert dashboard.render_count >= 2
+    assert dashboard.phase_bars["training"].value == 1.0
+    assert dashboard.phase_texts["training"].value.startswith("3000/3000")
+
+
+def test_stop_button_stops_the_run() -> None:
+    run = FakeRun()
+    dashboard = RunDashboard("r").attach(run)
+    assert run.listeners == [dashboard.sink]
+    assert not dashboard.stop_button.disabled
+    dashboard.stop_button.click()
+    assert run.stopped
+    assert dashboard.stop_button.disabled and dashboard.stop_button.description == "Stopping…"
+
+
+def test_error_event_marks_the_phase_failed_and_shows_the_message() -> None:
+    dashboard = RunDashboard("r", min_interval=0.05)
+    dashboard.sink(Event("run_start", run="r"))
+    dashboard.sink(Event("phase_start", run="r", phase="sampling", total=4))
+    dashboard.sink(Event("warning", run="r", phase="sampling", message="2 prompt(s) failed"))
+    dashboard.sink(Event("error", run="r", phase="sampling", message="teacher 'x' refused: key missing"))
+    assert dashboard.wait_rendered(5.0)
+    assert dashboard.state.status == "failed"
+    assert dashboard.phase_bars["sampling"].bar_style == "danger"
+    assert "✗ sampling" in dashboard.timeline.value
+    assert "warning: 2 prompt(s) failed" in dashboard.messages.value
+    assert "error: teacher &#x27;x&#x27; refused: key missing" in dashboard.messages.value
+    assert dashboard.stop_button.description == "Failed"
+    assert "key missing" in dashboard.summary_card.value
+
+
+def test_stopped_run_and_review_wait() -> None:
+    dashboard = RunDashboard("r", min_interval=0.05)
+    dashboard.sink(Event("run_start", run="r"))
+    dashboard.sink(Event("phase_start", run="r", phase="review"))
+    dashboard.sink(Event("progress", run="r", phase="review", message="waiting for review"))
+    dashboard.flush()
+    assert dashboard.state.status == "waiting-review"
+    assert "waiting for review" in dashboard.phase_texts["review"].value
+    dashboard.show_review(widgets.Label("review here"))
+    assert dashboard.review_slot.children[0].value == "review here"
+    dashboard.sink(Event("run_end", run="r", message="stopped during review", data={"status": "stopped"}))
+    assert dashboard.wait_rendered(5.0)
+    assert dashboard.phase_bars["review"].bar_style == "warning"
+    assert dashboard.stop_button.description == "Stopped"
+
+
+def test_renderer_notices_a_run_thread_that_died_silently() -> None:
+    run = FakeRun()
+    dashboard = RunDashboard("r", min_interval=0.05).attach(run)
+    dashboard.sink(Event("run_start", run="r"))
+    dashboard.sink(Event("phase_start", run="r", phase="training", total=10))
+    run.error = KeyboardInterrupt("interrupted")
+    run.state.status = "running"
+    run.running = False
+    assert dashboard.wait_rendered(5.0)
+    assert dashboard.state.status == "failed"
+    assert "KeyboardInterrupt" in dashboard.messages.value
+
+
+def test_state_ignores_non_numeric_metrics_and_thins_long_series() -> None:
+    state = DashboardState(run="r")
+    state.apply(Event("metric", phase="training", step=1, data={"loss": float("nan"), "note": "x", "ok": True}))
+    assert state.series == {}
+    for step in range(1, 5001):
+        state.apply(Event("metric", phase="training", step=step, data={"loss": 1.0}))
+    points = state.series["loss"]
+    assert len(points) <= 4000 and points[0][0] == 1 and points[-1][0] == 5000
+
+
+def test_mime_bundle_has_widget_view_and_kernel_free_fallback() -> None:
+    dashboard = RunDashboard("r", min_interval=0.05)
+    live = dashboard._repr_mimebundle_()
+    assert live["application/vnd.jupyter.widget-view+json"]["model_id"] == dashboard.widget.model_id
+    assert "needs a running kernel" in live["text/html"]
+    assert RUN_MIME_TYPE not in live
+    for event in full_run_events():
+        dashboard.sink(event)
+    dashboard.wait_rendered(5.0)
+    final = dashboard._repr_mimebundle_()
+    assert final[RUN_MIME_TYPE]["alias"] == "ticket-bot"
+    assert "ticket-bot" in final["text/html"] and "ticket-bot" in final["text/plain"]
+
+
+def test_no_output_widgets_are_written_from_threads() -> None:
+    """Structural guard for the threading rule: the dashboard updates traits only, no Output captures."""
+    dashboard = RunDashboard("r")
+
+    def walk(w: widgets.Widget) -> list[widgets.Widget]:
+        return [w, *[c for child in getattr(w, "children", ()) for c in walk(child)]]
+
+    assert not any(isinstance(w, widgets.Output) for w in walk(dashboard.widget))
+
+
+def test_attached_to_a_real_run_reads_artifacts_from_the_store(tmp_path: Path, monkeypatch: Any) -> None:
+    from jupyter_distill import pipeline
+
+    monkeypatch.setattr(pipeline.Run, "run", fake_run)
+    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "0")
+    config = DistillConfig.from_kwargs(name="real", dataset=[{"prompt": "a"}], workdir=str(tmp_path), alias="bot")
+    run = pipeline.Run(config)
+    dashboard = RunDashboard("real", min_interval=0.05).attach(run)
+    run.start()
+    assert run.wait(10) == "fake-student"
+    assert dashboard.wait_rendered(5.0)
+    summary = dashboard.summary
+    assert isinstance(summary, RunSummary) and summary.student == "fake-student"
+    assert summary.artifacts["adapter"]["path"].endswith("adapter")
+    assert "adapter" in dashboard.summary_card.value
+    assert summary.to_json()["run"]["status"] == "done"
+
+
+def test_sink_is_cheap_and_thread_safe() -> None:
+    dashboard = RunDashboard("r", min_interval=0.05)
+    dashboard.sink(Event("phase_start", run="r", phase="sampling", total=4000))
+
+    def worker(offset: int) -> None:
+        for i in range(1000):
+            dashboard.sink(Event("progress", run="r", phase="sampling", data={"requests": offset + i}))
+
+    threads = [threading.Thread(target=worker, args=(k * 1000,)) for k in range(4)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.monotonic() - started < 5.0
+    assert dashboard.state.events == 4001
