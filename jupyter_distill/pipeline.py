@@ -129,6 +129,11 @@ class Run:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def review_pending(self) -> bool:
+        """True while the run waits for a human to finish reviewing (the widget's train button)."""
+        return self.state.status == "waiting-review" and not self._review_done.is_set()
+
     def continue_after_review(self) -> None:
         """Release a run waiting for human review (the review widget's "train" button)."""
         self._review_done.set()
@@ -190,7 +195,8 @@ class Run:
     def _fail(self, message: str, detail: str | None = None) -> None:
         self.state.status = "failed"
         self.state.error = message
-        self.store.update_run(self.name, status="failed", summary={"error": message})
+        # keep what the run had found out (prompts, teacher, costs) so its card still says it
+        self.store.update_run(self.name, status="failed", summary={**_jsonable(self.state.summary), "error": message})
         self._announce(
             Event("error", run=self.name, phase=self.state.phase, message=message, data={"detail": detail or ""})
         )

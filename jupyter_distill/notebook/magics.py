@@ -393,8 +393,7 @@ class Notice:
 
 def _review_pending(run: Any) -> bool:
     """The run waits for a human and nobody has released it yet (continue_after_review not called)."""
-    released = getattr(run, "_review_done", None)
-    return run.state.status == "waiting-review" and not (released is not None and released.is_set())
+    return bool(getattr(run, "review_pending", False))
 
 
 def _clean_traceback(exc: DistillError) -> DistillError:
