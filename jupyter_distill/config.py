@@ -37,6 +37,9 @@ class DistillConfig(BaseModel):
 
     n_samples: int = Field(4, ge=1, le=64, description="Teacher candidates per prompt.")
     top_k: int = Field(2, ge=1, le=64, description="Candidates kept per prompt after judging.")
+    min_score: float | None = Field(
+        0.5, ge=0.0, le=1.0, description="A candidate must score at least this (0-1) to be trained on; None keeps all."
+    )
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1, le=32768)
     seed: int = Field(0, ge=0)

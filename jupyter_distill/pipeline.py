@@ -313,7 +313,10 @@ class Run:
         from jupyter_distill.selection import select
 
         train_prompts = [p for p in prompts if p.split == "train"]
-        selection = select(self.store, self.name, train_prompts, samples, judgments, self.config.top_k)
+        selection = select(
+            self.store, self.name, train_prompts, samples, judgments, self.config.top_k,
+            min_score=self.config.min_score,
+        )  # fmt: skip
         if self.config.review:
             if self._review_handler is None:
                 raise ReviewError(
@@ -331,13 +334,16 @@ class Run:
             self._review_done.wait()
             self.state.status = "running"
             self.store.update_run(self.name, status="running")
-            selection = select(self.store, self.name, train_prompts, samples, judgments, self.config.top_k)
+            selection = select(
+            self.store, self.name, train_prompts, samples, judgments, self.config.top_k,
+            min_score=self.config.min_score,
+        )  # fmt: skip
         pairs = selection.pairs
         if not pairs:
             raise TrainingError(
-                f"no training pairs for run {self.name!r}: every candidate failed or was rejected. "
-                "Fix: check the judge (verifier) against a few teacher samples, raise n_samples, or review fewer "
-                "rejections.",
+                f"no training pairs for run {self.name!r}: no candidate scored at least min_score="
+                f"{self.config.min_score} (or every one was rejected in review). Fix: check the judge (verifier) "
+                "against a few teacher samples, raise n_samples, lower min_score, or review fewer rejections.",
                 field="judge",
                 value=self.state.summary.get("judge"),
             )
