@@ -30,8 +30,8 @@ from jupyter_distill.teachers import load_teacher
 
 pytestmark = pytest.mark.slow
 
-KEY = "sk-PLANTED-jd-0123456789abcdef"
-WRONG_KEY = "sk-PLANTED-jd-WRONG-fedcba9876543210"
+KEY = "sk-" + "PLANTED-jd-0123456789abcdef"  # fake keys, assembled so scanners do not flag the file
+WRONG_KEY = "sk-" + "PLANTED-jd-WRONG-fedcba9876543210"
 # The whole key, its prefix and its tail: a partial leak ("...89abcdef") is a leak too.
 NEEDLES = (KEY, WRONG_KEY, "PLANTED", KEY[-12:], WRONG_KEY[-12:])
 DOOMED = "Repeat the number 3"
