@@ -224,3 +224,30 @@ def check_sample_args(n: int, temperature: float, max_tokens: int) -> None:
             field="max_tokens",
             value=max_tokens,
         )
+
+
+def local_provenance(
+    teacher: Any, params: dict[str, Any], usage: dict[str, Any], seconds: float, runtime: str, **extra: Any
+) -> dict[str, Any]:
+    """The provenance of one candidate from a teacher run on this machine (free, no endpoint key).
+
+    Local teachers (llama.cpp, transformers) record the same fields as HTTP ones, so a model
+    card and the lab panel read every sample the same way whichever teacher made it.
+    """
+    return {
+        "teacher": teacher.spec,
+        "model": teacher.model,
+        "provider": teacher.provider,
+        "endpoint": teacher.endpoint,
+        **extra,
+        "time": utc_now(),
+        "params": params,
+        "policy": teacher.decision.to_dict(),
+        "terms_version": teacher.decision.terms_version,
+        "licence": teacher.decision.licence,
+        "usage": usage,
+        "usage_estimated": False,
+        "cost_usd": 0.0,
+        "latency_s": round(seconds, 4),
+        "runtime": runtime,
+    }

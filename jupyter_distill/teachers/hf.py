@@ -19,7 +19,7 @@ from typing import Any
 
 from jupyter_distill.errors import TeacherError
 from jupyter_distill.policy import PolicyDecision, PolicyMode, decide
-from jupyter_distill.teachers.base import FatalTeacherError, ParsedSpec, Sample, check_sample_args, utc_now
+from jupyter_distill.teachers.base import FatalTeacherError, ParsedSpec, Sample, check_sample_args, local_provenance
 
 HF_OPTIONS = ("device", "licence", "dtype")
 _loaded: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -154,22 +154,13 @@ class HFTeacher:
                     usage=usage,
                     cost=0.0,
                     finish_reason=finish,
-                    provenance={
-                        "teacher": self.spec,
-                        "model": self.model,
-                        "provider": self.provider,
-                        "endpoint": self.endpoint,
-                        "time": utc_now(),
-                        "params": {"temperature": temperature, "max_tokens": max_tokens, "seed": base + i},
-                        "policy": self.decision.to_dict(),
-                        "terms_version": self.decision.terms_version,
-                        "licence": self.decision.licence,
-                        "usage": usage,
-                        "usage_estimated": False,
-                        "cost_usd": 0.0,
-                        "latency_s": round(seconds, 4),
-                        "runtime": "transformers",
-                    },
+                    provenance=local_provenance(
+                        self,
+                        {"temperature": temperature, "max_tokens": max_tokens, "seed": base + i},
+                        usage,
+                        seconds,
+                        "transformers",
+                    ),
                 )
             )
         return samples

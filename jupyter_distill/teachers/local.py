@@ -27,7 +27,7 @@ from jupyter_distill.hashing import file_sha256
 from jupyter_distill.models import LOCAL_MODELS, resolve_local_gguf
 from jupyter_distill.policy import PolicyDecision, PolicyMode, decide
 from jupyter_distill.runtime import get_llama, llama_lock
-from jupyter_distill.teachers.base import FatalTeacherError, ParsedSpec, Sample, check_sample_args, utc_now
+from jupyter_distill.teachers.base import FatalTeacherError, ParsedSpec, Sample, check_sample_args, local_provenance
 
 LOCAL_OPTIONS = ("n_ctx", "n_threads", "licence")
 _sha_cache: dict[tuple[str, int, int], str] = {}
@@ -134,29 +134,15 @@ class LlamaTeacher:
                     usage=usage,
                     cost=0.0,
                     finish_reason=choice.get("finish_reason"),
-                    provenance={
-                        "teacher": self.spec,
-                        "model": self.model,
-                        "provider": self.provider,
-                        "endpoint": self.endpoint,
-                        "model_file": self.path.name,
-                        "model_sha256": self._sha256,
-                        "time": utc_now(),
-                        "params": {
-                            "temperature": temperature,
-                            "max_tokens": max_tokens,
-                            "seed": base + i,
-                            "n_per_request": 1,
-                        },
-                        "policy": self.decision.to_dict(),
-                        "terms_version": self.decision.terms_version,
-                        "licence": self.decision.licence,
-                        "usage": usage,
-                        "usage_estimated": False,
-                        "cost_usd": 0.0,
-                        "latency_s": round(seconds, 4),
-                        "runtime": "llama-cpp-python",
-                    },
+                    provenance=local_provenance(
+                        self,
+                        {"temperature": temperature, "max_tokens": max_tokens, "seed": base + i, "n_per_request": 1},
+                        usage,
+                        seconds,
+                        "llama-cpp-python",
+                        model_file=self.path.name,
+                        model_sha256=self._sha256,
+                    ),
                 )
             )
         return samples
