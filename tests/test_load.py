@@ -174,6 +174,8 @@ def _store_writer(workdir: str, worker: int, rounds: int, barrier: Any) -> None:
     ]
     store.put_prompts("shared", prompts)
     for r in range(rounds):
+        if r == rounds // 2:
+            barrier.wait(timeout=120)  # neither finishes before the other has started: the writes interleave
         i = r % 20
         store.put_samples(
             [
@@ -217,6 +219,7 @@ def test_two_processes_writing_one_workdir_do_not_corrupt_it(tmp_path: Path) -> 
     spans = {}
     for event in store.get_events("shared", limit=10_000):
         spans.setdefault(event["message"].split(" round")[0], []).append(event["time"])
-    assert max(min(t) for t in spans.values()) < min(max(t) for t in spans.values())  # they really overlapped
+    # the mid-run barrier forces every worker's first write before every worker's last one
+    assert max(min(t) for t in spans.values()) < min(max(t) for t in spans.values())
     summary: dict[str, Any] = store.get_run("shared")["summary"]
     assert summary == {"worker0": rounds - 1, "worker1": rounds - 1}  # read-modify-write merges: none lost
