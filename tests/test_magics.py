@@ -265,17 +265,15 @@ def fake_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
     from jupyter_distill import pipeline
 
     monkeypatch.setattr(pipeline.Run, "run", fake_run)
-    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "0.6")
+    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "2.5")
 
 
 def test_run_cell_returns_at_once_then_wait_status_runs(
     magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, dataset: Path, capsys: Any
 ) -> None:
-    started = time.monotonic()
     result = run_cell(shell, f"%%distill tickets\ndataset: {dataset}\nsteps: 6\nalias: tickets-v1\n")
     assert result.error_in_exec is None
-    assert time.monotonic() - started < 0.5  # the 0.6 s of training goes on in the background
-    assert magics.runs["tickets"].running
+    assert magics.runs["tickets"].running  # the cell returned; the 2.5 s of training goes on in the background
     assert "RunDashboard('tickets'" in capsys.readouterr().out  # the dashboard was displayed
 
     busy = run_cell(shell, f"%%distill tickets\ndataset: {dataset}\n")
