@@ -41,7 +41,8 @@ Knobs (plain attributes; change them at any time, they apply to the next request
 Records: ``requests_total`` (chat requests received), ``requests_by_prompt`` (Counter by last
 user message), ``auth_headers`` (Authorization header of each request, None when absent),
 ``bodies`` (JSON bodies), ``arrivals`` (``time.monotonic()`` of each arrival), ``directives``
-(what each request got), ``in_flight`` and ``max_in_flight`` (peak concurrent chat requests).
+(what each request got), ``in_flight`` and ``max_in_flight`` (peak concurrent chat requests),
+``connections_opened`` (distinct client sockets that sent chat requests: keep-alive reuse).
 ``reset()`` restores every knob and record.
 
 Answers are deterministic: choice ``i`` of a request with ``seed`` s answers
@@ -139,6 +140,11 @@ class OpenAIServer:
         self.directives: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.peers: set[Any] = set()
+
+    @property
+    def connections_opened(self) -> int:
+        return len(self.peers)
 
     @property
     def url(self) -> str:
@@ -254,6 +260,8 @@ class OpenAIServer:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.requests_total += 1
         self.arrivals.append(time.monotonic())
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername"))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

@@ -152,6 +152,27 @@ def test_concurrency_is_bounded(openai_server):
     assert openai_server.max_in_flight == 4  # parallel, and never more than asked
 
 
+def test_connections_are_reused_and_closed_with_the_loop(openai_server, caplog):
+    """A bare ``asyncio.run(teacher.sample(...))`` per cell: keep-alive inside a loop, no leak warnings after."""
+    import gc
+    import logging
+
+    teacher = load_teacher(openai_server.spec(), concurrency=4)
+
+    async def three(teacher: Teacher) -> None:
+        for i in range(3):
+            await teacher.sample(msgs(f"p{i}"), n=1)
+
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        for _ in range(2):
+            asyncio.run(three(teacher))  # no aclose(): the loop's shutdown closes this loop's connections
+        del teacher
+        gc.collect()
+    assert openai_server.requests_total == 6
+    assert openai_server.connections_opened == 2  # one keep-alive connection per loop, not per request
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
+
+
 def test_429_honours_retry_after(openai_server):
     openai_server.script = ["429", "429"]
     openai_server.retry_after = "0.6"
