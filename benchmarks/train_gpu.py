@@ -336,7 +336,8 @@ def worker_native(args: argparse.Namespace) -> dict[str, Any]:
     """Plain engine vs our fast engine on one shape: correctness, training check, speed, length mix."""
     import torch
 
-    from jupyter_distill.train.engines import PlainEngine, select_engine
+    from jupyter_distill.train.choice import select_engine
+    from jupyter_distill.train.engines import PlainEngine
     from jupyter_distill.train.fast import FastEngine
 
     folder = Path(args.folder)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from jupyter_distill.errors import ReviewError
+from jupyter_distill.scoring import candidate_scores, prompt_uncertainty
 from jupyter_distill.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
 
 Order = Literal["least_certain", "position"]
@@ -343,9 +344,6 @@ class ReviewSession:
         judgments: Mapping[str, list[JudgmentRecord]],
         decision: Decision,
     ) -> ReviewItem:
-        # selection ranks with the same scores; imported here because selection imports review
-        from jupyter_distill.selection import candidate_scores, prompt_uncertainty
-
         scores = candidate_scores(samples, judgments)
         candidates = []
         for i, s in enumerate(samples):

@@ -13,13 +13,14 @@ import torch
 
 from jupyter_distill.errors import TrainingError
 from jupyter_distill.train import fast
+from jupyter_distill.train.choice import select_engine
 from jupyter_distill.train.chunked import (
     default_chunk_size,
     segment_sum,
     token_logp_and_kl,
     token_logp_and_kl_reference,
 )
-from jupyter_distill.train.engines import PlainEngine, TokenizedPair, select_engine
+from jupyter_distill.train.engines import PlainEngine, TokenizedPair
 from jupyter_distill.train.packing import (
     BRANCH_CHOSEN,
     BRANCH_PROMPT,

@@ -16,7 +16,8 @@ from jupyter_distill.config import DistillConfig
 from jupyter_distill.errors import TrainingError
 from jupyter_distill.events import Event
 from jupyter_distill.store import RunStore
-from jupyter_distill.train.engines import PlainEngine, TokenizedPair, response_logits, select_engine
+from jupyter_distill.train.choice import select_engine
+from jupyter_distill.train.engines import PlainEngine, TokenizedPair, response_logits
 from jupyter_distill.train.student import (
     LoadedStudent,
     StudentInfo,

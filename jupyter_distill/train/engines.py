@@ -22,7 +22,8 @@ The plain engine here runs on CPU and CUDA with stock PEFT:
   about a sixth of a step (one forward of half the sequences, against forward + backward of all
   of them); with ``gamma == 0`` it is skipped and ``kl`` is not reported.
 
-The CUDA fast-path hook: on a CUDA device :func:`select_engine` imports
+The CUDA fast-path hook: on a CUDA device
+:func:`~jupyter_distill.train.choice.select_engine` imports
 ``jupyter_distill.train.fast`` and calls ``create_engine(device, **options) -> (engine | None,
 reason)``; an ImportError or a ``None`` engine falls back to the plain engine with the reason
 shown to the user. An engine may also define ``setup_model(model, lora_config) -> model`` to
@@ -313,52 +314,6 @@ class PlainEngine:
         return loss, metrics
 
 
-def _try_fast(device: str, options: dict[str, Any]) -> tuple[StepEngine | None, str]:
-    try:
-        from jupyter_distill.train import fast  # type: ignore[attr-defined]
-    except ImportError as exc:
-        return None, f"the CUDA fast path is not importable ({exc})"
-    create = getattr(fast, "create_engine", None)
-    if create is None:
-        return None, "jupyter_distill.train.fast has no create_engine(device, **options)"
-    engine, reason = create(device, **options)
-    return engine, reason
-
-
-def select_engine(device: str, preference: str = "auto", **options: Any) -> tuple[StepEngine, str]:
-    """Pick the step engine for ``device``; returns ``(engine, reason)`` for the user to see.
-
-    ``preference``: ``auto`` (the CUDA fast path on CUDA when it imports, else plain), ``plain``,
-    or ``fast`` (the fast path or an error saying why not; allowed on CPU so its code paths can be
-    tested without a GPU). ``options`` (``beta``, ``gamma``, ``tau``, ``pad_token_id``) go to the
-    engine's constructor.
-    """
-    device = str(device)
-    if preference not in ("auto", "plain", "fast"):
-        raise TrainingError(
-            f"unknown engine preference {preference!r}. Fix: use 'auto', 'plain' or 'fast'.",
-            field="engine",
-            value=preference,
-            fix="use 'auto', 'plain' or 'fast'",
-        )
-    if preference == "plain":
-        return PlainEngine(**options), "plain PEFT engine (asked for with engine='plain')"
-    if preference == "fast" or device.startswith("cuda"):
-        engine, why = _try_fast(device, options)
-        if engine is not None:
-            return engine, why
-        if preference == "fast":
-            raise TrainingError(
-                f"engine='fast' was asked for but {why}. Fix: use engine='auto' or 'plain', or install the "
-                "GPU extra (pip install 'jupyter-distill[gpu]').",
-                field="engine",
-                value=preference,
-                fix="use engine='auto' or 'plain'",
-            )
-        return PlainEngine(**options), f"plain PEFT engine on {device}: {why}"
-    return PlainEngine(**options), f"plain PEFT engine on {device} (the fast path needs a CUDA device)"
-
-
 __all__ = [
     "PlainEngine",
     "ResponseLogits",
@@ -367,5 +322,4 @@ __all__ = [
     "pad_right",
     "reference_mode",
     "response_logits",
-    "select_engine",
 ]

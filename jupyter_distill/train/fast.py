@@ -1,6 +1,6 @@
 """The CUDA fast path for BOND: same loss, same interface, far less work per pair.
 
-:func:`create_engine` is the hook :func:`jupyter_distill.train.engines.select_engine` calls on a
+:func:`create_engine` is the hook :func:`jupyter_distill.train.choice.select_engine` calls on a
 CUDA device. The engine it returns computes exactly the per-sequence statistics of the plain
 engine and hands them to the same :func:`~jupyter_distill.train.bond.bond_loss`; what differs is
 how they are computed:
@@ -83,7 +83,7 @@ def is_unsloth_model(model: Any) -> bool:
 
 
 def create_engine(device: str, **options: Any) -> tuple[FastEngine | None, str]:
-    """The hook for :func:`~jupyter_distill.train.engines.select_engine`: ``(engine, reason)``.
+    """The hook for :func:`~jupyter_distill.train.choice.select_engine`: ``(engine, reason)``.
 
     On CUDA it always returns the fast engine (model-specific fall-backs happen in ``prepare``,
     where the model is known, and are written into ``engine.reason``). On CPU it also returns one:

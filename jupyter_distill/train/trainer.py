@@ -42,7 +42,8 @@ from jupyter_distill.errors import TrainingError
 from jupyter_distill.events import Emit, Event, no_emit
 from jupyter_distill.hashing import content_hash
 from jupyter_distill.store import PairRecord, PromptRecord, RunStore
-from jupyter_distill.train.engines import StepEngine, TokenizedPair, select_engine
+from jupyter_distill.train.choice import select_engine
+from jupyter_distill.train.engines import StepEngine, TokenizedPair
 from jupyter_distill.train.student import LoadedStudent
 
 ALL_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

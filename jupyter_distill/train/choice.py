@@ -1,0 +1,63 @@
+"""Which step engine trains: the CUDA fast path where it can, the plain PEFT engine otherwise.
+
+Kept apart from :mod:`.engines` because the fast path builds on the plain engine
+(:mod:`.fast` imports :mod:`.engines`); choosing between them here keeps the imports one-way.
+``jupyter_distill.train.fast`` is imported only when it may be used, so a CPU install never
+pays for (or fails on) GPU-only imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_distill.errors import TrainingError
+from jupyter_distill.train.engines import PlainEngine, StepEngine
+
+
+def _try_fast(device: str, options: dict[str, Any]) -> tuple[StepEngine | None, str]:
+    try:
+        from jupyter_distill.train import fast  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return None, f"the CUDA fast path is not importable ({exc})"
+    create = getattr(fast, "create_engine", None)
+    if create is None:
+        return None, "jupyter_distill.train.fast has no create_engine(device, **options)"
+    engine, reason = create(device, **options)
+    return engine, reason
+
+
+def select_engine(device: str, preference: str = "auto", **options: Any) -> tuple[StepEngine, str]:
+    """Pick the step engine for ``device``; returns ``(engine, reason)`` for the user to see.
+
+    ``preference``: ``auto`` (the CUDA fast path on CUDA when it imports, else plain), ``plain``,
+    or ``fast`` (the fast path or an error saying why not; allowed on CPU so its code paths can be
+    tested without a GPU). ``options`` (``beta``, ``gamma``, ``tau``, ``pad_token_id``) go to the
+    engine's constructor.
+    """
+    device = str(device)
+    if preference not in ("auto", "plain", "fast"):
+        raise TrainingError(
+            f"unknown engine preference {preference!r}. Fix: use 'auto', 'plain' or 'fast'.",
+            field="engine",
+            value=preference,
+            fix="use 'auto', 'plain' or 'fast'",
+        )
+    if preference == "plain":
+        return PlainEngine(**options), "plain PEFT engine (asked for with engine='plain')"
+    if preference == "fast" or device.startswith("cuda"):
+        engine, why = _try_fast(device, options)
+        if engine is not None:
+            return engine, why
+        if preference == "fast":
+            raise TrainingError(
+                f"engine='fast' was asked for but {why}. Fix: use engine='auto' or 'plain', or install the "
+                "GPU extra (pip install 'jupyter-distill[gpu]').",
+                field="engine",
+                value=preference,
+                fix="use engine='auto' or 'plain'",
+            )
+        return PlainEngine(**options), f"plain PEFT engine on {device}: {why}"
+    return PlainEngine(**options), f"plain PEFT engine on {device} (the fast path needs a CUDA device)"
+
+
+__all__ = ["select_engine"]
