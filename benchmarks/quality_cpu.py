@@ -168,6 +168,7 @@ def run_seed(
         result["teacher_best_of_n_heldout"] = best.pass_rate
 
     student = student or load_student("smollm2-135m", device="cpu")
+    student.drop_adapter()  # a student shared across seeds still wears the last seed's adapter
     before = _eval(store, run_id, heldout, student, "student_before", 0)
     result["before"] = before.pass_rate
     result["before_mean_score"] = before.mean_score

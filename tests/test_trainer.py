@@ -339,6 +339,22 @@ def test_training_moves_toward_chosen(tmp_path: Path) -> None:
     assert last["kl"] > first["kl"]
 
 
+def test_a_reused_student_drops_the_last_adapter(tmp_path: Path) -> None:
+    """Evaluating "before" on a student object that already trained must see the base model."""
+    student = tiny_student()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        base_logits = student.model(ids).logits.clone()
+    BondTrainer(student, pairs(6), settings(steps=3, lr=2e-2, warmup=0), output_dir=tmp_path / "o").train()
+    with torch.no_grad():
+        assert not torch.allclose(student.model(ids).logits, base_logits, atol=1e-4)  # the adapter is on
+    base = student.drop_adapter()
+    assert base is student.model and not hasattr(base, "peft_config")
+    with torch.no_grad():
+        assert torch.allclose(student.model(ids).logits, base_logits, atol=1e-6)
+    assert student.drop_adapter() is base  # idempotent
+
+
 def _run(
     tmp: Path, store: RunStore | None, stop_after_calls: int | None = None, **kw: Any
 ) -> tuple[Any, BondTrainer, list[tuple[int, float]]]:

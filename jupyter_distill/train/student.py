@@ -83,6 +83,19 @@ class LoadedStudent:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return [*ids, self.info.end_of_turn_id]
 
+    def drop_adapter(self) -> Any:
+        """Remove a LoRA adapter a previous training left on :attr:`model` (without merging it).
+
+        Training wraps ``model`` in a PEFT model in place, so a student object reused for a
+        second run would otherwise evaluate, or start training from, the last run's adapter.
+        Returns the pristine base model, which :attr:`model` is again afterwards.
+        """
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model = self.model.unload()
+        return self.model
+
     def stop_token_ids(self) -> list[int]:
         """Token ids that end a greedy generation: the end-of-turn token and EOS."""
         ids = {self.info.end_of_turn_id}

@@ -315,11 +315,9 @@ class BondTrainer:
         return content_hash("pairs", [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples])
 
     def _build_model(self, engine: StepEngine) -> Any:
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import LoraConfig, get_peft_model
 
-        base = self.student.model
-        if isinstance(base, PeftModel):  # a re-run on the same student: start from the pristine base
-            base = base.unload()
+        base = self.student.drop_adapter()  # a re-run on the same student starts from the pristine base
         targets = _lora_targets(self.settings, self.student.info.architecture)
         config = LoraConfig(
             r=self.settings.lora_r,
