@@ -132,23 +132,10 @@ def test_extraction_task_and_verifier() -> None:
 
 def test_hf_responder_greedy_matches_manual_generation() -> None:
     torch = pytest.importorskip("torch")
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.test_trainer import tiny_student
 
-    from tests.test_trainer import real_tokenizer
-
-    tok = real_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    student = tiny_student(seed=0)  # the trainer tests' random-init Llama with the real SmolLM2 tokenizer
+    model, tok = student.model.eval(), student.tokenizer
     responder = HFResponder(model, tok, max_new_tokens=6, batch_size=4, stop_token_ids=[2])
     msgs = [[{"role": "user", "content": "hello"}], [{"role": "user", "content": "a much longer question here"}]]
     batched = responder.batch(msgs)
