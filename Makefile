@@ -30,8 +30,13 @@ $(LABEXT_OUT): labextension/node_modules/.npm-ci $(LABEXT_SRC) | $(BIN)/jupyter-
 
 labext: $(LABEXT_OUT)
 
+# Build backends first, pinned: the install below runs without build isolation (one compile of
+# llama.cpp per venv, with the pinned backends), so every backend an sdist needs must already be in
+# the venv. llama-cpp-python is an sdist built by scikit-build-core.
+BUILD_BACKENDS := hatchling editables hatch-jupyter-builder jupyter-builder scikit-build-core
+
 $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt | $(LABEXT_OUT)
-	$(BIN)/pip install -q $(PIN) hatchling editables hatch-jupyter-builder jupyter-builder
+	$(BIN)/pip install -q $(PIN) $(BUILD_BACKENDS)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install -q $(PIN) --no-build-isolation -e ".[test]"
 	$(BIN)/jupyter-builder develop --overwrite .
 	$(BIN)/jupyter server extension enable --sys-prefix jupyter_distill

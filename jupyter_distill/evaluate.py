@@ -280,11 +280,10 @@ def student_responder(student: Any, *, max_new_tokens: int = 128, batch_size: in
 
 def llama_responder(gguf_path: Any, *, max_tokens: int = 128, n_ctx: int = 2048) -> Respond:
     """``respond`` for a GGUF served by llama.cpp (greedy), as ``completion()`` would serve it."""
-    from jupyter_distill.runtime import get_llama, llama_lock
+    from jupyter_distill.runtime import use_llama
 
     def respond(messages: Messages) -> str:
-        llm = get_llama(gguf_path, n_ctx=n_ctx)
-        with llama_lock(gguf_path, n_ctx=n_ctx):
+        with use_llama(gguf_path, n_ctx=n_ctx) as llm:
             out = llm.create_chat_completion(list(messages), temperature=0.0, max_tokens=max_tokens)
         return str(out["choices"][0]["message"]["content"] or "")
 

@@ -1,9 +1,9 @@
 """One llama.cpp model per file per process, shared by local teachers, evaluation and serving.
 
-Loading a GGUF costs 0.1 s to seconds and hundreds of MB; the reference tool reloaded the model
-on every completion call. Here every caller asks :func:`get_llama` and gets the same
-``llama_cpp.Llama`` back, bounded by an LRU so a long-lived kernel does not accumulate models.
-llama.cpp contexts are not re-entrant, so callers hold :func:`llama_lock` while generating.
+Loading a GGUF costs 0.1 s to seconds and hundreds of MB, so every caller asks :func:`use_llama`
+and gets the same ``llama_cpp.Llama`` back, bounded by an LRU so a long-lived kernel does not
+accumulate models. llama.cpp contexts are not re-entrant, so :func:`use_llama` holds the model's
+lock for its block, and counts its users so that an eviction never closes a model in use.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import atexit
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,29 @@ MAX_LOADED = int(os.environ.get("JUPYTER_DISTILL_MAX_LOADED_MODELS", "3"))
 # barely slower for small models. Set JUPYTER_DISTILL_LLAMA_EXTRA_BUFTS=1 to turn them back on.
 USE_EXTRA_BUFTS = os.environ.get("JUPYTER_DISTILL_LLAMA_EXTRA_BUFTS", "0") == "1"
 
-_cache: OrderedDict[tuple[str, int], Any] = OrderedDict()
-_locks: dict[tuple[str, int], threading.RLock] = {}
+class _Entry:
+    """A loaded model, the lock that serialises generation on it, and how many callers use it.
+
+    Eviction only unlinks an entry from the cache; the entry is closed by whoever drops its last
+    user, so a model is never freed while another thread generates on it.
+    """
+
+    __slots__ = ("closed", "evicted", "llm", "lock", "users")
+
+    def __init__(self, llm: Any):
+        self.llm = llm
+        self.lock = threading.RLock()
+        self.users = 0
+        self.evicted = False
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.llm.close()
+
+
+_cache: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
 _cache_lock = threading.Lock()
 _construct_lock = threading.Lock()
 
@@ -33,43 +56,85 @@ def _key(path: str | Path, n_ctx: int) -> tuple[str, int]:
     return (str(Path(path).resolve()), n_ctx)
 
 
-def get_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None) -> Any:
-    """The cached ``llama_cpp.Llama`` for ``path``; loads it on first use.
-
-    Raises ``ExportError`` naming the file when llama.cpp cannot load it (missing file, not a
-    GGUF, unsupported architecture), never a bare ``ValueError`` from llama.cpp.
-    """
-    key = _key(path, n_ctx)
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    if not Path(key[0]).is_file():
+def _load_checked(path: str, n_ctx: int, n_threads: int | None) -> Any:
+    if not Path(path).is_file():
         raise ExportError(
-            f"GGUF file {key[0]!r} does not exist. Fix: check the path, or re-export the model.",
+            f"GGUF file {path!r} does not exist. Fix: check the path, or re-export the model.",
             field="model_path",
-            value=key[0],
+            value=path,
         )
     try:
-        llm = load_llama(key[0], n_ctx=n_ctx, n_threads=n_threads)
+        return load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
     except Exception as exc:  # llama.cpp raises ValueError/RuntimeError with little detail
         raise ExportError(
-            f"llama.cpp could not load {key[0]!r}: {exc}. Fix: check that the file is a complete GGUF "
+            f"llama.cpp could not load {path!r}: {exc}. Fix: check that the file is a complete GGUF "
             "(re-export it) and that its architecture is supported by llama-cpp-python.",
             field="model_path",
-            value=key[0],
+            value=path,
         ) from None
+
+
+def _acquire(path: str | Path, n_ctx: int, n_threads: int | None) -> _Entry:
+    """The cached entry for ``path`` with one more user counted; loads the model on first use."""
+    key = _key(path, n_ctx)
     with _cache_lock:
-        if key in _cache:  # another thread won the race; keep one copy
-            llm.close()
-            return _cache[key]
-        _cache[key] = llm
-        _locks.setdefault(key, threading.RLock())
+        entry = _cache.get(key)
+        if entry is not None:
+            _cache.move_to_end(key)
+            entry.users += 1
+            return entry
+    llm = _load_checked(key[0], n_ctx, n_threads)
+    doomed: list[_Entry] = []
+    with _cache_lock:
+        entry = _cache.get(key)
+        if entry is not None:  # another thread won the race; keep one copy
+            doomed_llm = llm
+        else:
+            doomed_llm = None
+            entry = _cache[key] = _Entry(llm)
+        _cache.move_to_end(key)
+        entry.users += 1
         while len(_cache) > MAX_LOADED:
-            old_key, old = _cache.popitem(last=False)
-            _locks.pop(old_key, None)
-            old.close()
-    return llm
+            _, old = _cache.popitem(last=False)
+            old.evicted = True
+            if old.users == 0:
+                doomed.append(old)
+    if doomed_llm is not None:
+        doomed_llm.close()
+    for old in doomed:
+        old.close()
+    return entry
+
+
+def _release(entry: _Entry) -> None:
+    with _cache_lock:
+        entry.users -= 1
+        close_now = entry.evicted and entry.users == 0
+    if close_now:
+        entry.close()
+
+
+@contextmanager
+def use_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None) -> Iterator[Any]:
+    """The cached ``llama_cpp.Llama`` for ``path``, held exclusively for the ``with`` block.
+
+    The model's lock is held for the whole block (a llama.cpp context is not re-entrant) and the
+    model cannot be closed by an eviction until the block ends. Raises ``ExportError`` naming the
+    file when llama.cpp cannot load it (missing file, not a GGUF, unsupported architecture), never
+    a bare ``ValueError`` from llama.cpp.
+    """
+    entry = _acquire(path, n_ctx, n_threads)
+    try:
+        with entry.lock:
+            yield entry.llm
+    finally:
+        _release(entry)
+
+
+def model_metadata(path: str | Path, *, n_ctx: int = 2048) -> dict[str, str]:
+    """The GGUF metadata of ``path`` (loading the model into the cache if needed)."""
+    with use_llama(path, n_ctx=n_ctx) as llm:
+        return dict(llm.metadata)
 
 
 def default_threads() -> int:
@@ -112,13 +177,6 @@ def load_llama(path: str, *, n_ctx: int = 2048, n_threads: int | None = None, **
             llama_module.llama_cpp.llama_model_default_params = original
 
 
-def llama_lock(path: str | Path, *, n_ctx: int = 2048) -> threading.RLock:
-    """The lock to hold while generating with the model of ``path``."""
-    key = _key(path, n_ctx)
-    with _cache_lock:
-        return _locks.setdefault(key, threading.RLock())
-
-
 def loaded_models() -> list[str]:
     """Paths of the models currently loaded (for status displays and tests)."""
     with _cache_lock:
@@ -126,12 +184,15 @@ def loaded_models() -> list[str]:
 
 
 def release_all() -> None:
-    """Close every cached model (tests, kernel shutdown)."""
+    """Close every cached model (tests, kernel shutdown); one in use closes when its user is done."""
     with _cache_lock:
-        while _cache:
-            _, llm = _cache.popitem()
-            llm.close()
-        _locks.clear()
+        entries = list(_cache.values())
+        _cache.clear()
+        for entry in entries:
+            entry.evicted = True
+        idle = [entry for entry in entries if entry.users == 0]
+    for entry in idle:
+        entry.close()
 
 
 # llama.cpp models closed by the garbage collector during interpreter shutdown find their free

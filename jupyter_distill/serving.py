@@ -3,7 +3,7 @@
 An app calls ``completion(model="ticket-classifier", messages=[...])`` and gets an OpenAI-shaped
 answer from the local student at no per-call cost, so swapping an API model for the student is a
 one-word change. The reference product reloaded the model on every call; here loaded models stay
-in per-process LRU caches (``runtime.get_llama`` for GGUF files, :data:`_HF_CACHE` for PEFT/HF
+in per-process LRU caches (``runtime.use_llama`` for GGUF files, :data:`_HF_CACHE` for PEFT/HF
 folders), so only the first call pays the load.
 
 Backends: ``gguf`` (llama-cpp-python, the chat template stored in the GGUF), ``peft``
@@ -186,20 +186,21 @@ def _gguf_completion(
     path = route["model_path"]
     n_ctx = int(route.get("n_ctx", 2048))
     threads = route.get("n_threads")  # alias extra: e.g. 1 on a busy shared machine (first load wins)
-    llm = runtime.get_llama(path, n_ctx=n_ctx, n_threads=int(threads) if threads else None)
-    lock = runtime.llama_lock(path, n_ctx=n_ctx)
+    n_threads = int(threads) if threads else None
     name = _model_name(route)
     args = {"messages": msgs, "max_tokens": max_tokens, "temperature": temperature, **kw}
     if not stream:
-        with lock:
+        with runtime.use_llama(path, n_ctx=n_ctx, n_threads=n_threads) as llm:
             out = dict(llm.create_chat_completion(**args))
         out["model"] = name
         out["_cost"] = 0.0
         return out
+    with runtime.use_llama(path, n_ctx=n_ctx, n_threads=n_threads):
+        pass  # load now, so a bad file fails at the call and not at the first chunk
 
     def chunks() -> Iterator[dict[str, Any]]:
-        # llama.cpp contexts are not re-entrant: the lock is held until the stream ends or is closed.
-        with lock:
+        # The model is held (locked, never closed by an eviction) until the stream ends or is closed.
+        with runtime.use_llama(path, n_ctx=n_ctx, n_threads=n_threads) as llm:
             for chunk in llm.create_chat_completion(stream=True, **args):
                 yield {**chunk, "model": name, "_cost": 0.0}
 

@@ -86,8 +86,8 @@ def test_tiny_llama_round_trip_with_store_and_card(tiny_llama: Path, tmp_path: P
     assert len(tensors) == 2 + 2 * 9
     # the quantized file is readable too, and llama.cpp loads it through the shared runtime
     assert _fields(result.gguf)["general.architecture"] == "llama"
-    llm = runtime.get_llama(result.gguf)
-    assert llm.n_vocab() == 49152
+    with runtime.use_llama(result.gguf) as llm:
+        assert llm.n_vocab() == 49152
     assert result.agreement["f16"] >= 0.95 and 0.0 <= result.agreement["q8_0"] <= 1.0
     assert result.details["tokenizer_match"] == 1.0
     # artifacts with sha256 in the store

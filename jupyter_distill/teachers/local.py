@@ -2,9 +2,9 @@
 
 ``local:NAME`` resolves a GGUF shipped inside a PyPI package (``models.LOCAL_MODELS``);
 ``gguf:PATH`` takes your own file. The model is loaded lazily (a re-run that finds every sample
-in the store never loads it) through :func:`jupyter_distill.runtime.get_llama`, so teachers,
-evaluation and serving share one copy per process, and generation holds
-:func:`~jupyter_distill.runtime.llama_lock` because a llama.cpp context is not re-entrant.
+in the store never loads it) through :func:`jupyter_distill.runtime.use_llama`, so teachers,
+evaluation and serving share one copy per process, and generation holds the model exclusively
+because a llama.cpp context is not re-entrant.
 Generation runs in a worker thread (``asyncio.to_thread``) so the event loop, and with it
 progress events and the Stop button, stays responsive.
 
@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.errors import DistillError, TeacherError
+from jupyter_distill.errors import DistillError, ExportError, TeacherError
 from jupyter_distill.hashing import file_sha256
 from jupyter_distill.models import LOCAL_MODELS, resolve_local_gguf
 from jupyter_distill.policy import PolicyDecision, PolicyMode, decide
-from jupyter_distill.runtime import get_llama, llama_lock
+from jupyter_distill.runtime import use_llama
 from jupyter_distill.teachers.base import FatalTeacherError, ParsedSpec, Sample, check_sample_args, local_provenance
 
 LOCAL_OPTIONS = ("n_ctx", "n_threads", "licence")
@@ -76,30 +76,25 @@ class LlamaTeacher:
     def __repr__(self) -> str:
         return f"LlamaTeacher(spec={self.spec!r}, path={str(self.path)!r})"
 
-    def _load(self) -> Any:
-        try:
-            llm = get_llama(self.path, n_ctx=self.n_ctx, n_threads=self.n_threads)
-        except DistillError as exc:
-            raise FatalTeacherError(
-                f"teacher {self.spec}: {exc}", field="teacher", value=self.spec, fix=exc.fix
-            ) from None
-        if not self.decision.licence:
-            licence = str(llm.metadata.get("general.license") or "unknown (not in the GGUF metadata)")
-            self.decision = dataclasses.replace(self.decision, licence=licence)
-        if self._sha256 is None:
-            self._sha256 = model_file_sha256(self.path)
-        return llm
-
     def _generate(
         self, messages: list[dict[str, Any]], temperature: float, max_tokens: int, seed: int
     ) -> tuple[dict[str, Any], float]:
-        llm = self._load()
-        with llama_lock(self.path, n_ctx=self.n_ctx):
-            started = time.monotonic()
-            result = llm.create_chat_completion(
-                messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed
-            )
-            return result, time.monotonic() - started
+        try:
+            with use_llama(self.path, n_ctx=self.n_ctx, n_threads=self.n_threads) as llm:
+                if not self.decision.licence:
+                    licence = str(llm.metadata.get("general.license") or "unknown (not in the GGUF metadata)")
+                    self.decision = dataclasses.replace(self.decision, licence=licence)
+                if self._sha256 is None:
+                    self._sha256 = model_file_sha256(self.path)
+                started = time.monotonic()
+                result = llm.create_chat_completion(
+                    messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed
+                )
+                return result, time.monotonic() - started
+        except ExportError as exc:  # only loading raises it: the file is missing or not a model
+            raise FatalTeacherError(
+                f"teacher {self.spec}: {exc}", field="teacher", value=self.spec, fix=exc.fix
+            ) from None
 
     async def sample(
         self,
