@@ -20,11 +20,13 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from jupyter_distill.errors import DistillError
+from jupyter_distill.events import ConsoleRenderer, Emit, Event
 
 KERNEL_NAME = "jupyter-distill"
 ANSWER_TAG = "jd-answer"
@@ -76,6 +78,76 @@ def find_notebook(name: str = "quickstart.ipynb") -> Path:
         field="notebook",
         value=name,
     )
+
+
+class RunFollower:
+    """Shows a run's progress on the console while another process (the notebook's kernel) runs it.
+
+    The kernel writes the run store; this thread reads it once a ``interval`` (the same read model
+    the JupyterLab panel polls: phase, counted work and the training loss) and turns what changed
+    into :class:`~jupyter_distill.events.Event` s for the pipeline's own :class:`ConsoleRenderer`,
+    so ``make demo`` shows one bar per phase with elapsed time and ETA, as ``jd.distill`` does in a
+    terminal. Phases without a count (judging, evaluation, export) show elapsed time only.
+    """
+
+    def __init__(self, workdir: Path, run: str, *, emit: Emit | None = None, interval: float = 1.0):
+        self.workdir = workdir
+        self.run = run
+        self.emit = emit or ConsoleRenderer(min_interval=interval)
+        self.interval = interval
+        self._phase: str | None = None
+        self.read_error: Exception | None = None  # the last failed read (the kernel may not have written yet)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="jd-demo-progress", daemon=True)
+
+    def __enter__(self) -> RunFollower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.poll()  # the last state, so the bars end where the run ended
+        if self._phase is not None:
+            self.emit(Event("phase_end", run=self.run, phase=self._phase))
+            self._phase = None
+        close = getattr(self.emit, "close", None)
+        if callable(close):
+            close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception as exc:  # a read that races the kernel's first write: try again next tick
+                self.read_error = exc
+
+    def poll(self) -> None:
+        """Read the run's state once and emit what changed since the last read."""
+        from jupyter_distill.server.summary import loss_series, progress
+        from jupyter_distill.store import RunStore
+
+        if not (self.workdir / "runs.db").is_file():
+            return
+        store = RunStore(self.workdir)
+        try:
+            record = store.get_run(self.run)
+            if record is None:
+                return
+            state = progress(store, record, loss_series(store, self.run))
+        finally:
+            store.close()
+        phase = state["phase"]
+        if phase != self._phase:
+            if self._phase is not None:
+                self.emit(Event("phase_end", run=self.run, phase=self._phase))
+            self._phase = phase if phase != "done" else None
+            if self._phase is not None:
+                total = int(state["total"]) if state["total"] else None
+                self.emit(Event("phase_start", run=self.run, phase=self._phase, total=total))
+        if self._phase is not None and state["current"] is not None:
+            total = int(state["total"]) if state["total"] else None
+            self.emit(Event("progress", run=self.run, phase=self._phase, current=int(state["current"]), total=total))
 
 
 def execute_notebook(path: Path, out_path: Path, *, kernel_name: str, timeout: int = 1800) -> Any:
@@ -174,9 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["JD_QUICK"] = "1"
         kernel = ensure_kernelspec()
         executed = out / notebook.name
-        print(f"executing {notebook} headless (kernel {kernel!r}); this takes a few minutes...", flush=True)
+        print(
+            f"executing {notebook} headless (kernel {kernel!r}); the run's phases follow (store: {workdir}):",
+            flush=True,
+        )
         started = time.monotonic()
-        nb = execute_notebook(notebook, executed, kernel_name=kernel, timeout=args.timeout)
+        with RunFollower(workdir, RUN_NAME):
+            nb = execute_notebook(notebook, executed, kernel_name=kernel, timeout=args.timeout)
         record = run_numbers(workdir)
         print(report(record, tagged_text(nb, ANSWER_TAG), time.monotonic() - started, executed))
     except DistillError as exc:

@@ -7,7 +7,6 @@ goes to a temporary workdir and alias registry.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -24,29 +23,7 @@ from jupyter_distill.store import RunStore
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = {"quickstart.ipynb", "openrouter.ipynb", "review.ipynb", "gpu.ipynb"}
-# What a notebook that runs the pipeline needs; until the stages are integrated those tests skip.
-PIPELINE_MODULES = (
-    "jupyter_distill.teachers",
-    "jupyter_distill.sampling",
-    "jupyter_distill.judges",
-    "jupyter_distill.selection",
-    "jupyter_distill.review",
-    "jupyter_distill.train.student",
-    "jupyter_distill.train.trainer",
-    "jupyter_distill.evaluate",
-    "jupyter_distill.export",
-    "jupyter_distill.registry",
-    "jupyter_distill.serving",
-    "jupyter_distill.examples",
-    "jupyter_distill.notebook.review_widget",
-)
-
-
 STAND_INS = {"DEVICE": "cpu"}  # values for $NAME in magic lines; numbers otherwise
-
-
-def missing_modules() -> list[str]:
-    return [name for name in PIPELINE_MODULES if importlib.util.find_spec(name) is None]
 
 
 def test_every_example_notebook_exists() -> None:
@@ -122,6 +99,38 @@ def test_demo_report_reads_the_answer_cell_and_numbers() -> None:
     assert "  answer: {}" in text and "5.0 min" in text
 
 
+def test_demo_follower_turns_store_rows_into_phase_progress(tmp_path: Path) -> None:
+    """The demo's console progress comes from the store the kernel writes: each phase starts
+    once, sampling and training report counted work, and the last phase ends with the run."""
+    from jupyter_distill.demo import RunFollower
+    from jupyter_distill.events import Event
+    from jupyter_distill.store import PromptRecord
+
+    events: list[Event] = []
+    follower = RunFollower(tmp_path, "demo-run", emit=events.append, interval=60)
+    follower.poll()  # no store yet: nothing to show, no error
+    assert events == []
+    store = RunStore(tmp_path)
+    store.create_run("demo-run", {"n_samples": 2, "steps": 10})
+    store.put_prompts("demo-run", [PromptRecord(hash=f"h{i}", messages=[], row={}) for i in range(3)])
+    store.update_run("demo-run", status="running", phase="sampling")
+    follower.poll()
+    follower.poll()  # unchanged: no second phase_start
+    store.update_run("demo-run", phase="training")
+    store.put_metrics("demo-run", 4, {"loss": 1.5})
+    follower.poll()
+    store.update_run("demo-run", status="done", phase="done")
+    with follower:  # start + stop: the exit reads the final state and ends the last phase
+        pass
+    kinds = [(e.kind, e.phase, e.current, e.total) for e in events]
+    assert kinds[0] == ("phase_start", "sampling", None, 6)
+    assert kinds[1] == ("progress", "sampling", 0, 6) and kinds[2] == ("progress", "sampling", 0, 6)
+    assert ("phase_end", "sampling", None, None) in kinds
+    assert ("phase_start", "training", None, 10) in kinds and ("progress", "training", 4, 10) in kinds
+    assert kinds[-1] == ("phase_end", "training", None, None)
+    assert sum(k[0] == "phase_start" for k in kinds) == 2
+
+
 # ------------------------------------------------------------------ execution (slow)
 @pytest.fixture
 def quick_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -146,14 +155,15 @@ def outputs_text(nb: Any) -> str:
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(path: Path, quick_env: Path) -> None:
-    needs_pipeline = path.name != "openrouter.ipynb"  # without a key it explains and stops
-    missing = missing_modules() if needs_pipeline else []
-    if missing:
-        pytest.skip(f"pipeline stages not integrated yet: {', '.join(missing)}")
+    from jupyter_distill.demo import RunFollower
+
     kernel = ensure_kernelspec()
-    nb = execute_notebook(path, quick_env / "out" / path.name, kernel_name=kernel, timeout=1500)
-    text = outputs_text(nb)
     workdir = quick_env / "wd"
+    seen: list[Any] = []
+    # what `make demo` shows while the quickstart runs: the phases, read from the kernel's store
+    with RunFollower(workdir, "quickstart", emit=seen.append, interval=0.5):
+        nb = execute_notebook(path, quick_env / "out" / path.name, kernel_name=kernel, timeout=1500)
+    text = outputs_text(nb)
     if path.name == "openrouter.ipynb":
         assert "OPENROUTER_API_KEY is not set" in text
         assert "skipped: no OPENROUTER_API_KEY (nothing was sent)" in text
@@ -171,6 +181,8 @@ def test_notebook_executes(path: Path, quick_env: Path) -> None:
         answer = tagged_text(nb, ANSWER_TAG)
         assert "answer:" in answer and "cost: 0.0" in answer
         assert summary.get("student_before") and summary.get("student_after")
+        started = [e.phase for e in seen if e.kind == "phase_start"]
+        assert "sampling" in started and "training" in started, started
     if path.name == "review.ipynb":
         reviews = RunStore(workdir).get_reviews(run_name)
         assert reviews, "the scripted reviewer's decisions are in the store"
@@ -203,9 +215,6 @@ def test_openrouter_notebook_runs_fully_with_a_key(quick_env: Path, monkeypatch:
     does for a model with no distillable route), and answers each prompt's first candidate
     correctly, so the verifier has something to keep.
     """
-    missing = missing_modules()
-    if missing:
-        pytest.skip(f"pipeline stages not integrated yet: {', '.join(missing)}")
     from openai_server import OpenAIServer
 
     from jupyter_distill.examples import make_extraction_rows
