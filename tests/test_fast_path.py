@@ -109,7 +109,7 @@ def test_create_engine_on_cuda_names_the_path_and_unsloth_state() -> None:
     assert engine is not None and engine.beta == 0.3
     assert reason.startswith("CUDA fast path on cuda")
     has_unsloth, _ = fast.unsloth_available()
-    assert ("unsloth is installed" in reason) == has_unsloth
+    assert ("Unsloth is installed" in reason) == has_unsloth
 
 
 def test_create_engine_rejects_unknown_options() -> None:

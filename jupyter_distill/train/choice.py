@@ -50,8 +50,8 @@ def select_engine(device: str, preference: str = "auto", **options: Any) -> tupl
             return engine, why
         if preference == "fast":
             raise TrainingError(
-                f"engine='fast' was asked for but {why}. Fix: use engine='auto' or 'plain', or install the "
-                "GPU extra (pip install 'jupyter-distill[gpu]').",
+                f"engine='fast' was asked for but {why}. Fix: use engine='auto' or 'plain'; the fast path ships "
+                "with the package and needs only a CUDA device and a CUDA build of torch.",
                 field="engine",
                 value=preference,
                 fix="use engine='auto' or 'plain'",

@@ -61,11 +61,14 @@ COMPILE_MODES = ("auto", "on", "off")
 
 
 def unsloth_available() -> tuple[bool, str]:
-    """Whether the optional ``unsloth`` extra is installed (checked without importing it: importing
-    Unsloth patches transformers process-wide, which only a model load through it should do)."""
+    """Whether Unsloth is importable (checked without importing it: importing Unsloth patches
+    transformers process-wide, which only a model load through it should do).
+
+    The pipeline never loads a student through Unsloth itself; a model the user loaded through
+    Unsloth's ``FastLanguageModel`` is detected and trained with its patched forwards."""
     if importlib.util.find_spec("unsloth") is None:
-        return False, "unsloth is not installed (pip install 'jupyter-distill[unsloth]' on a CUDA machine)"
-    return True, "unsloth is installed"
+        return False, "Unsloth is not installed (the pipeline does not load students through it)"
+    return True, "Unsloth is installed (used for a model you loaded through FastLanguageModel)"
 
 
 def is_unsloth_model(model: Any) -> bool:
@@ -99,16 +102,13 @@ def create_engine(device: str, **options: Any) -> tuple[FastEngine | None, str]:
             fix="drop the unknown options",
         )
     engine = FastEngine(**options)
-    has_unsloth, unsloth_note = unsloth_available()
+    _, unsloth_note = unsloth_available()
     where = (
         f"CUDA fast path on {device}"
         if str(device).startswith("cuda")
         else f"CUDA fast path running on {device} in reference mode (no autocast, no compile)"
     )
-    engine.reason = (
-        f"{where}: prefix-sharing packing, chunked log-prob/KL, cached reference; "
-        f"{unsloth_note}{' (used when the model was loaded through it)' if has_unsloth else ''}"
-    )
+    engine.reason = f"{where}: prefix-sharing packing, chunked log-prob/KL, cached reference; {unsloth_note}"
     return engine, engine.reason
 
 
