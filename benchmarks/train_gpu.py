@@ -26,24 +26,8 @@ weights, CUDA-synchronised), after warm-up steps (which include torch.compile). 
 charges the one-off reference pass of our engines (prepare, timed again warm) to one epoch over
 the timed pairs; TRL and the Unsloth loop run their reference forward every step.
 
-Measured 2026-11-22 on the device tool's nvidia-h100-x1 (NVIDIA H100 80GB HBM3, driver 580.159.04,
-torch 2.11.0+cu130, transformers 5.17.0, peft 0.21.0; TRL 1.16.0 and Unsloth 2026.10.9 from
-``benchmarks/gpu_bundle.sh``), two calls: ``--groups native`` and ``--groups trl,unsloth``
-(merged with ``--merge``). pairs/s of steps with the reference cached; peak = max allocated:
-
-    shape  contender                      pairs/s  peak GB  vs TRL  vs Unsloth loop
-    1.05B  TRL 1.16 DPOTrainer + LoRA       50.8    18.9    1.00x   0.60x
-    1.05B  Unsloth-patched DPO-style loop   84.4    13.0    1.66x   1.00x
-    1.05B  plain PEFT engine                54.6    25.2    1.08x   0.65x
-    1.05B  fast engine (tree, compiled)    147.7    11.9    2.91x   1.75x
-    1.05B  fast engine, eager              110.8    14.3    2.18x   1.31x
-    1.05B  fast engine on Unsloth model    104.6    21.6    2.06x   1.24x
-    139M   TRL 1.16 DPOTrainer + LoRA       32.0     7.5    1.00x
-    139M   Unsloth-patched DPO-style loop   49.1     6.9    1.53x
-    139M   fast engine (tree, compiled)     88.2     5.2    2.76x
-    139M   fast engine (sequences, compiled) 91.0    5.8    2.85x
-
-Realistic length mix at 1.05B (median step): plain 22 pairs/s (45 GB), fast 100 pairs/s (22 GB).
+The measured table, with its command, machine and date, is in ``docs/benchmarks.md`` (one place,
+so the script and the docs cannot disagree).
 """
 
 from __future__ import annotations
