@@ -25,22 +25,27 @@ _LAZY = {
     "DistillError": "jupyter_distill.errors",
 }
 
+# submodules reachable as attributes (``jd.judges.json_valid()``), imported on first use
+_SUBMODULES = frozenset({"judges", "examples", "models"})
+
 if TYPE_CHECKING:  # pragma: no cover
     from jupyter_distill.config import DistillConfig as DistillConfig
     from jupyter_distill.errors import DistillError as DistillError
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f"jupyter_distill.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'jupyter_distill' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+    return sorted([*globals(), *_LAZY, *_SUBMODULES])
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -64,4 +69,4 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "jupyter-distill"}]
 
 
-__all__ = [*_LAZY, "__version__", "load_ipython_extension"]
+__all__ = [*_LAZY, *sorted(_SUBMODULES), "__version__", "load_ipython_extension"]
