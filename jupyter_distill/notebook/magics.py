@@ -36,6 +36,7 @@ import json
 import re
 import shlex
 import sys
+import threading
 import time
 import types
 import typing
@@ -447,6 +448,7 @@ class DistillMagics(Magics):
         self.dashboards: dict[str, RunDashboard] = {}
         self._last: str | None = None
         self._stores: dict[str, RunStore] = {}  # resolved workdir -> the one store the magics read it with
+        self._stores_lock = threading.Lock()
 
     # ------------------------------------------------------------------ entry point
     @line_cell_magic
@@ -473,9 +475,10 @@ class DistillMagics(Magics):
         run of this kernel opened it first) keeps `%distill runs|status` answering at once.
         """
         key = _workdir_key(self.workdir)
-        store = self._stores.get(key)
-        if store is None:
-            store = self._stores[key] = RunStore(self.workdir)
+        with self._stores_lock:
+            store = self._stores.get(key)
+            if store is None:
+                store = self._stores[key] = RunStore(self.workdir)
         return store
 
     def build_config(self, body: str, overrides: dict[str, Any], name: str | None = None) -> DistillConfig:
@@ -574,7 +577,8 @@ class DistillMagics(Magics):
             )
         dashboard = RunDashboard(name, min_interval=self.refresh_interval)
         run = Run(config, review_handler=lambda r: self._show_review(r, dashboard), resume=resume)
-        self._stores.setdefault(_workdir_key(config.workdir), run.store)
+        with self._stores_lock:
+            self._stores.setdefault(_workdir_key(config.workdir), run.store)
         dashboard.attach(run)
         console = None
         if self.show_console or not self._in_kernel():
