@@ -290,8 +290,9 @@ def parse_yaml_mapping(text: str) -> tuple[dict[str, Any], dict[str, int]]:
     """
     if not text.strip():
         return {}, {}
-    loader = _CellLoader(text)
+    loader: _CellLoader | None = None
     try:
+        loader = _CellLoader(text)  # refuses control characters here
         node = loader.get_single_node()
         if node is None:
             return {}, {}
@@ -304,7 +305,8 @@ def parse_yaml_mapping(text: str) -> tuple[dict[str, Any], dict[str, int]]:
     except RecursionError:
         raise _bounds_error(f"it nests deeper than {MAX_YAML_DEPTH} levels") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if data is None:
         return {}, {}
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):

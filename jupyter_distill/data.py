@@ -222,8 +222,9 @@ def _read_file(path: Path) -> list[Any]:
     if suffix in (".jsonl", ".ndjson"):
         return _read_jsonl(path)
     if suffix == ".json":
+        text = path.read_text(encoding="utf-8")  # not UTF-8: reported by _read_path
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DatasetError(
                 f"{name}: invalid JSON on line {exc.lineno}: {exc.msg}. Fix: the file must hold a JSON list.",
