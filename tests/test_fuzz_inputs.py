@@ -284,7 +284,10 @@ def yaml_bodies(draw: st.DrawFn) -> str:
     lines = []
     for _ in range(draw(st.integers(1, 6))):
         key = draw(st.sampled_from(FIELDS) | st.text(min_size=1, max_size=8))
-        value = "".join(draw(st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=6), max_size=8)))
+        pieces = st.lists(
+            st.sampled_from(FRAGMENTS) | st.text(max_size=6), min_size=1, max_size=draw(st.sampled_from([2, 8]))
+        )
+        value = "".join(draw(pieces))
         lines.append(f"{key}: {value}")
     return "\n".join(lines) + "\n"
 
