@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Literal
+import reprlib
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,7 +19,13 @@ from jupyter_distill.errors import ConfigError
 
 QUANTIZE_TYPES: tuple[str, ...] = ("q4_k_m", "q5_k_m", "q8_0", "q4_0", "f16")
 POLICY_MODES: tuple[str, ...] = ("strict", "warn", "off")
-RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# ``\Z``, not ``$``: ``$`` also matches before a trailing newline, so ``.match("run\\n")`` would pass.
+RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# A cell body is a handful of settings (perhaps an inline dataset): anything beyond these bounds is
+# an anchor/alias bomb or a mistake, and walking it (validation, errors, the store) would not end.
+MAX_YAML_VALUES = 100_000  # scalars and containers after expanding every alias
+MAX_YAML_DEPTH = 64
+MAX_VALUE_CHARS = 80  # how much of an offending value an error message shows
 
 
 class DistillConfig(BaseModel):
@@ -76,7 +83,7 @@ class DistillConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str | None) -> str | None:
-        if value is not None and not RUN_NAME_PATTERN.match(value):
+        if value is not None and not RUN_NAME_PATTERN.fullmatch(value):
             raise ValueError(
                 "run names use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)"
             )
@@ -123,7 +130,7 @@ class DistillConfig(BaseModel):
         YAML syntax errors, unknown keys and invalid values raise ``ConfigError`` naming the
         line of the cell body, the key and the fix.
         """
-        data, lines = _parse_yaml_mapping(text)
+        data, lines = parse_yaml_mapping(text)
         for key in data:
             if key not in cls.model_fields:
                 raise _unknown_key_error(key, line=lines.get(key))
@@ -161,34 +168,159 @@ def describe_object(value: Any) -> str:
     return f"<{type(value).__module__}.{type(value).__name__}>"
 
 
-def _parse_yaml_mapping(text: str) -> tuple[dict[str, Any], dict[str, int]]:
-    """Load a YAML mapping and remember the 1-based line of every top-level key."""
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+
+
+class _CellLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two changes for cell bodies.
+
+    Dates stay text (``name: 2024-02-30`` is a run name, not an invalid date), and any error a
+    value's constructor raises (``!!float`` with no value, ``!!timestamp foo``, an integer of
+    5,000 digits) becomes a YAML error pointing at that value's line, like a syntax error.
+    """
+
+    yaml_implicit_resolvers: ClassVar[dict[str, list[tuple[str, re.Pattern[str]]]]] = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # Checked while scanning: PyYAML's scanner slows down quadratically with bracket depth
+        # (5,000 `[` take seconds), long before the composer would overflow the stack.
+        if self.flow_level >= MAX_YAML_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None, None, f"brackets nest deeper than {MAX_YAML_DEPTH} levels", self.get_mark()
+            )
+        super().fetch_flow_collection_start(TokenClass)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"cannot read the value {short_repr(node.value if isinstance(node, yaml.ScalarNode) else node.tag)} "
+                f"({node.tag.rsplit(':', 1)[-1]}): {short_repr(str(exc), 120, quote=False)}",
+                node.start_mark,
+            ) from None
+
+
+def short_repr(value: Any, limit: int = MAX_VALUE_CHARS, *, quote: bool = True) -> str:
+    """A bounded ``repr`` for error messages: never walks a whole (possibly huge, shared) value."""
+    if isinstance(value, str) and not quote:
+        text = value
+    else:
+        printer = reprlib.Repr()
+        printer.maxstring = printer.maxother = printer.maxlong = limit
+        printer.maxlevel = 3
+        text = printer.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _node_bounds_problem(root: yaml.Node) -> str | None:
+    """Why the composed YAML graph is too big or deep to construct, or None.
+
+    Aliases share nodes, so the expanded size is counted once per node (a DAG walk); a node that
+    contains itself (``&a [*a]``) is refused too, since validating it would never end.
+    """
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        if done:
+            active.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            if size[key] > MAX_YAML_VALUES:
+                return f"it expands to more than {MAX_YAML_VALUES:,} values (through anchors and aliases)"
+            if depth[key] > MAX_YAML_DEPTH:
+                return f"it nests deeper than {MAX_YAML_DEPTH} levels"
+            continue
+        if key in size:
+            continue
+        if key in active:
+            return "an alias refers to a value that contains it"
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in size)
+    return None
+
+
+def _yaml_error(exc: yaml.YAMLError, text: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" on line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    lines = text.splitlines()
+    return ConfigError(
+        f"YAML error in the cell body{where}: {short_repr(problem, 200, quote=False)}. Fix: write one "
+        "`key: value` per line, quoting values that contain ':' or '#'.",
+        field="yaml",
+        value=short_repr(lines[mark.line], 200, quote=False) if mark is not None and mark.line < len(lines) else None,
+        fix="correct the YAML syntax",
+    )
+
+
+def _bounds_error(problem: str) -> ConfigError:
+    return ConfigError(
+        f"the cell body is too large to read: {problem}. Fix: write the settings out plainly, and pass a "
+        "large or deeply nested dataset as a file (dataset: data.jsonl) or a kernel variable ($rows).",
+        field="yaml",
+        value=None,
+        fix="simplify the YAML",
+    )
+
+
+def parse_yaml_mapping(text: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Load a cell body as a YAML mapping and remember the 1-based line of every top-level key.
+
+    Every failure is a ``ConfigError``: syntax, a value that cannot be constructed, nesting that
+    overflows the parser, and alias expansion or depth beyond ``MAX_YAML_VALUES``/``MAX_YAML_DEPTH``
+    (checked on the composed graph, before any Python value is built).
+    """
     if not text.strip():
         return {}, {}
+    loader: _CellLoader | None = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = _CellLoader(text)  # refuses control characters here
+        node = loader.get_single_node()
+        if node is None:
+            return {}, {}
+        problem = _node_bounds_problem(node)
+        if problem is not None:
+            raise _bounds_error(problem)
+        data = loader.construct_document(node)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" on line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            f"YAML error in the cell body{where}: {problem}. Fix: write one `key: value` per line, "
-            "quoting values that contain ':' or '#'.",
-            field="yaml",
-            value=text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else None,
-            fix="correct the YAML syntax",
-        ) from None
+        raise _yaml_error(exc, text) from None
+    except RecursionError:
+        raise _bounds_error(f"it nests deeper than {MAX_YAML_DEPTH} levels") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if data is None:
         return {}, {}
-    if not isinstance(data, dict) or node is None or not isinstance(node, yaml.MappingNode):
+    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
         raise ConfigError(
             f"the cell body must be a YAML mapping of `key: value` lines, got {type(data).__name__}. "
             "Fix: write e.g. `teacher: local:smollm2-135m`.",
             field="yaml",
             value=text[:80],
         )
-    lines = {key_node.value: key_node.start_mark.line + 1 for key_node, _ in node.value}
+    lines = {
+        str(key_node.value): key_node.start_mark.line + 1
+        for key_node, _ in node.value
+        if isinstance(key_node, yaml.ScalarNode)
+    }
     return {str(k): v for k, v in data.items()}, lines
 
 
@@ -197,7 +329,8 @@ def _unknown_key_error(key: str, line: int | None) -> ConfigError:
     close = difflib.get_close_matches(key, list(DistillConfig.model_fields), n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return ConfigError(
-        f"unknown setting '{key}'{where}.{hint} Known settings: {', '.join(DistillConfig.model_fields)}.",
+        f"unknown setting '{short_repr(key, quote=False)}'{where}.{hint} "
+        f"Known settings: {', '.join(DistillConfig.model_fields)}.",
         field=key,
         value=key,
         fix=f"rename it to '{close[0]}'" if close else "remove it",
@@ -213,13 +346,13 @@ def _validation_error(exc: ValidationError, given: dict[str, Any], lines: dict[s
         field = min(mentioned)[1] if mentioned else "config"
     value = given.get(field, first.get("input"))
     where = f" (line {lines[field]})" if field in lines else ""
-    reason = first["msg"].removeprefix("Value error, ")
+    reason = short_repr(first["msg"].removeprefix("Value error, "), 300, quote=False)
     field_info = DistillConfig.model_fields.get(field)
     default = (
         f" The default is {field_info.default!r}." if field_info is not None and field_info.default is not None else ""
     )
     return ConfigError(
-        f"invalid value for '{field}'{where}: {value!r}: {reason}.{default}",
+        f"invalid value for '{field}'{where}: {short_repr(value)}: {reason}.{default}",
         field=field,
         value=value,
         fix=reason,

@@ -12,15 +12,22 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.errors import DatasetError
+from jupyter_distill.config import short_repr
+from jupyter_distill.errors import DatasetError, DistillError
 from jupyter_distill.hashing import content_hash
 from jupyter_distill.store import PromptRecord
 
 ROLES = ("system", "user", "assistant", "tool")
+# A row's reference fields are stored as JSON and handed to verifiers: bound what one row may
+# expand to (shared references count every time they are reached, as they will in JSON).
+MAX_ROW_VALUES = 100_000
+MAX_ROW_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def load_dataset(
@@ -31,7 +38,7 @@ def load_dataset(
     max_prompts: int | None = None,
 ) -> list[PromptRecord]:
     """Read ``source`` into deduplicated prompts, in input order."""
-    rows = _read_rows(source)
+    rows = _guarded(_read_rows(source), source)
     prompts: list[PromptRecord] = []
     seen: set[str] = set()
     for index, raw in enumerate(rows, start=1):
@@ -41,7 +48,7 @@ def load_dataset(
         if digest in seen:
             continue
         seen.add(digest)
-        reference = {k: _json_safe(v) for k, v in row.items() if k not in (prompt_field, "messages")}
+        reference = _reference(row, index, prompt_field)
         prompts.append(PromptRecord(hash=digest, messages=messages, row=reference, position=len(prompts)))
         if max_prompts is not None and len(prompts) >= max_prompts:
             break
@@ -79,6 +86,7 @@ def split(prompts: Sequence[PromptRecord], heldout_fraction: float, seed: int = 
 
 # ---------------------------------------------------------------------- reading
 def _read_rows(source: Any) -> Iterable[Any]:
+    """The rows of ``source``, lazily where it is an iterable (``_guarded`` reports its errors)."""
     if source is None:
         raise DatasetError(
             "no dataset given. Fix: pass dataset='data.jsonl', a list of dicts, a DataFrame or a callable.",
@@ -87,27 +95,24 @@ def _read_rows(source: Any) -> Iterable[Any]:
         )
     if isinstance(source, str | Path):
         return _read_path(Path(source))
-    if callable(source) and not hasattr(source, "to_dict"):
+    if callable(source) and not _is_frame(source):
+        return _read_rows(_call(source))
+    if _is_frame(source):  # pandas.DataFrame
         try:
-            produced = source()
-        except Exception as exc:  # the user's callable; report what it raised
+            return source.to_dict("records")
+        except Exception as exc:
             raise DatasetError(
-                f"the dataset callable {getattr(source, '__name__', source)!r} raised {type(exc).__name__}: {exc}. "
-                "Fix: make it return an iterable of dicts.",
+                f"the DataFrame cannot be turned into rows: {type(exc).__name__}: {_short(exc)}. "
+                "Fix: give it unique, plain column names.",
                 field="dataset",
-                value=repr(source),
-            ) from exc
-        return _read_rows(produced) if isinstance(produced, str | Path) else list(produced)
-    if hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas.DataFrame
-        return source.to_dict("records")
-    if hasattr(source, "features") and hasattr(source, "__iter__"):  # datasets.Dataset
-        return list(source)
+                value="DataFrame",
+            ) from None
     if isinstance(source, dict):
         raise DatasetError(
             "the dataset is a single dict. Fix: wrap it in a list: dataset=[{...}].", field="dataset", value="dict"
         )
-    if isinstance(source, Iterable):
-        return list(source)
+    if isinstance(source, Iterable):  # lists, generators, datasets.Dataset
+        return source
     raise DatasetError(
         f"cannot read a dataset from a {type(source).__name__}. Fix: pass a path (.jsonl/.csv/.parquet/.json), "
         "a list of dicts, a pandas DataFrame, a datasets.Dataset or a callable.",
@@ -116,49 +121,169 @@ def _read_rows(source: Any) -> Iterable[Any]:
     )
 
 
-def _read_path(path: Path) -> list[Any]:
-    if not path.exists():
+def _is_frame(source: Any) -> bool:
+    return hasattr(source, "to_dict") and hasattr(source, "columns")
+
+
+def _call(source: Callable[[], Any]) -> Any:
+    """Call the user's dataset function once; what it returns must itself be a dataset, not a function."""
+    name = _short(getattr(source, "__name__", None) or type(source).__name__)
+    try:
+        produced = source()
+    except Exception as exc:  # the user's callable; report what it raised
         raise DatasetError(
-            f"dataset file {str(path)!r} does not exist. Fix: check the path (relative paths start at the "
+            f"the dataset callable {name!r} raised {type(exc).__name__}: {_short(exc)}. "
+            "Fix: make it return an iterable of dicts.",
+            field="dataset",
+            value=name,
+        ) from exc
+    if produced is None or (callable(produced) and not _is_frame(produced)):
+        what = "None" if produced is None else "another callable"
+        raise DatasetError(
+            f"the dataset callable {name!r} returned {what}. Fix: make it return the rows (a list of dicts, a "
+            "DataFrame, a datasets.Dataset or a path), e.g. `return [{'prompt': ...}]`.",
+            field="dataset",
+            value=name,
+        )
+    return produced
+
+
+def _guarded(rows: Iterable[Any], source: Any) -> Iterator[Any]:
+    """Iterate the user's rows; an error their iterable raises (a generator failing) is a DatasetError."""
+    count = 0
+    try:
+        iterator = iter(rows)
+        while True:
+            try:
+                row = next(iterator)
+            except StopIteration:
+                return
+            count += 1
+            yield row
+    except DistillError:
+        raise
+    except Exception as exc:
+        raise DatasetError(
+            f"reading the dataset {_describe(source)} failed after {count} row(s): {type(exc).__name__}: "
+            f"{_short(exc)}. Fix: make the dataset (its generator or iterable) produce every row without raising.",
+            field="dataset",
+            value=_describe(source),
+        ) from None
+
+
+def _read_path(path: Path) -> list[Any]:
+    name = _short(path.name, quote=False)
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the file system
+        raise DatasetError(
+            f"dataset path {_short(str(path))} cannot be used: {_short(exc)}. Fix: check the path.",
+            field="dataset",
+            value=_short(str(path)),
+        ) from None
+    if not exists:
+        raise DatasetError(
+            f"dataset file {_short(str(path))} does not exist. Fix: check the path (relative paths start at the "
             "notebook's folder).",
             field="dataset",
             value=str(path),
         )
+    if not is_file:
+        raise DatasetError(
+            f"dataset path {_short(str(path))} is not a file (a folder?). Fix: pass the file itself, "
+            "e.g. data/train.jsonl.",
+            field="dataset",
+            value=str(path),
+        )
+    try:
+        return _read_file(path)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{name} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start : exc.start + 1]!r}). "
+            "Fix: save the file as UTF-8.",
+            field="dataset",
+            value=str(path),
+        ) from None
+    except RecursionError:
+        raise DatasetError(
+            f"{name}: a value nests too deeply to read. Fix: flatten the rows.", field="dataset", value=str(path)
+        ) from None
+    except OSError as exc:
+        raise DatasetError(
+            f"{name} cannot be read: {exc.strerror or _short(exc)}. Fix: check the file and its permissions.",
+            field="dataset",
+            value=str(path),
+        ) from None
+
+
+def _read_file(path: Path) -> list[Any]:
     suffix = path.suffix.lower()
+    name = _short(path.name, quote=False)
     if suffix in (".jsonl", ".ndjson"):
         return _read_jsonl(path)
     if suffix == ".json":
+        text = path.read_text(encoding="utf-8")  # not UTF-8: reported by _read_path
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DatasetError(
-                f"{path.name}: invalid JSON on line {exc.lineno}: {exc.msg}. Fix: the file must hold a JSON list.",
+                f"{name}: invalid JSON on line {exc.lineno}: {exc.msg}. Fix: the file must hold a JSON list.",
                 field="dataset",
                 value=str(path),
             ) from None
+        except ValueError as exc:  # an integer beyond Python's digit limit
+            raise DatasetError(
+                f"{name}: {_short(exc)}. Fix: write such numbers as strings.", field="dataset", value=str(path)
+            ) from None
         if not isinstance(data, list):
             raise DatasetError(
-                f"{path.name} holds a JSON {type(data).__name__}, not a list of rows. Fix: use a list or .jsonl.",
+                f"{name} holds a JSON {type(data).__name__}, not a list of rows. Fix: use a list or .jsonl.",
                 field="dataset",
                 value=str(path),
             )
         return data
     if suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
+        return _read_csv(path, "\t" if suffix == ".tsv" else ",")
     if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise DatasetError(
-                "reading .parquet needs pyarrow. Fix: pip install pyarrow.", field="dataset", value=str(path)
-            ) from None
-        return pq.read_table(path).to_pylist()
+        return _read_parquet(path)
     raise DatasetError(
-        f"unsupported dataset file type {suffix!r} ({path.name}). Fix: use .jsonl, .json, .csv, .tsv or .parquet.",
+        f"unsupported dataset file type {_short(suffix)} ({name}). Fix: use .jsonl, .json, .csv, .tsv or .parquet.",
         field="dataset",
         value=str(path),
     )
+
+
+def _read_csv(path: Path, delimiter: str) -> list[Any]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        try:
+            return list(reader)
+        except csv.Error as exc:  # a field over csv.field_size_limit(), a NUL byte, a bad quote
+            raise DatasetError(
+                f"{_short(path.name, quote=False)}: line {reader.line_num}: {_short(exc)}. Fix: fields are limited "
+                f"to {csv.field_size_limit():,} characters and may not hold NUL bytes; put long texts in a .jsonl "
+                "file instead.",
+                field="dataset",
+                value=f"{path.name}:{reader.line_num}",
+            ) from None
+
+
+def _read_parquet(path: Path) -> list[Any]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DatasetError(
+            "reading .parquet needs pyarrow. Fix: pip install pyarrow.", field="dataset", value=str(path)
+        ) from None
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others for a corrupt file
+        raise DatasetError(
+            f"{_short(path.name, quote=False)} is not a readable parquet file: {type(exc).__name__}: {_short(exc)}. "
+            "Fix: write it again (e.g. DataFrame.to_parquet) or use .jsonl.",
+            field="dataset",
+            value=str(path),
+        ) from None
 
 
 def _read_jsonl(path: Path) -> list[Any]:
@@ -171,8 +296,15 @@ def _read_jsonl(path: Path) -> list[Any]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise DatasetError(
-                    f"{path.name}: bad JSON on line {number}: {exc.msg} (column {exc.colno}). "
+                    f"{_short(path.name, quote=False)}: bad JSON on line {number}: {exc.msg} (column {exc.colno}). "
                     "Fix: each line must be one JSON object.",
+                    field="dataset",
+                    value=f"{path.name}:{number}",
+                ) from None
+            except ValueError as exc:  # an integer beyond Python's digit limit
+                raise DatasetError(
+                    f"{_short(path.name, quote=False)}: line {number}: {_short(exc)}. Fix: write such numbers as "
+                    "strings.",
                     field="dataset",
                     value=f"{path.name}:{number}",
                 ) from None
@@ -211,9 +343,9 @@ def _messages(row: dict[str, Any], index: int, prompt_field: str, system_prompt:
                 field=prompt_field,
                 value=f"row {index}",
             )
-        messages = [{"role": "user", "content": value}]
+        messages = [{"role": "user", "content": _check_text(value, index, f"'{prompt_field}'", prompt_field)}]
     else:
-        fields = ", ".join(sorted(map(str, row))) or "none"
+        fields = _short(", ".join(sorted(_as_text(k) for k in list(row)[:20])), quote=False) or "none"
         raise DatasetError(
             f"row {index} has no '{prompt_field}' field and no 'messages' (fields: {fields}). "
             f"Fix: rename the prompt column to '{prompt_field}' or pass prompt_field='<your column>'.",
@@ -221,6 +353,7 @@ def _messages(row: dict[str, Any], index: int, prompt_field: str, system_prompt:
             value=f"row {index}",
         )
     if system_prompt and messages[0]["role"] != "system":
+        _check_text(system_prompt, index, "the system_prompt", "system_prompt")
         messages = [{"role": "system", "content": system_prompt}, *messages]
     return messages
 
@@ -241,9 +374,10 @@ def _check_messages(messages: Any, index: int) -> list[dict[str, str]]:
                 field="messages",
                 value=f"row {index}",
             )
-        if message["role"] not in ROLES:
+        if not (isinstance(message["role"], str) and message["role"] in ROLES):
             raise DatasetError(
-                f"row {index}, message {number}: unknown role {message['role']!r}. Fix: use one of {', '.join(ROLES)}.",
+                f"row {index}, message {number}: unknown role {_short(message['role'])}. "
+                f"Fix: use one of {', '.join(ROLES)}.",
                 field="messages",
                 value=f"row {index}",
             )
@@ -253,6 +387,7 @@ def _check_messages(messages: Any, index: int) -> list[dict[str, str]]:
                 field="messages",
                 value=f"row {index}",
             )
+        _check_text(message["content"], index, f"message {number}", "messages")
         clean.append({"role": message["role"], "content": message["content"]})
     if clean[-1]["role"] == "assistant":
         raise DatasetError(
@@ -264,23 +399,83 @@ def _check_messages(messages: Any, index: int) -> list[dict[str, str]]:
     return clean
 
 
-def _json_safe(value: Any) -> Any:
+def _check_text(text: str, index: int, what: str, field: str) -> str:
+    """Refuse a lone surrogate: it cannot be encoded as UTF-8 for the store, a hash or a request."""
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise DatasetError(
+            f"row {index}: {what} holds a lone surrogate {found.group()!r} at character {found.start()}, which is "
+            "not valid Unicode text. Fix: repair the text (e.g. decode it with errors='replace').",
+            field=field,
+            value=f"row {index}",
+        )
+    return text
+
+
+def _reference(row: dict[str, Any], index: int, prompt_field: str) -> dict[str, Any]:
+    """The row's other fields as JSON-safe values, for verifiers and the store, within a bound."""
+    budget = [MAX_ROW_VALUES]
+    return {
+        _key(k, index): _json_safe(v, index, budget, 1) for k, v in row.items() if k not in (prompt_field, "messages")
+    }
+
+
+def _key(key: Any, index: int) -> str:
+    return _check_text(key if isinstance(key, str) else _as_text(key), index, "a field name", "dataset")
+
+
+def _as_text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:  # a user object whose __str__ fails
+        return f"<{type(value).__name__}>"
+
+
+def _json_safe(value: Any, index: int, budget: list[int], depth: int) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_ROW_DEPTH:
+        bound = (
+            f"more than {MAX_ROW_VALUES:,} values (a shared list or dict counts each time it is reached)"
+            if budget[0] < 0
+            else f"values nested deeper than {MAX_ROW_DEPTH} levels"
+        )
+        raise DatasetError(
+            f"row {index} holds {bound}. Fix: keep the reference fields of a row small; put large data in files "
+            "and their paths in the row.",
+            field="dataset",
+            value=f"row {index}",
+        )
     if isinstance(value, float) and math.isnan(value):
         return None
-    if isinstance(value, str | int | float | bool) or value is None:
+    if isinstance(value, str):
+        return _check_text(value, index, "a field", "dataset")
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 14_000:
+        return _check_text(f"<integer of {value.bit_length()} bits>", index, "a field", "dataset")
+    if isinstance(value, int | float | bool) or value is None:
         return value
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {_key(k, index): _json_safe(v, index, budget, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _json_safe(value.tolist())
-    return str(value)
+        return [_json_safe(v, index, budget, depth + 1) for v in value]
+    try:
+        as_list = value.tolist() if hasattr(value, "tolist") else None
+    except Exception:
+        as_list = None
+    if as_list is not None:
+        return _json_safe(as_list, index, budget, depth + 1)
+    return _check_text(_as_text(value), index, "a field", "dataset")
+
+
+def _short(value: Any, *, quote: bool = True) -> str:
+    """A bounded text of a value or an exception for an error message."""
+    if isinstance(value, BaseException):
+        return short_repr(_as_text(value), 200, quote=False)
+    return short_repr(value, quote=quote)
 
 
 def _describe(source: Any) -> str:
     if isinstance(source, str | Path):
-        return repr(str(source))
-    if isinstance(source, Callable):  # type: ignore[arg-type]
-        return f"returned by {getattr(source, '__name__', 'the callable')}"
+        return _short(str(source))
+    if callable(source) and not _is_frame(source):
+        return f"returned by {_short(getattr(source, '__name__', None) or 'the callable', quote=False)}"
     return f"({type(source).__name__})"

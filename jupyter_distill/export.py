@@ -385,17 +385,37 @@ def gguf_tensor_name(hf_name: str) -> str | None:
     )
 
 
+def check_exportable(architecture: str | None, quantize: str | None) -> None:
+    """Raise ``ExportError`` unless a model of ``architecture`` (its config.json ``model_type``)
+    can be written as a GGUF and quantized to ``quantize`` here; ``quantize=None`` exports nothing.
+
+    The pipeline calls this before the first teacher request, so a student that could never be
+    exported is refused before any money is spent, not after training.
+    """
+    if quantize is None:
+        return
+    validate_quantize(quantize)
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ExportError(
+            f"architecture {architecture!r} cannot be exported to GGUF here (quantize={quantize!r}). "
+            f"Supported: {', '.join(SUPPORTED_ARCHITECTURES)}. Fix: pick a student of a supported family, pass "
+            "quantize=None to keep the trained LoRA adapter without GGUF export, or convert the merged model "
+            "with llama.cpp's own converter.",
+            field="architecture",
+            value=architecture,
+            fix="use a llama/qwen2/qwen3 student or quantize=None",
+        )
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
     config = json.loads((folder / "config.json").read_text())
     arch = config.get("model_type")
-    if arch not in SUPPORTED_ARCHITECTURES:
+    try:
+        check_exportable(arch, "f16")
+    except ExportError as exc:
         raise ExportError(
-            f"architecture {arch!r} (config.json model_type in {str(folder)!r}) cannot be exported to GGUF here. "
-            f"Supported: {', '.join(SUPPORTED_ARCHITECTURES)}. Fix: pick a student of a supported family, or "
-            "convert this model with llama.cpp's own converter.",
-            field="architecture",
-            value=arch,
-        )
+            f"{exc} (config.json model_type in {str(folder)!r})", field=exc.field, value=exc.value, fix=exc.fix
+        ) from None
     return config
 
 

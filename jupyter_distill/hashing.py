@@ -18,8 +18,12 @@ def canonical_json(obj: Any) -> str:
 
 
 def content_hash(*parts: Any) -> str:
-    """A 32-hex-digit (128-bit) hash of ``parts``; collisions are not a practical concern."""
-    return hashlib.sha256(canonical_json(list(parts)).encode("utf-8")).hexdigest()[:32]
+    """A 32-hex-digit (128-bit) hash of ``parts``; collisions are not a practical concern.
+
+    ``surrogatepass`` keeps hashing total: a lone surrogate (not encodable as UTF-8) gets a hash
+    instead of raising; every valid string encodes exactly as plain UTF-8, so keys do not change.
+    """
+    return hashlib.sha256(canonical_json(list(parts)).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

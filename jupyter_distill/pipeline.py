@@ -4,8 +4,10 @@
 
 Each phase reads its inputs from the store and writes its outputs there, so re-running a cell
 (or ``resume=True`` after a kernel restart) skips every teacher call and judgment already paid
-for. Everything user-caused is validated before the first request: the config, the dataset,
-the teacher's distillation terms, the judge and the student spec.
+for. Everything user-caused is validated before the first request (``validate_before_requests``):
+the config, the dataset, the teacher's distillation terms, the judge, the student (found, loadable
+here, trainable on the device), its export for the chosen ``quantize``, the alias name and the
+workdir. No check loads weights, and none sends a request.
 
 ``Run`` executes in the caller's thread (``run()``) or a background thread (``start()``), so a
 notebook stays usable while it trains; ``stop()`` is honoured within one request or step.
@@ -156,6 +158,7 @@ class Run:
             prompts = self._prepare_prompts()
             teacher = self._load_teacher()
             judge = self._load_judge(teacher)
+            validate_before_requests(config, self.name, judge)
         except BaseException as exc:
             self.state.status = "failed"
             self.state.error = str(exc)
@@ -507,6 +510,19 @@ class Run:
         return _jsonable(summary)
 
 
+def validate_before_requests(config: DistillConfig, run_name: str, judge: Any = None) -> None:
+    """Refuse, before the first paid request, a run that could only fail after it.
+
+    The student (map key, HF folder or .gguf: found, readable, loadable here, an architecture
+    transformers trains on ``config.device``), the export of that architecture for
+    ``config.quantize``, the alias name and registry, the loaded judge's signature and the
+    workdir. Metadata only: no weights are loaded and no request is sent.
+    """
+    from jupyter_distill.preflight import check_run
+
+    check_run(config, run_name, judge)
+
+
 def distill(
     dataset: Any = None,
     teacher: Any = "local:smollm2-135m",
@@ -620,4 +636,13 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["PHASES", "Run", "RunState", "RunStopped", "default_run_name", "distill", "run_async_safely"]
+__all__ = [
+    "PHASES",
+    "Run",
+    "RunState",
+    "RunStopped",
+    "default_run_name",
+    "distill",
+    "run_async_safely",
+    "validate_before_requests",
+]

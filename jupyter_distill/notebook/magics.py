@@ -36,6 +36,7 @@ import json
 import re
 import shlex
 import sys
+import threading
 import time
 import types
 import typing
@@ -44,12 +45,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 from traitlets import Bool, Float, Unicode, validate
 
-from jupyter_distill.config import DistillConfig
+from jupyter_distill.config import DistillConfig, parse_yaml_mapping
 from jupyter_distill.errors import ConfigError, DistillError, ExportError
 from jupyter_distill.events import PHASES
 from jupyter_distill.notebook.dashboard import RunDashboard, RunSummary, UnknownRunError
@@ -391,6 +391,13 @@ class Notice:
         return {"text/plain": self.text, "text/html": f"<div class='jd-notice'>{html.escape(self.text)}</div>"}
 
 
+def _workdir_key(workdir: str | Path) -> str:
+    try:
+        return str(Path(workdir).expanduser().resolve())
+    except (OSError, ValueError, RuntimeError):  # opening the store reports what is wrong with it
+        return str(workdir)
+
+
 def _review_pending(run: Any) -> bool:
     """The run waits for a human and nobody has released it yet (continue_after_review not called)."""
     return bool(getattr(run, "review_pending", False))
@@ -440,6 +447,8 @@ class DistillMagics(Magics):
         self.configs: dict[str, DistillConfig] = {}  # name -> the config it ran with (kernel objects included)
         self.dashboards: dict[str, RunDashboard] = {}
         self._last: str | None = None
+        self._stores: dict[str, RunStore] = {}  # resolved workdir -> the one store the magics read it with
+        self._stores_lock = threading.Lock()
 
     # ------------------------------------------------------------------ entry point
     @line_cell_magic
@@ -458,7 +467,19 @@ class DistillMagics(Magics):
 
     # ------------------------------------------------------------------ config
     def store(self) -> RunStore:
-        return RunStore(self.workdir)
+        """The run store of ``workdir``, opened once per workdir for the life of the magics.
+
+        Opening a ``RunStore`` runs its schema migration in a write transaction, which waits
+        behind any write a training run in this kernel has in progress. Line magics only read,
+        and reads never wait in WAL mode, so keeping one store per workdir (the run's own, when a
+        run of this kernel opened it first) keeps `%distill runs|status` answering at once.
+        """
+        key = _workdir_key(self.workdir)
+        with self._stores_lock:
+            store = self._stores.get(key)
+            if store is None:
+                store = self._stores[key] = RunStore(self.workdir)
+        return store
 
     def build_config(self, body: str, overrides: dict[str, Any], name: str | None = None) -> DistillConfig:
         """Body + kernel variables + traitlet defaults + flags -> a validated DistillConfig.
@@ -487,13 +508,9 @@ class DistillMagics(Magics):
         A body with YAML errors returns nothing here: ``from_yaml`` reports those with the line.
         """
         try:
-            node = yaml.compose(body, Loader=yaml.SafeLoader) if body.strip() else None
-            data = yaml.safe_load(body) if body.strip() else None
-        except yaml.YAMLError:
+            data, lines = parse_yaml_mapping(body)
+        except ConfigError:
             return set(), {}
-        if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
-            return set(), {}
-        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
         variables: dict[str, Any] = {}
         for key, value in data.items():
             if key not in DistillConfig.model_fields or not isinstance(value, str):
@@ -560,6 +577,8 @@ class DistillMagics(Magics):
             )
         dashboard = RunDashboard(name, min_interval=self.refresh_interval)
         run = Run(config, review_handler=lambda r: self._show_review(r, dashboard), resume=resume)
+        with self._stores_lock:
+            self._stores.setdefault(_workdir_key(config.workdir), run.store)
         dashboard.attach(run)
         console = None
         if self.show_console or not self._in_kernel():
