@@ -65,13 +65,12 @@ def sample_teacher(
     found: dict[str, list[str]] = json.loads(cache.read_text()) if cache.is_file() else {}
     # One llama.cpp thread: on a shared 2-core machine ggml's spinning worker threads slowed
     # sampling by more than 10x when the other core was busy; one thread degrades gracefully.
-    llm = runtime.get_llama(gguf, n_threads=llama_threads)
     started = time.time()
     todo = [p for p in prompts if content_hash(p.hash, n, temperature, max_tokens, seed) not in found]
     for i, prompt in enumerate(todo):
         key = content_hash(prompt.hash, n, temperature, max_tokens, seed)
         texts = []
-        with runtime.llama_lock(gguf):
+        with runtime.use_llama(gguf, n_threads=llama_threads) as llm:
             for k in range(n):
                 out = llm.create_chat_completion(
                     prompt.messages, temperature=temperature, max_tokens=max_tokens, seed=seed * 100_003 + i * 17 + k
