@@ -3,7 +3,10 @@
 Enabled by default through ``jupyter-config/server-config/jupyter_distill.json`` (installed into
 ``etc/jupyter/jupyter_server_config.d``). Configure the run store it shows with
 ``c.DistillServer.workdir`` or ``$JUPYTER_DISTILL_WORKDIR`` (default ``.distill`` under the
-server's root dir). Nothing in the package imports this module: it is a front end.
+server's root dir). GGUF aliases are generated in supervised worker processes
+(``c.DistillServer.model_workers``, see :mod:`jupyter_distill.server.worker`), so a crash in
+llama.cpp costs one request a 503, never the server. Nothing in the package imports this
+module: it is a front end.
 """
 
 from __future__ import annotations
