@@ -53,13 +53,13 @@ _SECRET_VALUE_RE = re.compile(
 )
 
 
-def _shown(value: Any) -> str:
+def _shown(value: Any, limit: int = _MAX_SHOWN) -> str:
     """A bounded repr for error messages: a 10,000-character path must not make a 10 kB error."""
     try:
         text = repr(value)
     except RecursionError:
         text = f"<deeply nested {type(value).__name__}>"
-    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def registry_dir() -> Path:
@@ -81,10 +81,10 @@ def validate_name(name: Any) -> str:
     """An alias name is a plain file-name-like token: it may become a folder or URL segment."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", "..") or len(name) > 128:
         raise AliasError(
-            f"invalid alias name {_shown(name)}: use 1-128 letters, digits, '.', '_' or '-' (no spaces or path "
+            f"invalid alias name {_shown(name, 400)}: use 1-128 letters, digits, '.', '_' or '-' (no spaces or path "
             "separators, not '.' or '..'). Fix: e.g. 'ticket-classifier-v1'.",
             field="name",
-            value=name if isinstance(name, str) and len(name) <= _MAX_SHOWN else _shown(name),
+            value=name if isinstance(name, str) and len(name) <= 400 else _shown(name, 400),
         )
     return name
 

@@ -47,6 +47,7 @@ def store(workdir: Path) -> RunStore:
 
 async def error_of(jp_fetch: Any, status: int, *parts: str, **kwargs: Any) -> str:
     """The body of an expected error: JSON, the given status, no traceback."""
+    kwargs.setdefault("request_timeout", 120)  # a model worker may be starting on a busy machine
     with pytest.raises(HTTPClientError) as info:
         await jp_fetch("jupyter-distill", *parts, **kwargs)
     assert info.value.code == status, (info.value.code, info.value.response.body)

@@ -41,7 +41,9 @@ def jp_server_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[st
 
 def _chat(jp_fetch: Any, messages: list[dict[str, str]], max_tokens: int, stream: bool = False) -> Any:
     body = {"model": "smol", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": stream}
-    return jp_fetch("jupyter-distill", "v1", "chat", "completions", method="POST", body=json.dumps(body))
+    return jp_fetch(
+        "jupyter-distill", "v1", "chat", "completions", method="POST", body=json.dumps(body), request_timeout=300
+    )
 
 
 async def _busy_worker(workers: Any) -> int:
@@ -99,6 +101,7 @@ async def test_worker_killed_mid_stream_ends_the_stream_with_an_error(jp_fetch: 
             method="POST",
             body=json.dumps(body),
             streaming_callback=on_data,
+            request_timeout=300,
         )
     )
     await asyncio.wait_for(first_chunk.wait(), timeout=120)  # generation is under way
