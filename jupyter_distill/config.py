@@ -147,13 +147,18 @@ class DistillConfig(BaseModel):
         """A JSON-safe view for the store and the UI: callables and objects become descriptions."""
         out: dict[str, Any] = {}
         for key, value in self.model_dump().items():
-            if value is None or isinstance(value, str | int | float | bool):
+            if isinstance(value, str):
+                out[key] = _USERINFO_RE.sub(r"\1", value)  # 'http://user:KEY@host' must not reach the store
+            elif value is None or isinstance(value, int | float | bool):
                 out[key] = value
             elif isinstance(value, list) and all(isinstance(v, str) for v in value):
                 out[key] = list(value)
             else:
                 out[key] = describe_object(value)
         return out
+
+
+_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
 
 
 def describe_object(value: Any) -> str:

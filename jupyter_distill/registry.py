@@ -10,22 +10,27 @@ shared by every kernel and process of the user. Hence:
 - every write goes to a temp file that is fsynced and renamed over the old one, so a crash
   leaves either the old or the new file, never half of one;
 - a file that is not valid JSON or not our schema is never overwritten: it is copied to
-  ``aliases.json.corrupt-<timestamp>`` and the error says so, because silently starting an empty
-  registry would lose every alias the user had.
+  ``aliases.json.corrupt-<hash of its content>`` and the error says so, because silently starting
+  an empty registry would lose every alias the user had. The copy is named by content so that
+  reading the same broken file again (the lab panel polls every few seconds) finds the copy it
+  already made instead of writing another one;
+- an alias never holds a secret: keys go in an environment variable named by ``api_key_env``, so
+  key-like fields, key-like values and user-info in a ``base_url`` are refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from jupyter_distill.errors import AliasError
 
@@ -34,6 +39,27 @@ BACKENDS = ("gguf", "peft", "openai-compatible")
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LOCK_TIMEOUT_S = 30.0
+MAX_ENTRY_BYTES = 64 * 1024  # one alias as JSON: metadata, not data
+_MAX_SHOWN = 120  # characters of a bad value quoted in an error
+# Extra fields that would hold a secret (``api_key_env`` names a variable, so it is allowed).
+_SECRET_FIELD_RE = re.compile(
+    r"(^|[_-])(api[_-]?key|key|token|access[_-]?token|secret|password|passwd|pwd|auth|authorization|"
+    r"credentials?|bearer|cookie)($|[_-])",
+    re.IGNORECASE,
+)
+_SECRET_VALUE_RE = re.compile(
+    r"^\s*(bearer\s+\S+|sk-[A-Za-z0-9_-]{8,}|(sk|gsk|hf|ghp|xai|github_pat)_[A-Za-z0-9_]{8,}|AIza[0-9A-Za-z_-]{20,})",
+    re.IGNORECASE,
+)
+
+
+def _shown(value: Any, limit: int = _MAX_SHOWN) -> str:
+    """A bounded repr for error messages: a 10,000-character path must not make a 10 kB error."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def registry_dir() -> Path:
@@ -53,12 +79,12 @@ def registry_path() -> Path:
 
 def validate_name(name: Any) -> str:
     """An alias name is a plain file-name-like token: it may become a folder or URL segment."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", "..") or len(name) > 128:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", "..") or len(name) > 128:
         raise AliasError(
-            f"invalid alias name {name!r}: use 1-128 letters, digits, '.', '_' or '-' (no spaces or path "
+            f"invalid alias name {_shown(name, 400)}: use 1-128 letters, digits, '.', '_' or '-' (no spaces or path "
             "separators, not '.' or '..'). Fix: e.g. 'ticket-classifier-v1'.",
             field="name",
-            value=name,
+            value=name if isinstance(name, str) and len(name) <= 400 else _shown(name, 400),
         )
     return name
 
@@ -82,15 +108,37 @@ def _locked() -> Any:
         ) from None
 
 
-def _backup_and_raise(path: Path, problem: str) -> None:
-    backup = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-    shutil.copy2(path, backup)
+def _backup(path: Path, content: bytes) -> Path:
+    """Copy a broken registry beside itself once per distinct content; returns the copy."""
+    backup = path.with_name(f"{path.name}.corrupt-{hashlib.sha256(content).hexdigest()[:16]}")
+    if not backup.exists():
+        fd, tmp = tempfile.mkstemp(prefix=".aliases.", suffix=".corrupt.tmp", dir=str(path.parent))
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+            os.replace(tmp, backup)  # two readers making the same copy at once both land the same bytes
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return backup
+
+
+def _backup_and_raise(path: Path, content: bytes, problem: str) -> None:
+    backup = _backup(path, content)
     raise AliasError(
-        f"the alias registry {str(path)!r} is unreadable ({problem}). It was NOT overwritten; a copy was saved "
-        f"as {str(backup)!r}. Fix: repair or delete {str(path)!r} (the backup keeps its content), then retry.",
+        f"the alias registry {str(path)!r} is unreadable ({problem}). It was NOT overwritten; its content is kept "
+        f"in {str(backup)!r}. Fix: repair or delete {str(path)!r} (the backup keeps its content), then retry.",
         field="registry",
         value=str(path),
     )
+
+
+def _entry_problem(name: str, entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return f"alias {_shown(name)} is a {type(entry).__name__}, not an object"
+    if entry.get("backend") not in BACKENDS:
+        return f"alias {_shown(name)} has backend {_shown(entry.get('backend'))}"
+    return None
 
 
 def _read() -> dict[str, Any]:
@@ -99,14 +147,23 @@ def _read() -> dict[str, Any]:
     if not path.exists():
         return {"schema_version": SCHEMA_VERSION, "aliases": {}}
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        _backup_and_raise(path, f"not valid JSON: {exc}")
+        content = path.read_bytes()
+    except OSError as exc:
+        raise AliasError(
+            f"the alias registry {str(path)!r} cannot be read ({type(exc).__name__}: {exc.strerror}). Fix: make it a "
+            "readable file, or move it away to start an empty registry.",
+            field="registry",
+            value=str(path),
+        ) from None
+    try:
+        doc = json.loads(content.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        _backup_and_raise(path, content, f"not valid JSON: {_shown(str(exc))}")
     if not isinstance(doc, dict) or not isinstance(doc.get("aliases"), dict):
-        _backup_and_raise(path, "no 'aliases' object")
+        _backup_and_raise(path, content, "no 'aliases' object")
     version = doc.get("schema_version")
-    if not isinstance(version, int):
-        _backup_and_raise(path, f"schema_version {version!r} is not an integer")
+    if not isinstance(version, int) or isinstance(version, bool):
+        _backup_and_raise(path, content, f"schema_version {_shown(version)} is not an integer")
     if version > SCHEMA_VERSION:
         raise AliasError(
             f"the alias registry {str(path)!r} has schema version {version}, newer than this jupyter-distill "
@@ -114,6 +171,10 @@ def _read() -> dict[str, Any]:
             field="schema_version",
             value=version,
         )
+    for name, entry in doc["aliases"].items():
+        problem = _entry_problem(name, entry)
+        if problem:
+            _backup_and_raise(path, content, problem)
     return doc
 
 
@@ -142,15 +203,46 @@ def _update(change: Callable[[dict[str, Any]], Any]) -> Any:
         return result
 
 
-def _existing(path: Any, field: str, what: str, check: Callable[[Path], bool]) -> str:
-    resolved = Path(str(path)).expanduser().resolve()
-    if not check(resolved):
+def _resolve(path: Any, field: str) -> Path:
+    """``path`` made absolute; a path the OS cannot even name (NUL byte, too long) is an ``AliasError``."""
+    if not isinstance(path, str | os.PathLike):
         raise AliasError(
-            f"{field} {str(resolved)!r} is not {what}. Fix: pass the path of an existing {what}.",
+            f"{field} must be a path string, got {type(path).__name__}. Fix: pass e.g. 'model.gguf'.",
             field=field,
-            value=str(path),
+            value=_shown(path),
+        )
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise AliasError(
+            f"{field} {_shown(os.fspath(path))} is not a usable path ({type(exc).__name__}). Fix: pass the path of "
+            "an existing file or folder, without NUL characters and shorter than the system's limit.",
+            field=field,
+            value=_shown(os.fspath(path)),
+        ) from None
+
+
+def _existing(path: Any, field: str, what: str, check: Callable[[Path], bool]) -> str:
+    resolved = _resolve(path, field)
+    try:
+        ok = check(resolved)
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise AliasError(
+            f"{field} {_shown(str(resolved))} is not {what}. Fix: pass the path of an existing {what}.",
+            field=field,
+            value=_shown(str(path)),
         )
     return str(resolved)
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name the OS refuses (too long) instead of an ``OSError``."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _is_gguf(path: Path) -> bool:
@@ -158,6 +250,77 @@ def _is_gguf(path: Path) -> bool:
         return False
     with open(path, "rb") as handle:
         return handle.read(4) == b"GGUF"
+
+
+def adapter_base_model(folder: Path) -> Any:
+    """The base model an adapter folder's ``adapter_config.json`` names (``None`` when it names none)."""
+    config_path = folder / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise AliasError(
+            f"{str(config_path)!r} is not a readable JSON file ({type(exc).__name__}). Fix: re-save the adapter "
+            "(model.save_pretrained), or pass base_model= explicitly.",
+            field="model_path",
+            value=str(folder),
+        ) from None
+    if not isinstance(config, dict):
+        raise AliasError(
+            f"{str(config_path)!r} holds a {type(config).__name__}, not an object. Fix: re-save the adapter.",
+            field="model_path",
+            value=str(folder),
+        )
+    return config.get("base_model_name_or_path")
+
+
+def _check_base_url(name: str, base_url: Any) -> str:
+    """An http(s) URL with a host, no spaces and no user-info (a key there would be stored in clear)."""
+    problem = None
+    parts = None
+    if not isinstance(base_url, str) or not re.match(r"^https?://", base_url):
+        problem = "it is not an http(s) URL"
+    elif any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in base_url):
+        problem = "it contains spaces or control characters"
+    else:
+        try:
+            parts = urlsplit(base_url)
+            port_ok = parts.port is None or 0 < parts.port < 65536
+        except ValueError:
+            parts, port_ok = None, False
+        if parts is None or not port_ok:
+            problem = "its host or port is not valid"
+        elif "@" in parts.netloc:
+            raise AliasError(
+                f"alias {name!r}: base_url carries user-info ('user:key@host'), which would be stored in clear in "
+                "aliases.json (not shown: it may hold a key). Fix: give the key in an environment variable and pass "
+                "its name as api_key_env=.",
+                field="base_url",
+                value="<redacted>",
+            )
+        elif not parts.hostname:
+            problem = "it names no host"
+    if problem:
+        raise AliasError(
+            f"alias {name!r}: backend 'openai-compatible' needs base_url='http(s)://host/v1', got "
+            f"{_shown(base_url)}: {problem}.",
+            field="base_url",
+            value=_shown(base_url),
+        )
+    return str(base_url)
+
+
+def _refuse_secrets(name: str, extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        secret_key = key != "api_key_env" and _SECRET_FIELD_RE.search(key)
+        secret_value = isinstance(value, str) and _SECRET_VALUE_RE.match(value)
+        if secret_key or secret_value:
+            raise AliasError(
+                f"alias {name!r}: an alias never stores an API key or other secret (field {key!r}; value not shown). "
+                "Fix: put the key in an environment variable and pass its name, e.g. "
+                "set_alias(..., api_key_env='OPENAI_API_KEY').",
+                field=key,
+                value="<redacted>",
+            )
 
 
 def _check_entry(name: str, backend: str, model_path: Any, base_model: Any, extra: dict[str, Any]) -> dict[str, Any]:
@@ -168,13 +331,7 @@ def _check_entry(name: str, backend: str, model_path: Any, base_model: Any, extr
             field="backend",
             value=backend,
         )
-    if "api_key" in extra or "key" in extra:
-        raise AliasError(
-            "an alias never stores an API key. Fix: put the key in an environment variable and pass its name, "
-            "e.g. set_alias(..., api_key_env='OPENAI_API_KEY').",
-            field="api_key",
-            value="<redacted>",
-        )
+    _refuse_secrets(name, extra)
     entry: dict[str, Any] = {"backend": backend}
     if backend == "gguf":
         if model_path is None:
@@ -189,12 +346,11 @@ def _check_entry(name: str, backend: str, model_path: Any, base_model: Any, extr
                 field="model_path",
                 value=None,
             )
-        folder = Path(str(model_path)).expanduser().resolve()
-        if (folder / "adapter_config.json").is_file():
+        folder = _resolve(model_path, "model_path")
+        if _is_file(folder / "adapter_config.json"):
             entry["model_path"] = str(folder)
             if base_model is None:
-                cfg = json.loads((folder / "adapter_config.json").read_text())
-                base_model = cfg.get("base_model_name_or_path")
+                base_model = adapter_base_model(folder)
             entry["base_model"] = _existing(
                 base_model, "base_model", "an HF model folder (config.json)", lambda p: (p / "config.json").is_file()
             )
@@ -203,13 +359,7 @@ def _check_entry(name: str, backend: str, model_path: Any, base_model: Any, extr
                 folder, "model_path", "a PEFT adapter or HF model folder", lambda p: (p / "config.json").is_file()
             )
     else:  # openai-compatible
-        base_url = extra.get("base_url")
-        if not isinstance(base_url, str) or not re.match(r"^https?://", base_url):
-            raise AliasError(
-                f"alias {name!r}: backend 'openai-compatible' needs base_url='http(s)://host/v1', got {base_url!r}.",
-                field="base_url",
-                value=base_url,
-            )
+        base_url = _check_base_url(name, extra.get("base_url"))
         remote = extra.get("model") or model_path
         if not remote:
             raise AliasError(
@@ -217,7 +367,13 @@ def _check_entry(name: str, backend: str, model_path: Any, base_model: Any, extr
                 field="model",
                 value=None,
             )
-        entry["model"] = str(remote)
+        if not isinstance(remote, str | os.PathLike):
+            raise AliasError(
+                f"alias {name!r}: model must be the server's model name, got {type(remote).__name__}.",
+                field="model",
+                value=_shown(remote),
+            )
+        entry["model"] = os.fspath(remote)
         entry["base_url"] = base_url.rstrip("/")
         env = extra.get("api_key_env")
         if env is not None and (not isinstance(env, str) or not _ENV_RE.match(env)):
@@ -233,15 +389,24 @@ def _check_entry(name: str, backend: str, model_path: Any, base_model: Any, extr
         if key in ("base_url", "model") and backend == "openai-compatible":
             continue
         try:
-            json.dumps(value)
-        except (TypeError, ValueError):
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            why = "is nested too deeply" if isinstance(exc, RecursionError) else "cannot be stored in JSON"
             raise AliasError(
-                f"alias {name!r}: extra field {key!r} has a value of type {type(value).__name__}, which cannot be "
-                "stored in JSON. Fix: pass strings, numbers, lists or dicts.",
+                f"alias {name!r}: extra field {key!r} has a value of type {type(value).__name__}, which {why}. "
+                "Fix: pass strings, numbers, lists or dicts of modest depth.",
                 field=key,
-                value=repr(value)[:80],
+                value=type(value).__name__,
             ) from None
         entry.setdefault(key, value)
+    size = len(json.dumps(entry))
+    if size > MAX_ENTRY_BYTES:
+        raise AliasError(
+            f"alias {name!r}: the entry is {size} bytes as JSON, over the {MAX_ENTRY_BYTES} byte limit. "
+            "Fix: keep large data in files and store their paths.",
+            field="extra",
+            value=size,
+        )
     return entry
 
 

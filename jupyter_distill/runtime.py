@@ -4,6 +4,13 @@ Loading a GGUF costs 0.1 s to seconds and hundreds of MB, so every caller asks :
 and gets the same ``llama_cpp.Llama`` back, bounded by an LRU so a long-lived kernel does not
 accumulate models. llama.cpp contexts are not re-entrant, so :func:`use_llama` holds the model's
 lock for its block, and counts its users so that an eviction never closes a model in use.
+
+The model lock is a plain (non re-entrant) lock on purpose: a streamed completion holds it inside a
+generator, and a generator may be advanced, closed or garbage-collected on another thread than
+the one that started it (``asyncio.to_thread(next, stream)``); a re-entrant lock can only be
+released by its owner, so such a stream would leave the model locked forever. The price: a thread
+that opens a second block on the same model inside the first (generating on a model while its
+own stream is still open) waits for itself, so finish or ``close()`` a stream first.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ class _Entry:
 
     def __init__(self, llm: Any):
         self.llm = llm
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
         self.users = 0
         self.evicted = False
         self.closed = False
@@ -113,6 +120,15 @@ def _release(entry: _Entry) -> None:
         close_now = entry.evicted and entry.users == 0
     if close_now:
         entry.close()
+
+
+def ensure_loaded(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None) -> None:
+    """Load ``path`` into the cache (or find it there) without waiting for the model's lock.
+
+    A stream calls this before returning its iterator, so a missing or broken file fails at the
+    call; taking the lock instead would make it wait behind every generation already running.
+    """
+    _release(_acquire(path, n_ctx, n_threads))
 
 
 @contextmanager

@@ -195,8 +195,7 @@ def _gguf_completion(
         out["model"] = name
         out["_cost"] = 0.0
         return out
-    with runtime.use_llama(path, n_ctx=n_ctx, n_threads=n_threads):
-        pass  # load now, so a bad file fails at the call and not at the first chunk
+    runtime.ensure_loaded(path, n_ctx=n_ctx, n_threads=n_threads)  # a bad file fails here, not at a chunk
 
     def chunks() -> Iterator[dict[str, Any]]:
         # The model is held (locked, never closed by an eviction) until the stream ends or is closed.
@@ -253,7 +252,7 @@ def _load_hf(model_path: str, base_model: str | None) -> _HFModel:
         folder = Path(model_path)
         is_adapter = (folder / "adapter_config.json").is_file()
         if is_adapter and not base_model:
-            named = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            named = registry.adapter_base_model(folder)
             if not named or not (Path(named) / "config.json").is_file():
                 raise AliasError(
                     f"the adapter {str(folder)!r} names base model {named!r}, which is not a local HF folder. "
@@ -443,13 +442,34 @@ def _remote_cost(route: dict[str, Any], usage: dict[str, Any] | None) -> float |
     return (usage.get("prompt_tokens", 0) * float(pin) + usage.get("completion_tokens", 0) * float(pout)) / 1e6
 
 
+def _remote_secrets(route: dict[str, Any]) -> list[str]:
+    env = route.get("api_key_env")
+    key = os.environ.get(env) if isinstance(env, str) and env else None
+    return [key] if key else []
+
+
 def _remote_error(route: dict[str, Any], detail: str) -> AliasError:
+    # Servers echo the key back ("Incorrect API key provided: sk-..."): never let it through.
+    from jupyter_distill.teachers.base import redact
+
+    detail = redact(detail, _remote_secrets(route))
     return AliasError(
         f"alias {route.get('name')!r}: the server at {route['base_url']} failed: {detail}. Fix: check that the "
         f"server runs and serves model {route.get('model')!r}, and the key in ${route.get('api_key_env') or '-'}.",
         field="base_url",
         value=route["base_url"],
     )
+
+
+def _remote_json(route: dict[str, Any], text: str) -> dict[str, Any]:
+    """A JSON object from the upstream server, or the ``AliasError`` that says it sent something else."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        raise _remote_error(route, f"it answered with a body that is not a JSON object: {text[:120]!r}")
+    return data
 
 
 def _remote_completion(
@@ -469,7 +489,7 @@ def _remote_completion(
             raise _remote_error(route, f"{type(exc).__name__}: {exc}") from None
         if response.status_code >= 400:
             raise _remote_error(route, f"HTTP {response.status_code}: {response.text[:300]}")
-        data = response.json()
+        data = _remote_json(route, response.text)
         data["model"] = name
         data["_cost"] = _remote_cost(route, data.get("usage"))
         return data
@@ -486,7 +506,7 @@ def _remote_completion(
                     payload = line[5:].strip()
                     if payload == "[DONE]":
                         break
-                    chunk = json.loads(payload)
+                    chunk = _remote_json(route, payload)
                     chunk["model"] = name
                     chunk["_cost"] = _remote_cost(route, chunk.get("usage")) if chunk.get("usage") else 0.0
                     yield chunk

@@ -3,7 +3,10 @@
 Enabled by default through ``jupyter-config/server-config/jupyter_distill.json`` (installed into
 ``etc/jupyter/jupyter_server_config.d``). Configure the run store it shows with
 ``c.DistillServer.workdir`` or ``$JUPYTER_DISTILL_WORKDIR`` (default ``.distill`` under the
-server's root dir). Nothing in the package imports this module: it is a front end.
+server's root dir). GGUF aliases are generated in supervised worker processes
+(``c.DistillServer.model_workers``, see :mod:`jupyter_distill.server.worker`), so a crash in
+llama.cpp costs one request a 503, never the server. Nothing in the package imports this
+module: it is a front end.
 """
 
 from __future__ import annotations
@@ -19,10 +22,27 @@ def _load_jupyter_server_extension(server_app: Any) -> None:
     """Register the handlers; the context (workdir, stores) lives in the tornado settings."""
     settings = DistillServer(parent=server_app)
     web_app = server_app.web_app
-    web_app.settings["jupyter_distill"] = DistillContext(settings, server_app.root_dir)
+    context = web_app.settings["jupyter_distill"] = DistillContext(settings, server_app.root_dir)
+    _stop_with_server(server_app, context)
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
     server_app.log.info(
         "jupyter-distill: serving runs from %s and aliases at %sjupyter-distill/v1",
         settings.resolve_workdir(server_app.root_dir),
         web_app.settings["base_url"],
     )
+
+
+def _stop_with_server(server_app: Any, context: DistillContext) -> None:
+    """Stop the model worker processes when the server shuts down.
+
+    A module extension gets no shutdown call from jupyter_server (only ``ExtensionApp``s do), so
+    the server's own extension clean-up step is wrapped. Should that ever be skipped, the workers
+    still end with the server: they are daemon processes and exit when their pipe closes.
+    """
+    original = server_app.cleanup_extensions
+
+    async def cleanup_extensions() -> None:
+        context.shutdown()
+        await original()
+
+    server_app.cleanup_extensions = cleanup_extensions

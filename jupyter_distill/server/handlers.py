@@ -3,9 +3,19 @@ OpenAI-compatible chat endpoint that serves aliases to any OpenAI client.
 
 Why a thread pool everywhere: SQLite reads can wait on a kernel's write lock and model calls
 take seconds; neither may block the server's event loop, which also carries every notebook's
-kernel traffic. Why JSON errors everywhere: the panel and OpenAI clients parse error bodies, and
-a traceback in a response leaks paths and helps nobody, so unexpected failures are logged on the
-server and answered with a short message.
+kernel traffic. Why JSON errors everywhere: the panel and OpenAI clients parse error bodies.
+Why no exception text in a 500 and no server paths in any error: a traceback or an absolute path
+tells a remote caller how the server's disk is laid out and helps nobody fix the request, so
+unexpected failures are logged on the server and answered with a fixed sentence, and every
+error message goes through :func:`public_message`, which cuts absolute paths down to their last
+component (``'/home/u/.distill/x/model.gguf'`` becomes ``'model.gguf'``) and bounds the length.
+
+Why ``@authorized`` with a resource per area: a jupyter_server ``Authorizer`` can then let a user
+read runs (``jupyter_distill.runs``) and aliases (``jupyter_distill.aliases``, ``read``) without
+letting them delete aliases (``write``) or run models (``jupyter_distill.models``, ``execute``).
+
+GGUF generation runs in worker processes (:mod:`jupyter_distill.server.worker`), so a crash in
+llama.cpp costs one request a 503 instead of taking the server down.
 """
 
 from __future__ import annotations
@@ -22,20 +32,29 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import tornado.web
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado.iostream import StreamClosedError
-from traitlets import Float, Unicode
+from traitlets import Float, Int, Unicode
 from traitlets.config import Configurable
 
 from jupyter_distill.config import RUN_NAME_PATTERN
 from jupyter_distill.errors import DistillError
+from jupyter_distill.server.public import public_message
 from jupyter_distill.server.summary import run_detail, run_summary
+from jupyter_distill.server.worker import ModelWorkers, WorkerCrashed, WorkerError
 from jupyter_distill.store import RunStore, StoreError
 
 T = TypeVar("T")
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 MAX_TOKENS_LIMIT = 8192
+INTERNAL_ERROR = "internal error in jupyter-distill; see the server log"
+
+# Authorization resources (``Authorizer.is_authorized(handler, user, action, resource)``).
+RUNS_RESOURCE = "jupyter_distill.runs"  # read: list runs, run detail, metrics
+ALIASES_RESOURCE = "jupyter_distill.aliases"  # read: list; write: delete
+MODELS_RESOURCE = "jupyter_distill.models"  # read: list models; execute: chat completions
 
 
 class DistillServer(Configurable):
@@ -51,6 +70,13 @@ class DistillServer(Configurable):
         2.0,
         config=True,
         help="Seconds between panel refreshes while a run is live (sent to the panel with each run list).",
+    )
+    model_workers = Int(
+        1,
+        config=True,
+        help="Worker processes that run GGUF (llama.cpp) generation for the chat endpoint, each with its own "
+        "loaded models; a crashed worker is replaced. 0 runs llama.cpp inside the server process (a crash in "
+        "native code then stops the server).",
     )
 
     def resolve_workdir(self, root_dir: str | os.PathLike[str]) -> Path:
@@ -70,6 +96,12 @@ class DistillContext:
         self.root_dir = Path(root_dir)
         self._stores: dict[Path, RunStore] = {}
         self._lock = threading.Lock()
+        self.workers: ModelWorkers | None = ModelWorkers(settings.model_workers) if settings.model_workers > 0 else None
+
+    def shutdown(self) -> None:
+        """Stop the model workers (the server is stopping)."""
+        if self.workers is not None:
+            self.workers.shutdown()
 
     @property
     def workdir(self) -> Path:
@@ -89,10 +121,10 @@ class DistillContext:
 
 def _check_run_id(run_id: str) -> str:
     """A run id is a run name (``%%distill NAME``); anything else is a bad request, not a lookup."""
-    if not RUN_NAME_PATTERN.match(run_id):
+    if not RUN_NAME_PATTERN.fullmatch(run_id):  # fullmatch: '$' would let 'r1\n' through
         raise tornado.web.HTTPError(
             400,
-            f"invalid run id {run_id!r}: run names use letters, digits, '.', '_' and '-' "
+            f"invalid run id {run_id[:80]!r}: run names use letters, digits, '.', '_' and '-' "
             "(at most 64, starting with a letter or digit)",
         )
     return run_id
@@ -113,12 +145,12 @@ class DistillHandler(APIHandler):
             raise
         except StoreError as exc:  # the server's own state is broken, not the request
             self.log.error("jupyter-distill: %s", exc)
-            raise tornado.web.HTTPError(500, str(exc)) from exc
+            raise tornado.web.HTTPError(500, public_message(str(exc))) from exc
         except DistillError as exc:
-            raise tornado.web.HTTPError(400, str(exc)) from exc
+            raise tornado.web.HTTPError(400, public_message(str(exc))) from exc
         except Exception as exc:
             self.log.exception("jupyter-distill: %s %s failed", self.request.method, self.request.path)
-            raise tornado.web.HTTPError(500, f"{type(exc).__name__}: {exc}") from exc
+            raise tornado.web.HTTPError(500, INTERNAL_ERROR) from exc
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """``{"message", "reason"}`` like Jupyter's APIHandler, but never a traceback."""
@@ -129,17 +161,20 @@ class DistillHandler(APIHandler):
         if exc_info:
             exc = exc_info[1]
             if isinstance(exc, tornado.web.HTTPError):
-                message = exc.log_message or message
+                message = public_message(exc.log_message or message)
                 reason = exc.reason
             else:
-                message = "internal error in jupyter-distill; see the server log"
+                message = INTERNAL_ERROR
         self.finish(json.dumps({"message": message, "reason": reason}))
 
 
 class RunsHandler(DistillHandler):
     """``GET /jupyter-distill/runs``: one summary per run, newest first."""
 
+    auth_resource = RUNS_RESOURCE
+
     @tornado.web.authenticated
+    @authorized
     async def get(self) -> None:
         def work() -> list[dict[str, Any]]:
             store = self.distill.store()
@@ -162,7 +197,10 @@ class RunsHandler(DistillHandler):
 class RunHandler(DistillHandler):
     """``GET /jupyter-distill/runs/{id}``: config, summary, counts, artifacts, recent events."""
 
+    auth_resource = RUNS_RESOURCE
+
     @tornado.web.authenticated
+    @authorized
     async def get(self, run_id: str) -> None:
         _check_run_id(run_id)
 
@@ -170,7 +208,7 @@ class RunHandler(DistillHandler):
             store = self.distill.store()
             run = store.get_run(run_id) if store is not None else None
             if store is None or run is None:
-                raise tornado.web.HTTPError(404, f"no run {run_id!r} in {self.distill.workdir}")
+                raise tornado.web.HTTPError(404, f"no run {run_id!r} in the server's workdir")
             return run_detail(store, run)
 
         self.finish(json.dumps(await self.blocking(work)))
@@ -182,7 +220,10 @@ class RunMetricsHandler(DistillHandler):
     ``after`` lets a live view fetch only the steps it has not drawn yet.
     """
 
+    auth_resource = RUNS_RESOURCE
+
     @tornado.web.authenticated
+    @authorized
     async def get(self, run_id: str) -> None:
         _check_run_id(run_id)
         name = self.get_query_argument("name", None)
@@ -190,12 +231,12 @@ class RunMetricsHandler(DistillHandler):
         try:
             after = int(after_raw) if after_raw is not None else None
         except ValueError:
-            raise tornado.web.HTTPError(400, f"after={after_raw!r} is not an integer step") from None
+            raise tornado.web.HTTPError(400, f"after={after_raw[:40]!r} is not an integer step") from None
 
         def work() -> dict[str, Any]:
             store = self.distill.store()
             if store is None or store.get_run(run_id) is None:
-                raise tornado.web.HTTPError(404, f"no run {run_id!r} in {self.distill.workdir}")
+                raise tornado.web.HTTPError(404, f"no run {run_id!r} in the server's workdir")
             series: dict[str, list[list[float]]] = {}
             for row in store.get_metrics(run_id, name):
                 if after is not None and row["step"] <= after:
@@ -231,7 +272,10 @@ def _alias_rows(raw: Any) -> list[dict[str, Any]]:
 class AliasesHandler(DistillHandler):
     """``GET /jupyter-distill/aliases``: the alias registry."""
 
+    auth_resource = ALIASES_RESOURCE
+
     @tornado.web.authenticated
+    @authorized
     async def get(self) -> None:
         rows = await self.blocking(lambda: _alias_rows(_registry().list_aliases()))
         self.finish(json.dumps({"aliases": rows}))
@@ -240,14 +284,17 @@ class AliasesHandler(DistillHandler):
 class AliasHandler(DistillHandler):
     """``DELETE /jupyter-distill/aliases/{name}``: unset an alias (the model files stay)."""
 
+    auth_resource = ALIASES_RESOURCE
+
     @tornado.web.authenticated
+    @authorized
     async def delete(self, name: str) -> None:
         def work() -> None:
             registry = _registry()
             registry.validate_name(name)  # AliasError -> 400 before any lookup
             names = {row.get("name") for row in _alias_rows(registry.list_aliases())}
             if name not in names:
-                raise tornado.web.HTTPError(404, f"no alias {name!r}")
+                raise tornado.web.HTTPError(404, f"no alias {name[:130]!r}")
             registry.unset_alias(name)
 
         await self.blocking(work)
@@ -306,10 +353,12 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
         request = json.loads(body or b"")
     except (ValueError, UnicodeDecodeError) as exc:
         raise OpenAIError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise OpenAIError(400, "the request body is nested too deeply") from None
     if not isinstance(request, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
     model = request.get("model")
-    if not isinstance(model, str) or not model:
+    if not isinstance(model, str) or not model or len(model) > 256:
         raise OpenAIError(
             400, "'model' is required: the name of an alias (GET /jupyter-distill/aliases)", param="model"
         )
@@ -318,16 +367,20 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
         raise OpenAIError(400, "'messages' must be a non-empty list of {role, content}", param="messages")
     clean: list[dict[str, str]] = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in ROLES:
             raise OpenAIError(400, f"messages[{i}] needs a 'role' in {sorted(ROLES)}", param=f"messages[{i}].role")
         content = message.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(
-                part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
-            )
+            texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+            content = "".join(texts) if all(isinstance(t, str) for t in texts) else None
         if not isinstance(content, str):
-            raise OpenAIError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content")
-        clean.append({"role": "system" if message["role"] == "developer" else message["role"], "content": content})
+            raise OpenAIError(
+                400,
+                f"messages[{i}].content must be a string (or a list of {{'type': 'text', 'text': str}} parts)",
+                param=f"messages[{i}].content",
+            )
+        clean.append({"role": "system" if role == "developer" else role, "content": content})
     max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
     if max_tokens is None:
         max_tokens = 256
@@ -338,7 +391,8 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
         temperature = 0.0
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
         raise OpenAIError(400, "'temperature' must be a number in 0..2", param="temperature")
-    if request.get("n") not in (None, 1):
+    n = request.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n != 1):
         raise OpenAIError(400, "only n=1 is supported", param="n")
     stream = request.get("stream") or False
     if not isinstance(stream, bool):
@@ -400,24 +454,32 @@ class ChatCompletionsHandler(DistillHandler):
     def openai_error(self, error: OpenAIError) -> None:
         self.set_status(error.status)
         self.set_header("Content-Type", "application/json")
+        if error.status == 503:
+            self.set_header("Retry-After", "1")
         self.finish(json.dumps(error.body()))
 
+    auth_resource = MODELS_RESOURCE
+
     @tornado.web.authenticated
+    @authorized("execute", resource=MODELS_RESOURCE)
     async def post(self) -> None:
         try:
             request = parse_chat_request(self.request.body)
-            await self._check_model(request["model"])
+            backend = await self._check_model(request["model"])
+            workers = self.distill.workers if backend == "gguf" else None
             if request["stream"]:
-                await self._stream(request)
+                await self._stream(request, workers)
             else:
-                await self._complete(request)
+                await self._complete(request, workers)
         except OpenAIError as error:
             if not self._streaming:
                 self.openai_error(error)
 
-    async def _check_model(self, model: str) -> None:
-        def known() -> set[str]:
-            return {str(row.get("name")) for row in _alias_rows(_registry().list_aliases())}
+    async def _check_model(self, model: str) -> str:
+        """The alias's backend; a 404 listing the known aliases when there is none of that name."""
+
+        def known() -> dict[str, str]:
+            return {str(row.get("name")): str(row.get("backend")) for row in _alias_rows(_registry().list_aliases())}
 
         names = await self._call(known)
         if model not in names:
@@ -429,17 +491,27 @@ class ChatCompletionsHandler(DistillHandler):
                 param="model",
                 code="model_not_found",
             )
+        return names[model]
 
     def _openai_error(self, exc: BaseException) -> OpenAIError:
         """The OpenAI-shaped error for an exception raised by the registry or a model."""
         if isinstance(exc, OpenAIError):
             return exc
-        if isinstance(exc, DistillError):
+        if isinstance(exc, WorkerCrashed):
+            self.log.error("jupyter-distill: %s; a new worker starts with the next request", exc)
+            return OpenAIError(
+                503,
+                "the model worker process stopped while generating (it crashed or was killed); the server is "
+                "unaffected and starts a new worker for the next request. Fix: retry; if it happens again, see "
+                "the server log.",
+                code="worker_crashed",
+            )
+        if isinstance(exc, DistillError) or (isinstance(exc, WorkerError) and exc.user):
             # Unknown names were answered 404 before the call; an AliasError now is a broken
             # backend (unreachable server, missing file): the message says how to fix it.
-            return OpenAIError(400, str(exc))
+            return OpenAIError(400, public_message(str(exc)))
         self.log.error("jupyter-distill: chat completion failed", exc_info=exc)
-        return OpenAIError(500, f"the model failed: {type(exc).__name__}: {exc}")
+        return OpenAIError(500, INTERNAL_ERROR)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking registry or model work in the thread pool; errors become OpenAI errors."""
@@ -458,14 +530,23 @@ class ChatCompletionsHandler(DistillHandler):
             "stream": stream,
         }
 
-    async def _complete(self, request: dict[str, Any]) -> None:
+    @staticmethod
+    def _worker_request(request: dict[str, Any], stream: bool) -> dict[str, Any]:
+        """What a model worker needs: the call, and the registry this server reads."""
+        home = str(_registry().registry_dir())
+        return {"home": home, "kwargs": ChatCompletionsHandler._serving_kwargs(request, stream)}
+
+    async def _complete(self, request: dict[str, Any], workers: ModelWorkers | None) -> None:
         from jupyter_distill import serving
 
-        response = await self._call(lambda: serving.completion(**self._serving_kwargs(request, False)))
+        if workers is not None:
+            response = await self._call(lambda: workers.complete(self._worker_request(request, False)))
+        else:
+            response = await self._call(lambda: serving.completion(**self._serving_kwargs(request, False)))
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(_completion_dict(response, request["model"])))
 
-    async def _stream(self, request: dict[str, Any]) -> None:
+    async def _stream(self, request: dict[str, Any], workers: ModelWorkers | None) -> None:
         from jupyter_distill import serving
 
         ident, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), request["model"]
@@ -479,11 +560,14 @@ class ChatCompletionsHandler(DistillHandler):
             loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
 
         def produce() -> None:
-            # One thread runs the whole generator: the model lock it holds is re-entrant, so the
-            # thread that took it must be the one that releases it (on exhaustion or close()).
+            # One thread runs the whole generator and always closes it, so the model (or the
+            # worker process) it holds is freed as soon as the client leaves.
             iterator: Iterator[Any] | None = None
             try:
-                iterator = iter(serving.completion(**kwargs))
+                if workers is not None:
+                    iterator = workers.stream(self._worker_request(request, True))
+                else:
+                    iterator = iter(serving.completion(**kwargs))
                 for chunk in iterator:
                     if closed.is_set():
                         break
@@ -550,7 +634,10 @@ class ChatCompletionsHandler(DistillHandler):
 class ModelsHandler(DistillHandler):
     """``GET /jupyter-distill/v1/models``: aliases as OpenAI models, so clients can list them."""
 
+    auth_resource = MODELS_RESOURCE
+
     @tornado.web.authenticated
+    @authorized
     async def get(self) -> None:
         rows = await self.blocking(lambda: _alias_rows(_registry().list_aliases()))
         now = int(time.time())

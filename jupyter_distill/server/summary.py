@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from jupyter_distill.events import PHASES
+from jupyter_distill.server.public import public_message, public_traceback
 from jupyter_distill.store import RunStore
 
 # Statuses during which the panel keeps polling.
@@ -144,7 +145,7 @@ def run_summary(store: RunStore, run: dict[str, Any], *, full_loss: bool = False
         "loss": loss if full_loss else downsample(loss),
         "pass_rates": pass_rates(store, run),
         "alias": summary.get("alias") or (run.get("config") or {}).get("alias"),
-        "error": summary.get("error"),
+        "error": public_message(summary["error"]) if summary.get("error") else summary.get("error"),
     }
 
 
@@ -176,9 +177,20 @@ def run_detail(store: RunStore, run: dict[str, Any], *, events: int = 50) -> dic
                 "time": row["time"],
                 "kind": row["kind"],
                 "phase": row["phase"],
-                "message": row["message"],
-                "data": json.loads(row["data_json"] or "{}"),
+                "message": public_message(row["message"]) if row["message"] else row["message"],
+                "data": _public_event_data(json.loads(row["data_json"] or "{}")),
             }
             for row in recent
         ],
     }
+
+
+def _public_event_data(data: Any) -> Any:
+    """An event's data without the traceback a failed run stores (its last line says what failed).
+
+    The notebook that ran the job shows the whole traceback; over REST it would show the server's
+    file layout to anyone allowed to read runs.
+    """
+    if isinstance(data, dict) and isinstance(data.get("detail"), str) and "Traceback" in data["detail"]:
+        return {**data, "detail": public_traceback(data["detail"])}
+    return data

@@ -116,11 +116,18 @@ def parse_spec(spec: str) -> ParsedSpec:
     scheme, sep, target = spec.partition(":")
     if not sep or scheme not in SCHEMES:
         listing = "; ".join(SCHEMES.values())
+        if looks_like_secret(spec):  # a key pasted where the spec goes: never echo it
+            shown, said = "<redacted>", "teacher=<not shown: it looks like an API key>"
+            fix = "put the key in the provider's environment variable (e.g. OPENROUTER_API_KEY) and pass a spec"
+        else:
+            shown = spec if len(spec) <= 120 else spec[:119] + "…"
+            said = f"unknown teacher scheme {scheme if sep else spec!r} in teacher={shown!r}"
+            fix = f"start the spec with one of {', '.join(s + ':' for s in SCHEMES)}"
         raise TeacherError(
-            f"unknown teacher scheme {scheme if sep else spec!r} in teacher={spec!r}. Known schemes: {listing}.",
+            f"{said}. Known schemes: {listing}.",
             field="teacher",
-            value=spec,
-            fix=f"start the spec with one of {', '.join(s + ':' for s in SCHEMES)}",
+            value=shown,
+            fix=fix,
         )
     if not target:
         raise TeacherError(
@@ -130,7 +137,16 @@ def parse_spec(spec: str) -> ParsedSpec:
         )
     if scheme == "openai-compatible":
         url, hash_sign, model = target.partition("#")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            raise TeacherError(
+                f"teacher={redact_url(spec)!r}: the base URL cannot be parsed. Fix: write e.g. "
+                "'openai-compatible:http://localhost:8000/v1#MODEL'.",
+                field="teacher",
+                value=redact_url(spec),
+            ) from None
         if parts.query:
             raise TeacherError(
                 f"teacher={redact_url(spec)!r}: the base URL carries a query string. Fix: give the key in "
@@ -149,6 +165,17 @@ def parse_spec(spec: str) -> ParsedSpec:
     return ParsedSpec(scheme, target)
 
 
+_KEY_PREFIX_RE = re.compile(r"^(sk-|sk_|rk_|gsk_|hf_|ghp_|github_pat_|xai-|AIza|Bearer\s)", re.IGNORECASE)
+
+
+def looks_like_secret(text: str) -> bool:
+    """True for a string that is probably an API key: a known key prefix, or one long unbroken token."""
+    text = text.strip()
+    if _KEY_PREFIX_RE.match(text):
+        return True
+    return len(text) >= 32 and re.fullmatch(r"[A-Za-z0-9_\-.=+/]+", text) is not None and ":" not in text
+
+
 def redact_url(url: str) -> str:
     """``url`` with user-info removed and secret-looking query values masked.
 
@@ -163,8 +190,12 @@ def redact_url(url: str) -> str:
     except ValueError:
         return prefix + "<unparseable URL>"
     netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:  # 'host:port' with a port that is not a number
+        port = None
+    if port is not None:
+        netloc += f":{port}"
     query = "&".join(
         f"{k}=***" if _SENSITIVE_QUERY.search(k) else urlencode([(k, v)])
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
