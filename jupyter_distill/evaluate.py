@@ -144,8 +144,10 @@ def evaluate(
     ``respond`` may carry a ``batch(list_of_messages) -> list[str]`` attribute (the HF responder
     does): it is then called in batches, which is several times faster for transformers models.
     ``step`` is the training step the evaluation belongs to (0 before training, the last step
-    after), so summary metrics line up with the loss curve. ``stop`` ends early; the summary then
-    covers the prompts answered so far.
+    after), so summary metrics line up with the loss curve. ``stop`` is checked between batches and
+    ends early: the summary then covers the prompts answered so far, and nothing is recorded (a
+    partial pass rate in the store or on the live plot would read as a result; a resumed run
+    evaluates again, re-using stored judge scores).
     """
     _check_label(label)
     started = time.time()
@@ -154,8 +156,10 @@ def evaluate(
     results: list[dict[str, Any]] = []
     batch = getattr(respond, "batch", None)
     size = int(getattr(respond, "batch_size", 1)) if batch is not None else 1
+    stopped = False
     for start in range(0, len(prompts), size):
         if stop is not None and stop.is_set():
+            stopped = True
             break
         chunk = prompts[start : start + size]
         answers = batch([p.messages for p in chunk]) if batch is not None else [respond(p.messages) for p in chunk]
@@ -164,6 +168,8 @@ def evaluate(
             passed = score is not None and score >= PASS_THRESHOLD
             results.append({"prompt_hash": prompt.hash, "response": answer, "score": score, "passed": int(passed)})
         emit(Event(kind="progress", phase="eval", run=run_id, message=label, current=len(results), total=len(prompts)))
+    if stopped:
+        return _record(None, run_id, label, results, step, no_emit, started)
     return _record(store, run_id, label, results, step, emit, started)
 
 
