@@ -75,11 +75,11 @@ def test_a_sample_write_refused_once_is_retried_and_every_prompt_is_stored(opena
     ps = prompts(5)
     result = sample(store, teacher, ps, n=2, run_id="r1", seed=1)
     assert store.refused == 1  # the fault did happen
-    assert result.failed == {} and result.unsaved == 0
     for p in ps:  # every prompt ended in samples: the retried write landed, nothing paid twice
         stored = store.samples_for_prompt(p.hash)
         assert [s.text for s in stored] == [openai_server.reply(p.messages[-1]["content"], i, 1) for i in range(2)]
     assert openai_server.requests_total == 5 and store.get_failures("r1") == []
+    assert result.failed == {} and result.unsaved == 0
 
 
 def test_a_store_that_keeps_refusing_fails_the_prompt_and_keeps_the_paid_text(openai_server, tmp_path, caplog):
