@@ -17,8 +17,7 @@ import asyncio
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -87,6 +86,7 @@ class Run:
         self._review_handler = review_handler
         self.resume = resume
         self._thread: threading.Thread | None = None
+        self._lock: RunLock | None = None  # held while run() executes
         self._sinks: list[Emit] = [self._record]
         if on_progress is not None:
             self._sinks.append(on_progress)
@@ -153,12 +153,16 @@ class Run:
     # ------------------------------------------------------------------ the stages
     def run(self) -> Any:
         """Execute every phase in order in this thread and return the Student."""
-        with self._one_writer():
+        try:
             return self._run_phases()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
-    @contextmanager
-    def _one_writer(self) -> Iterator[None]:
-        """Hold the run's lock for its whole life: a second kernel starting it gets a clear error."""
+    def _take_lock(self) -> None:
+        """One writer per run, taken before the first write and held until :meth:`run` returns: a
+        second kernel or process starting this run gets an error naming the holder."""
         lock = RunLock(self.config.workdir, self.name)
         try:
             lock.acquire()
@@ -167,10 +171,7 @@ class Run:
             self.state.error = str(exc)
             fan_out(self._sinks[1:])(Event("error", run=self.name, message=str(exc), data={"detail": ""}))
             raise
-        try:
-            yield
-        finally:
-            lock.release()
+        self._lock = lock
 
     def _run_phases(self) -> Any:
         config = self.config
@@ -187,6 +188,7 @@ class Run:
             self.state.error = str(exc)
             fan_out(self._sinks[1:])(Event("error", run=self.name, message=str(exc), data={"detail": ""}))
             raise
+        self._take_lock()
         store.create_run(self.name, config.to_public_dict())
         # the run's own teacher and judge, recorded now: costs and the licence chain are attributed by them
         store.update_run(
