@@ -156,10 +156,8 @@ def evaluate(
     results: list[dict[str, Any]] = []
     batch = getattr(respond, "batch", None)
     size = int(getattr(respond, "batch_size", 1)) if batch is not None else 1
-    stopped = False
     for start in range(0, len(prompts), size):
         if stop is not None and stop.is_set():
-            stopped = True
             break
         chunk = prompts[start : start + size]
         answers = batch([p.messages for p in chunk]) if batch is not None else [respond(p.messages) for p in chunk]
@@ -168,7 +166,7 @@ def evaluate(
             passed = score is not None and score >= PASS_THRESHOLD
             results.append({"prompt_hash": prompt.hash, "response": answer, "score": score, "passed": int(passed)})
         emit(Event(kind="progress", phase="eval", run=run_id, message=label, current=len(results), total=len(prompts)))
-    if stopped:
+    if stop is not None and stop.is_set():  # also set during the last batch: its answers may be cut short
         return _record(None, run_id, label, results, step, no_emit, started)
     return _record(store, run_id, label, results, step, emit, started)
 
@@ -219,8 +217,10 @@ class HFResponder:
         max_new_tokens: int = 128,
         batch_size: int = 8,
         stop_token_ids: Sequence[int] | None = None,
+        stop: threading.Event | None = None,
     ):
         self.model = model
+        self.stop = stop  # ends a batch's generation at the next token (Stop within a token, not a batch)
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -263,6 +263,7 @@ class HFResponder:
                     temperature=None,
                     top_p=None,
                     top_k=None,
+                    stopping_criteria=_stopping(self.stop),
                 )
         finally:
             self.model.train(was_training)
@@ -271,6 +272,20 @@ class HFResponder:
             cut = next((i for i, t in enumerate(row) if t in self.stop_token_ids), len(row))
             answers.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True))
         return answers
+
+
+def _stopping(stop: threading.Event | None) -> Any:
+    """A transformers stopping criterion that ends generation once ``stop`` is set (None without one)."""
+    if stop is None:
+        return None
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _OnEvent(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_OnEvent()])
 
 
 def student_responder(student: Any, *, max_new_tokens: int = 128, batch_size: int = 8) -> HFResponder:

@@ -450,7 +450,7 @@ class Run:
 
         respond = HFResponder(
             student.model, student.tokenizer, max_new_tokens=self.config.max_tokens,
-            stop_token_ids=student.stop_token_ids(),
+            stop_token_ids=student.stop_token_ids(), stop=self._stop,
         )  # fmt: skip
         summary = evaluate(self.store, self.name, heldout, respond, score, label, emit=self.emit, stop=self._stop)
         if self._stop.is_set():  # a partial evaluation is no result: the resumed run evaluates again

@@ -108,6 +108,7 @@ def test_stop_during_evaluation_answers_no_further_prompt(tmp_path, openai_serve
 
 def test_stop_during_export_registers_no_artifact(tmp_path, openai_server, tiny_student):
     openai_server.responder = answer
+    openai_server.usage_cost = 0.001  # USD per request, as OpenRouter reports it
     cfg = config(tmp_path, openai_server, tiny_student)
     run, _ = stop_at("export", cfg)
     store = RunStore(cfg.workdir)
@@ -116,3 +117,29 @@ def test_stop_during_export_registers_no_artifact(tmp_path, openai_server, tiny_
     assert not list((tmp_path / "wd" / "runs" / run.name / "export").glob("*.gguf"))
     resumed = resume(cfg)
     assert {"gguf", "gguf_f16", "model_card"} <= set(resumed.get_artifacts(run.name))
+    summary = resumed.get_run(run.name)["summary"]  # spend shown apart and in total (a verifier judge is free)
+    assert summary["teacher_cost"] == pytest.approx(0.001 * openai_server.requests_total)
+    assert summary["judge_cost"] == 0.0 and summary["total_cost"] == summary["teacher_cost"]
+    card = (tmp_path / "wd" / "runs" / run.name / "export" / "README.md").read_text()
+    assert f"teacher spend: ${summary['teacher_cost']:.4f}" in card and "judge spend: $0.0000" in card
+
+
+def test_a_stop_during_generation_ends_the_batch_at_the_next_token():
+    """Held-out answers are generated a batch at a time: Stop must not wait for a whole batch."""
+    import threading
+
+    from test_trainer import tiny_student
+
+    from jupyter_distill.evaluate import HFResponder
+
+    student = tiny_student(seed=0)
+    forwards = {"n": 0}
+    student.model.register_forward_hook(lambda *args: forwards.__setitem__("n", forwards["n"] + 1))
+    stop = threading.Event()
+    responder = HFResponder(student.model, student.tokenizer, max_new_tokens=40, stop=stop)
+    messages = [[{"role": "user", "content": "hello"}], [{"role": "user", "content": "count to ten"}]]
+    responder.batch(messages)
+    unstopped, forwards["n"] = forwards["n"], 0
+    stop.set()
+    responder.batch(messages)
+    assert forwards["n"] <= 2 < unstopped  # the prompt's forward and at most one token, not up to 40
