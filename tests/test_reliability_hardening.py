@@ -330,3 +330,65 @@ def test_two_processes_starting_one_run_second_gets_a_clear_error(openai_server,
         release.set()
     # the OS dropped the dead holder's lock: a resume is never blocked by a crashed kernel
     RunLock(workdir, RUN_NAME).acquire().release()
+
+
+def test_fan_out_counts_every_failure_from_many_threads():
+    """The run thread emits while the notebook thread attaches a dashboard: no event or count is lost."""
+    received: list[Event] = []
+    lock = threading.Lock()
+
+    def broken(event: Event) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    def keep(event: Event) -> None:
+        with lock:
+            received.append(event)
+
+    emit = fan_out([broken, keep], announce_failures=True)
+    barrier = threading.Barrier(8)
+
+    def hammer(offset: int) -> None:
+        barrier.wait()
+        for i in range(250):
+            emit(Event("progress", phase="sampling", current=offset * 1000 + i))
+            if i == 100:
+                emit.add(lambda event: None)  # a listener attached mid-run
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    progress = sorted(e.current for e in received if e.kind == "progress")
+    assert progress == sorted(k * 1000 + i for k in range(8) for i in range(250))
+    warnings = [e for e in received if e.kind == "warning"]
+    assert len(warnings) == 1  # announced once, by whichever thread met the first failure
+    assert emit.failed == 8 * 250 + len(warnings)  # every event the broken sink missed is counted
+
+
+def test_one_run_lock_between_many_threads(tmp_path):
+    """Two kernels in one process (two threads) race for one run: exactly one wins."""
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+    held: list[RunLock] = []
+    guard = threading.Lock()
+
+    def contend() -> None:
+        barrier.wait()
+        try:
+            lock = RunLock(tmp_path, "r1").acquire()
+        except RunLockedError:
+            outcome = "refused"
+        else:
+            outcome = "won"
+            held.append(lock)
+        with guard:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=contend) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["refused"] * 5 + ["won"]
+    held[0].release()
