@@ -753,13 +753,15 @@ def _trained_teachers(store: Any, run_id: str) -> list[Any]:
         return list(rows)
     run = store.get_run(run_id) or {}
     teacher = (run.get("summary") or {}).get("teacher") or (run.get("config") or {}).get("teacher")
-    return list(
-        store.conn.execute(
-            "SELECT s.teacher, s.provenance_json, COUNT(*) AS n FROM samples s JOIN run_prompts rp "
-            "ON rp.prompt_hash = s.prompt_hash WHERE rp.run_id=? AND s.teacher=? GROUP BY s.teacher",
-            (run_id, teacher),
-        ).fetchall()
+    query = (
+        "SELECT s.teacher, s.provenance_json, COUNT(*) AS n FROM samples s JOIN run_prompts rp "
+        "ON rp.prompt_hash = s.prompt_hash WHERE rp.run_id=?"
     )
+    args: list[Any] = [run_id]
+    if teacher:  # a run that recorded no teacher (an older version made it) lists every teacher
+        query += " AND s.teacher=?"
+        args.append(teacher)
+    return list(store.conn.execute(query + " GROUP BY s.teacher", args).fetchall())
 
 
 def _provenance_summary(store: Any, run_id: str | None) -> dict[str, Any]:

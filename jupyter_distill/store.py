@@ -741,25 +741,34 @@ class RunStore:
 
     def teacher_cost(self, run_id: str, teacher: str | None = None) -> float:
         """Teacher spend of this run: samples of its prompts from its own teacher (``teacher``, else
-        the one the run recorded). Other teachers' samples of the same prompts are other runs' money."""
+        the one the run recorded). Other teachers' samples of the same prompts are other runs' money;
+        only a run that recorded no teacher (made by an older version) counts every teacher's."""
         teacher = teacher or self._run_identity(run_id)[0]
-        row = self.conn.execute(
+        query = (
             "SELECT COALESCE(SUM(s.cost), 0) AS c FROM samples s JOIN run_prompts rp ON rp.prompt_hash = s.prompt_hash "
-            "WHERE rp.run_id=? AND s.teacher=?",
-            (run_id, teacher),
-        ).fetchone()
-        return float(row["c"])
+            "WHERE rp.run_id=?"
+        )
+        args: list[Any] = [run_id]
+        if teacher is not None:
+            query += " AND s.teacher=?"
+            args.append(teacher)
+        return float(self.conn.execute(query, args).fetchone()["c"])
 
     def judge_cost(self, run_id: str, judge: str | None = None, teacher: str | None = None) -> float:
         """Judge spend of this run: verdicts of its own judge on its own teacher's samples (a
         verifier judge costs nothing; an LLM judge's requests are stored with each verdict)."""
         own_teacher, own_judge = self._run_identity(run_id)
-        row = self.conn.execute(
+        judge, teacher = judge or own_judge, teacher or own_teacher
+        query = (
             "SELECT COALESCE(SUM(j.cost), 0) AS c FROM judgments j JOIN samples s ON s.key = j.sample_key "
-            "JOIN run_prompts rp ON rp.prompt_hash = s.prompt_hash WHERE rp.run_id=? AND j.judge=? AND s.teacher=?",
-            (run_id, judge or own_judge, teacher or own_teacher),
-        ).fetchone()
-        return float(row["c"])
+            "JOIN run_prompts rp ON rp.prompt_hash = s.prompt_hash WHERE rp.run_id=?"
+        )
+        args: list[Any] = [run_id]
+        for column, value in (("j.judge", judge), ("s.teacher", teacher)):
+            if value is not None:
+                query += f" AND {column}=?"
+                args.append(value)
+        return float(self.conn.execute(query, args).fetchone()["c"])
 
 
 def _split_sql(script: str) -> list[str]:
