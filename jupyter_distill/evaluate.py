@@ -144,8 +144,10 @@ def evaluate(
     ``respond`` may carry a ``batch(list_of_messages) -> list[str]`` attribute (the HF responder
     does): it is then called in batches, which is several times faster for transformers models.
     ``step`` is the training step the evaluation belongs to (0 before training, the last step
-    after), so summary metrics line up with the loss curve. ``stop`` ends early; the summary then
-    covers the prompts answered so far.
+    after), so summary metrics line up with the loss curve. ``stop`` is checked between batches and
+    ends early: the summary then covers the prompts answered so far, and nothing is recorded (a
+    partial pass rate in the store or on the live plot would read as a result; a resumed run
+    evaluates again, re-using stored judge scores).
     """
     _check_label(label)
     started = time.time()
@@ -164,6 +166,8 @@ def evaluate(
             passed = score is not None and score >= PASS_THRESHOLD
             results.append({"prompt_hash": prompt.hash, "response": answer, "score": score, "passed": int(passed)})
         emit(Event(kind="progress", phase="eval", run=run_id, message=label, current=len(results), total=len(prompts)))
+    if stop is not None and stop.is_set():  # also set during the last batch: its answers may be cut short
+        return _record(None, run_id, label, results, step, no_emit, started)
     return _record(store, run_id, label, results, step, emit, started)
 
 
@@ -213,8 +217,10 @@ class HFResponder:
         max_new_tokens: int = 128,
         batch_size: int = 8,
         stop_token_ids: Sequence[int] | None = None,
+        stop: threading.Event | None = None,
     ):
         self.model = model
+        self.stop = stop  # ends a batch's generation at the next token (Stop within a token, not a batch)
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -257,6 +263,7 @@ class HFResponder:
                     temperature=None,
                     top_p=None,
                     top_k=None,
+                    stopping_criteria=_stopping(self.stop),
                 )
         finally:
             self.model.train(was_training)
@@ -265,6 +272,20 @@ class HFResponder:
             cut = next((i for i, t in enumerate(row) if t in self.stop_token_ids), len(row))
             answers.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True))
         return answers
+
+
+def _stopping(stop: threading.Event | None) -> Any:
+    """A transformers stopping criterion that ends generation once ``stop`` is set (None without one)."""
+    if stop is None:
+        return None
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _OnEvent(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_OnEvent()])
 
 
 def student_responder(student: Any, *, max_new_tokens: int = 128, batch_size: int = 8) -> HFResponder:

@@ -7,6 +7,7 @@ when no notebook is attached. The core itself never prints.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -24,6 +25,8 @@ EventKind = Literal[
     "error",  # the run stopped with an error; message is the user-facing text
     "run_end",  # the run finished; data: the run summary
 ]
+
+logger = logging.getLogger(__name__)
 
 PHASES: tuple[str, ...] = ("sampling", "judging", "review", "training", "eval", "export", "alias")
 
@@ -53,18 +56,72 @@ def no_emit(event: Event) -> None:
     """The default sink: stages always have somewhere to send events."""
 
 
-def fan_out(sinks: Iterable[Emit | None]) -> Emit:
-    """One emit that calls every sink; a failing sink never stops the run."""
-    targets = [sink for sink in sinks if sink is not None]
+class FanOut:
+    """One emit that calls every sink; a failing sink never stops the run, and never fails silently.
 
-    def emit(event: Event) -> None:
-        for sink in targets:
+    A sink may be what persists events (the run store): its failure is logged and counted per sink
+    in :attr:`failures` (with the last error in :attr:`last_errors`), so the run summary can report
+    it. With ``announce_failures`` the first failure of each sink is also sent as a ``warning``
+    event to the sinks, so a live dashboard shows it at once.
+    """
+
+    def __init__(self, sinks: Iterable[Emit | None] = (), *, announce_failures: bool = False):
+        self._sinks: list[Emit] = [sink for sink in sinks if sink is not None]
+        self._announce_failures = announce_failures
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.failures: dict[str, int] = {}
+        self.last_errors: dict[str, str] = {}
+
+    def add(self, sink: Emit) -> None:
+        with self._lock:
+            self._sinks = [*self._sinks, sink]
+
+    @property
+    def failed(self) -> int:
+        """Events that at least one sink failed to take, summed over sinks."""
+        with self._lock:
+            return sum(self.failures.values())
+
+    def __call__(self, event: Event) -> None:
+        for sink in self._sinks:
             try:
                 sink(event)
-            except Exception:  # a broken progress callback must not kill training
-                pass
+            except Exception as exc:  # a broken progress callback must not kill training
+                self._failed(sink, event, exc)
 
-    return emit
+    def _failed(self, sink: Emit, event: Event, exc: Exception) -> None:
+        name = _sink_name(sink)
+        with self._lock:
+            count = self.failures[name] = self.failures.get(name, 0) + 1
+            self.last_errors[name] = f"{type(exc).__name__}: {exc}"
+        logger.warning("event sink %s failed on a %s event (%d so far): %s", name, event.kind, count, exc)
+        if self._announce_failures and count == 1 and not getattr(self._local, "warning", False):
+            self._local.warning = True  # a sink that also fails on the warning must not recurse
+            try:
+                self(
+                    Event(
+                        "warning",
+                        phase=event.phase,
+                        run=event.run,
+                        message=f"event sink {name} failed ({type(exc).__name__}: {exc}); "
+                        "its failures are counted in the run summary",
+                        data={"sink": name},
+                    )
+                )
+            finally:
+                self._local.warning = False
+
+
+def _sink_name(sink: Emit) -> str:
+    owner = getattr(sink, "__self__", None)
+    name = getattr(sink, "__qualname__", None) or type(sink).__qualname__
+    return f"{type(owner).__qualname__}.{getattr(sink, '__name__', name)}" if owner is not None else str(name)
+
+
+def fan_out(sinks: Iterable[Emit | None], *, announce_failures: bool = False) -> FanOut:
+    """One emit that calls every sink; see :class:`FanOut` for what happens when one fails."""
+    return FanOut(sinks, announce_failures=announce_failures)
 
 
 class ConsoleRenderer:

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ _QWEN2_REGEX = _CONTRACTIONS + r"\p{N}|" + _REST  # every digit alone
 
 # GGUF token types (llama.cpp's llama_token_type).
 _TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
+
+
+class ExportStopped(ExportError):
+    """``stop`` was set during an export: nothing of it was registered in the run store."""
 
 
 @dataclass
@@ -751,18 +756,42 @@ def check_agreement(
 
 
 # ---------------------------------------------------------------------------------------- model card
+def _trained_teachers(store: Any, run_id: str) -> list[Any]:
+    """One row per teacher whose samples the run trained on (its pairs' chosen and rejected texts).
+
+    Other teachers may have sampled the same prompts for other runs: their terms do not bind this
+    model. A run whose pairs name no sample (every one edited in review) falls back to the
+    samples of its own teacher.
+    """
+    rows = store.conn.execute(
+        "SELECT s.teacher, s.provenance_json, COUNT(*) AS n FROM samples s WHERE s.key IN "
+        "(SELECT chosen_key FROM pairs WHERE run_id=? AND chosen_key IS NOT NULL "
+        "UNION SELECT rejected_key FROM pairs WHERE run_id=? AND rejected_key IS NOT NULL) GROUP BY s.teacher",
+        (run_id, run_id),
+    ).fetchall()
+    if rows:
+        return list(rows)
+    run = store.get_run(run_id) or {}
+    teacher = (run.get("summary") or {}).get("teacher") or (run.get("config") or {}).get("teacher")
+    query = (
+        "SELECT s.teacher, s.provenance_json, COUNT(*) AS n FROM samples s JOIN run_prompts rp "
+        "ON rp.prompt_hash = s.prompt_hash WHERE rp.run_id=?"
+    )
+    args: list[Any] = [run_id]
+    if teacher:  # a run that recorded no teacher (an older version made it) lists every teacher
+        query += " AND s.teacher=?"
+        args.append(teacher)
+    return list(store.conn.execute(query + " GROUP BY s.teacher", args).fetchall())
+
+
 def _provenance_summary(store: Any, run_id: str | None) -> dict[str, Any]:
-    """Teacher ids, providers, policy verdicts and terms from the samples a run used."""
+    """Teacher ids, providers, policy verdicts and terms of the samples the run trained on."""
     if store is None or run_id is None:
         return {}
     run = store.get_run(run_id) or {}
     summary: dict[str, Any] = {"run_id": run_id, "config": run.get("config", {})}
     teachers: dict[str, dict[str, Any]] = {}
-    rows = store.conn.execute(
-        "SELECT s.teacher, s.provenance_json, COUNT(*) AS n FROM samples s "
-        "JOIN run_prompts rp ON rp.prompt_hash = s.prompt_hash WHERE rp.run_id=? GROUP BY s.teacher",
-        (run_id,),
-    ).fetchall()
+    rows = _trained_teachers(store, run_id)
     for row in rows:
         prov = json.loads(row["provenance_json"] or "{}")
         policy = prov.get("policy") or prov.get("policy_decision") or {}
@@ -779,6 +808,8 @@ def _provenance_summary(store: Any, run_id: str | None) -> dict[str, Any]:
         }
     summary["teachers"] = teachers
     summary["teacher_cost_usd"] = store.teacher_cost(run_id)
+    if hasattr(store, "judge_cost"):
+        summary["judge_cost_usd"] = store.judge_cost(run_id)
     counts = store.conn.execute("SELECT split, COUNT(*) AS n FROM run_prompts WHERE run_id=? GROUP BY split", (run_id,))
     summary["prompts"] = {row["split"]: row["n"] for row in counts}
     return summary
@@ -848,7 +879,10 @@ def write_model_card(path: str | Path, info: dict[str, Any]) -> Path:
     if prov:
         lines += ["", "## Provenance", ""]
         lines.append(f"- run: `{prov.get('run_id')}`")
-        lines.append(f"- teacher spend: ${prov.get('teacher_cost_usd', 0.0):.4f}")
+        teacher_spend, judge_spend = prov.get("teacher_cost_usd", 0.0), prov.get("judge_cost_usd", 0.0)
+        lines.append(f"- teacher spend: ${teacher_spend:.4f}")
+        lines.append(f"- judge spend: ${judge_spend:.4f}")
+        lines.append(f"- total spend: ${teacher_spend + judge_spend:.4f}")
         if prov.get("prompts"):
             lines.append(f"- prompts: {json.dumps(prov['prompts'])}")
     if info.get("metrics"):
@@ -875,6 +909,7 @@ def export_gguf(
     min_agreement: float = MIN_F16_AGREEMENT,
     check_tokens: int = 16,
     emit: Callable[[Event], None] = no_emit,
+    stop: threading.Event | None = None,
 ) -> ExportResult:
     """Merge, convert, quantize, check and document a student; see the module docstring.
 
@@ -884,7 +919,9 @@ def export_gguf(
     ``check_prompts`` default to the run's held-out prompts (with ``store`` and ``run_id``), else a
     small built-in set.
     Raises ``ExportError`` when f16 agreement is below ``min_agreement``: a broken conversion must
-    not reach an alias.
+    not reach an alias. ``stop`` is checked between the steps (merge, convert, each quantization,
+    check); a stop raises :class:`ExportStopped` before anything is registered in the store, so a
+    stopped export never leaves a half-made artifact behind in the run's records.
     """
     qtype = validate_quantize(quantize)
     extras = [validate_quantize(q) for q in also_quantize]
@@ -893,6 +930,13 @@ def export_gguf(
     timings: dict[str, float] = {}
 
     def phase(message: str, current: int) -> None:
+        if stop is not None and stop.is_set():
+            raise ExportStopped(
+                f"export stopped before: {message}. Nothing was registered; run the export again to finish it.",
+                field="stop",
+                value=message,
+                fix="resume the run",
+            )
         emit(Event(kind="progress", phase="export", run=run_id, message=message, current=current, total=5))
 
     t0 = time.perf_counter()
@@ -913,6 +957,7 @@ def export_gguf(
     ggufs: dict[str, Path] = {"f16": f16}
     for q in dict.fromkeys([qtype, *extras]):
         if q != "f16":
+            phase(f"quantizing to {q}", 2)
             ggufs[q] = quantize_gguf(f16, out / f"{stem}.{q}.gguf", q)
     timings["quantize_s"] = time.perf_counter() - t0
 
@@ -956,13 +1001,16 @@ def export_gguf(
     card_path = write_model_card(out / "README.md", info)
     files["model_card"] = card_path
     sha["model_card"] = file_sha256(card_path)
+    if stop is not None and stop.is_set():
+        phase("registering the artifacts", 4)  # raises ExportStopped: the last chance to stop cleanly
     if store is not None and run_id is not None:
         meta = {"quantize": qtype, "agreement": agreement, "architecture": config["model_type"]}
-        for kind, path in files.items():
-            store.put_artifact(run_id, kind, path, sha256=sha[kind], size=path.stat().st_size, meta=meta)
-        store.put_artifact(run_id, "merged", merged_dir, meta={"architecture": config["model_type"]})
-        if adapter_dir is not None:
-            store.put_artifact(run_id, "adapter", adapter_dir, meta={})
+        with store.transaction():  # every artifact of this export, or none
+            for kind, path in files.items():
+                store.put_artifact(run_id, kind, path, sha256=sha[kind], size=path.stat().st_size, meta=meta)
+            store.put_artifact(run_id, "merged", merged_dir, meta={"architecture": config["model_type"]})
+            if adapter_dir is not None:
+                store.put_artifact(run_id, "adapter", adapter_dir, meta={})
     phase("export done", 5)
     details = {
         "tokenizer_match": report.get("tokenizer_match"),
@@ -988,6 +1036,7 @@ __all__ = [
     "QUANT_TYPES",
     "SUPPORTED_ARCHITECTURES",
     "ExportResult",
+    "ExportStopped",
     "check_agreement",
     "export_gguf",
     "merge_lora",

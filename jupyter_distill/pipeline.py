@@ -29,7 +29,7 @@ from jupyter_distill.config import DistillConfig
 from jupyter_distill.errors import DistillError, ReviewError, TrainingError
 from jupyter_distill.events import PHASES, Emit, Event, fan_out
 from jupyter_distill.hashing import content_hash, file_sha256
-from jupyter_distill.store import PromptRecord, RunStore
+from jupyter_distill.store import PromptRecord, RunLock, RunLockedError, RunStore
 
 STORED_EVENT_KINDS = frozenset({"run_start", "phase_start", "phase_end", "warning", "error", "run_end"})
 
@@ -46,10 +46,15 @@ class RunState:
     status: str = "created"  # created | running | waiting-review | done | stopped | failed
     phase: str | None = None
     phases_done: list[str] = field(default_factory=list)
-    cost: float = 0.0
+    cost: float = 0.0  # teacher spend (sampling); the judge's is kept apart in judge_cost
+    judge_cost: float = 0.0
     requests: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+
+    @property
+    def total_cost(self) -> float:
+        return self.cost + self.judge_cost
 
 
 def default_run_name(config: DistillConfig) -> str:
@@ -83,16 +88,17 @@ class Run:
         self._review_handler = review_handler
         self.resume = resume
         self._thread: threading.Thread | None = None
+        self._lock: RunLock | None = None  # held while run() executes
         self._sinks: list[Emit] = [self._record]
         if on_progress is not None:
             self._sinks.append(on_progress)
-        self._announce: Emit = fan_out(self._sinks)
+        self._announce = fan_out(self._sinks, announce_failures=True)  # counted for the run summary
 
     # ------------------------------------------------------------------ control
     def add_listener(self, sink: Emit) -> None:
         """Attach another event sink (a dashboard) before or while the run goes."""
         self._sinks.append(sink)
-        self._announce = fan_out(self._sinks)
+        self._announce.add(sink)
 
     def emit(self, event: Event) -> None:
         """The sink handed to stages. The pipeline alone marks phase boundaries, so a stage's own
@@ -149,6 +155,27 @@ class Run:
     # ------------------------------------------------------------------ the stages
     def run(self) -> Any:
         """Execute every phase in order in this thread and return the Student."""
+        try:
+            return self._run_phases()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _take_lock(self) -> None:
+        """One writer per run, taken before the first write and held until :meth:`run` returns: a
+        second kernel or process starting this run gets an error naming the holder."""
+        lock = RunLock(self.config.workdir, self.name)
+        try:
+            lock.acquire()
+        except RunLockedError as exc:  # the other writer's run is untouched: nothing is written here
+            self.state.status = "failed"
+            self.state.error = str(exc)
+            fan_out(self._sinks[1:])(Event("error", run=self.name, message=str(exc), data={"detail": ""}))
+            raise
+        self._lock = lock
+
+    def _run_phases(self) -> Any:
         config = self.config
         store = self.store
         self.state.status = "running"
@@ -164,8 +191,14 @@ class Run:
             self.state.error = str(exc)
             fan_out(self._sinks[1:])(Event("error", run=self.name, message=str(exc), data={"detail": ""}))
             raise
+        self._take_lock()
         store.create_run(self.name, config.to_public_dict())
-        store.update_run(self.name, status="running")
+        # the run's own teacher and judge, recorded now: costs and the licence chain are attributed by them
+        store.update_run(
+            self.name,
+            status="running",
+            summary={"teacher": self.state.summary.get("teacher"), "judge": self.state.summary.get("judge")},
+        )
         self._announce(Event("run_start", run=self.name, message=f"run {self.name}", data=config.to_public_dict()))
         try:
             store.put_prompts(self.name, prompts)
@@ -221,8 +254,11 @@ class Run:
     def _record(self, event: Event) -> None:
         """Keep state for front ends and persist the coarse events for the lab panel."""
         if event.kind == "progress":
-            if "cost" in event.data:
-                self.state.cost = float(event.data["cost"])
+            if "cost" in event.data:  # each paying phase reports its own spend: never mix the two
+                if event.phase == "judging":
+                    self.state.judge_cost = float(event.data["cost"])
+                elif event.phase == "sampling":
+                    self.state.cost = float(event.data["cost"])
             if "requests" in event.data:
                 self.state.requests = int(event.data["requests"])
         if event.kind in STORED_EVENT_KINDS:
@@ -289,6 +325,7 @@ class Run:
                 "teacher_requests": result.requests_sent,
                 "teacher_cost": round(result.cost, 6),
                 "failed_prompts": sorted(result.failed),
+                "unsaved_samples": result.unsaved,
             }
         )
         self.state.cost = result.cost
@@ -416,9 +453,11 @@ class Run:
 
         respond = HFResponder(
             student.model, student.tokenizer, max_new_tokens=self.config.max_tokens,
-            stop_token_ids=student.stop_token_ids(),
+            stop_token_ids=student.stop_token_ids(), stop=self._stop,
         )  # fmt: skip
-        summary = evaluate(self.store, self.name, heldout, respond, score, label, emit=self.emit)
+        summary = evaluate(self.store, self.name, heldout, respond, score, label, emit=self.emit, stop=self._stop)
+        if self._stop.is_set():  # a partial evaluation is no result: the resumed run evaluates again
+            raise RunStopped(f"run {self.name!r} stopped during evaluation ({label}). Resume with resume=True.")
         if judge_id:
             self.store.update_run(self.name, summary={f"eval_judge/{label}": judge_id})
         self.state.summary[label] = _summary_dict(summary)
@@ -427,7 +466,17 @@ class Run:
     def _judge_fn(self) -> Callable[[PromptRecord, str], float | None]:
         """Score held-out answers with the judge that scored the teacher's samples (same scale)."""
         judge = self._loaded_judge
-        return lambda prompt, response: run_async_safely(judge.score(prompt, response)).score
+        stored = ((self.store.get_run(self.name) or {}).get("summary") or {}).get("eval_judge_cost", 0.0)
+        self.state.summary.setdefault("eval_judge_cost", float(stored or 0.0))
+
+        def score(prompt: PromptRecord, response: str) -> float | None:
+            result = run_async_safely(judge.score(prompt, response))
+            spent = float(getattr(result, "cost", 0.0) or 0.0)  # an LLM judge scoring held-out answers is paid
+            self.state.summary["eval_judge_cost"] = round(self.state.summary["eval_judge_cost"] + spent, 8)
+            self.state.judge_cost += spent
+            return result.score
+
+        return score
 
     def _evaluate(
         self,
@@ -459,30 +508,34 @@ class Run:
         config = self.config
         if config.quantize is None:
             return None
-        from jupyter_distill.export import export_gguf
+        from jupyter_distill.export import ExportStopped, export_gguf
 
         out_dir = Path(config.workdir) / "runs" / self.name / "export"
         heldout = [p.messages for p in prompts if p.split == "heldout"][:8]
         card = {
             "run": self.name,
             "teacher": self.state.summary.get("teacher"),
-            "teacher_terms": _teacher_terms(self.store, self.name),
+            "teacher_terms": _teacher_terms(self.store, self.name, self.state.summary.get("teacher")),
             "student": config.student,
             "student_licence": getattr(student_info["student"].info, "licence", None),
             "dataset": _dataset_source(config.dataset),
             "judge": self.state.summary.get("judge"),
             "metrics": {k: self.state.summary.get(k) for k in ("teacher_best_of_n", "student_before", "student_after")},
         }
-        result = export_gguf(
-            student_info["result"].adapter_dir,
-            out_dir,
-            base_folder=student_info["student"].hf_folder,
-            quantize=config.quantize,
-            check_prompts=heldout,
-            store=self.store,
-            run_id=self.name,
-            card=card,
-        )
+        try:
+            result = export_gguf(
+                student_info["result"].adapter_dir,
+                out_dir,
+                base_folder=student_info["student"].hf_folder,
+                quantize=config.quantize,
+                check_prompts=heldout,
+                store=self.store,
+                run_id=self.name,
+                card=card,
+                stop=self._stop,
+            )
+        except ExportStopped as exc:
+            raise RunStopped(f"run {self.name!r} stopped during export ({exc}). Resume with resume=True.") from None
         self.state.summary["gguf"] = str(result.gguf)
         self.state.summary["agreement"] = result.agreement
         return result
@@ -505,8 +558,16 @@ class Run:
 
     def _summary(self) -> dict[str, Any]:
         summary = dict(self.state.summary)
-        summary["teacher_cost"] = round(self.store.teacher_cost(self.name), 6)
+        teacher_cost = self.store.teacher_cost(self.name, self.state.summary.get("teacher"))
+        judge_cost = self.store.judge_cost(
+            self.name, self.state.summary.get("judge"), self.state.summary.get("teacher")
+        ) + float(self.state.summary.get("eval_judge_cost") or 0.0)
+        summary["teacher_cost"] = round(teacher_cost, 6)
+        summary["judge_cost"] = round(judge_cost, 6)
+        summary["total_cost"] = round(teacher_cost + judge_cost, 6)
         summary["failed"] = [f["prompt_hash"] for f in self.store.get_failures(self.name)]
+        if self._announce.failures:  # e.g. the store refused to record events: say so, do not hide it
+            summary["event_sink_failures"] = dict(self._announce.failures)
         return _jsonable(summary)
 
 
@@ -594,17 +655,20 @@ def _summary_line(summary: dict[str, Any]) -> str:
         f"pass@1 before {rate('student_before')}",
         f"teacher best-of-N {rate('teacher_best_of_n')}",
         f"pass@1 after {rate('student_after')}",
-        f"teacher cost ${summary.get('teacher_cost', 0.0):.4f}",
+        f"teacher cost ${summary.get('teacher_cost', 0.0):.4f} + judge ${summary.get('judge_cost', 0.0):.4f} "
+        f"= ${summary.get('total_cost', summary.get('teacher_cost', 0.0)):.4f}",
     ]
     if summary.get("alias"):
         parts.append(f"alias '{summary['alias']}'")
     return "done: " + ", ".join(parts)
 
 
-def _teacher_terms(store: RunStore, run_id: str) -> dict[str, Any] | None:
+def _teacher_terms(store: RunStore, run_id: str, teacher: str | None) -> dict[str, Any] | None:
+    """The policy verdict and terms of the run's own teacher (not of another run's teacher that
+    sampled the same prompts): what the model card's licence chain must name."""
     prompts = store.get_prompts(run_id)
     for prompt in prompts:
-        for sample in store.samples_for_prompt(prompt.hash):
+        for sample in store.samples_for_prompt(prompt.hash, teacher=teacher):
             policy = sample.provenance.get("policy")
             if policy:
                 return policy

@@ -12,6 +12,12 @@ arrive, with full provenance. A prompt that keeps failing is recorded in the sto
 ``failures`` table and reported in :attr:`SamplingResult.failed`; it never stops the run. A
 policy refusal, an exhausted budget or a refused key does stop it (every further request would
 fail the same way): candidates already received are kept and the error is raised.
+
+Paid text is never dropped on the floor. A store write that fails (``database is locked`` from
+another writer, a full disk) is retried a few times; when it still fails, the prompt is
+recorded as failed and its candidates are appended to ``workdir/unsaved-samples.jsonl``, which
+the next sampling call over that workdir imports before it decides what to request. An error of
+any other kind inside a worker fails that prompt only, never the whole pool silently.
 """
 
 from __future__ import annotations
@@ -19,14 +25,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
+import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jupyter_distill.errors import BudgetExceeded, ConfigError, DistillError, PolicyError
-from jupyter_distill.events import Emit, Event, no_emit
+from jupyter_distill.events import Emit, Event, fan_out, no_emit
 from jupyter_distill.hashing import content_hash
 from jupyter_distill.store import PromptRecord, RunStore, SampleRecord
 from jupyter_distill.teachers import Teacher, load_teacher
@@ -34,6 +43,9 @@ from jupyter_distill.teachers.base import FatalTeacherError, check_sample_args
 
 PHASE = "sampling"
 STAGE = "sampling"
+SPOOL_FILE = "unsaved-samples.jsonl"  # paid candidates the store refused, imported by the next call
+STORE_WRITE_ATTEMPTS = 5
+logger = logging.getLogger(__name__)
 # Errors that end the run: every further request would fail the same way (and may cost).
 FATAL = (PolicyError, BudgetExceeded, FatalTeacherError)
 
@@ -53,6 +65,7 @@ class SamplingResult:
     cached: int = 0  # candidates found in the store (not paid for again)
     new: int = 0  # candidates received in this call
     stopped: bool = False  # the stop event ended the call early
+    unsaved: int = 0  # paid candidates the store refused: kept in ``workdir/unsaved-samples.jsonl``
     elapsed_s: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -60,7 +73,8 @@ class SamplingResult:
         return (
             f"SamplingResult(prompts={len(self.samples)}, samples={sum(len(v) for v in self.samples.values())}, "
             f"new={self.new}, cached={self.cached}, requests_sent={self.requests_sent}, cost={self.cost:.6f}, "
-            f"failed={len(self.failed)}, stopped={self.stopped}, elapsed_s={self.elapsed_s:.2f})"
+            f"failed={len(self.failed)}, unsaved={self.unsaved}, stopped={self.stopped}, "
+            f"elapsed_s={self.elapsed_s:.2f})"
         )
 
 
@@ -99,6 +113,73 @@ def _ensure_prompts(store: RunStore, prompts: Sequence[PromptRecord]) -> None:
             )
 
 
+def _write_with_retry(write: Callable[[], None], attempts: int = STORE_WRITE_ATTEMPTS) -> None:
+    """Run one store write, retrying a failing one with short waits; re-raise the last error.
+
+    The wait is synchronous on purpose: SQLite's own busy timeout already blocks this thread, and
+    an ``await`` here would let ``stop`` cancel a worker that holds paid, unwritten candidates.
+    """
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            write()
+            return
+        except Exception as exc:
+            if attempt + 1 >= attempts:
+                raise
+            logger.warning("run store write failed (%s: %s); retrying in %.2f s", type(exc).__name__, exc, delay)
+            time.sleep(delay)
+            delay *= 2
+
+
+def _spool_path(store: RunStore) -> Path:
+    return Path(store.workdir) / SPOOL_FILE
+
+
+def _spool(store: RunStore, records: Sequence[SampleRecord]) -> Path:
+    """Append paid candidates the store refused to a JSON-lines file beside it (fsynced)."""
+    path = _spool_path(store)
+    with path.open("a", encoding="utf-8") as out:
+        for r in records:
+            row = {
+                "key": r.key,
+                "prompt_hash": r.prompt_hash,
+                "teacher": r.teacher,
+                "params": r.params,
+                "sample_index": r.sample_index,
+                "text": r.text,
+                "usage": r.usage,
+                "cost": r.cost,
+                "provenance": r.provenance,
+                "created_at": r.created_at,
+            }
+            out.write(_json(row) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    return path
+
+
+def import_spool(store: RunStore) -> int:
+    """Move candidates spooled by an earlier call into the store; returns how many were read.
+
+    A torn last line (the process died while appending) is skipped; the file is removed only
+    once its rows are in the store, so a failing import leaves it for the next call.
+    """
+    path = _spool_path(store)
+    if not path.is_file():
+        return 0
+    records: list[SampleRecord] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            records.append(SampleRecord(**json.loads(line)))
+        except (ValueError, TypeError):
+            logger.warning("skipping an unreadable line of %s", path)
+    if records:
+        _write_with_retry(lambda: store.put_samples(records))
+    path.unlink()
+    return len(records)
+
+
 async def asample(
     store: RunStore,
     teacher: Teacher | str,
@@ -119,6 +200,7 @@ async def asample(
     """
     started = time.monotonic()
     check_sample_args(n, temperature, max_tokens)
+    emit = fan_out([emit])  # a broken progress callback is logged and counted; it never fails a prompt
     if isinstance(teacher, str):
         teacher = load_teacher(teacher)
     unique: dict[str, PromptRecord] = {}
@@ -132,14 +214,21 @@ async def asample(
             )
         unique.setdefault(prompt.hash, prompt)
     params = decoding_params(temperature, max_tokens, seed)
+    imported = import_spool(store)
     keys = {h: [sample_key(h, teacher.spec, params, i) for i in range(n)] for h in unique}
     existing = store.existing_sample_keys(k for ks in keys.values() for k in ks)
     todo = [(p, [i for i, k in enumerate(keys[p.hash]) if k not in existing]) for p in unique.values()]
     todo = [(p, missing) for p, missing in todo if missing]
+    failed_before = {f["key"] for f in store.get_failures(run_id, STAGE)}
+    complete = failed_before - {p.hash for p, _ in todo}
+    if complete & unique.keys():  # completed meanwhile (e.g. imported from the spool): no longer failed
+        with store.transaction():
+            for prompt_hash in complete & unique.keys():
+                store.clear_failure(run_id, STAGE, prompt_hash)
     total = n * len(unique)
     cached = sum(1 for ks in keys.values() for k in ks if k in existing)
     counter_start = getattr(teacher, "requests_sent", None)
-    state: dict[str, Any] = {"new": 0, "cost": 0.0, "calls": 0, "abort": None, "stopped": False}
+    state: dict[str, Any] = {"new": 0, "cost": 0.0, "calls": 0, "abort": None, "stopped": False, "unsaved": 0}
     failed: dict[str, str] = {}
     received: dict[str, SampleRecord] = {}  # written by this call, so the result needs no read-back
 
@@ -174,10 +263,19 @@ async def asample(
     reason = getattr(getattr(teacher, "decision", None), "reason", "")
     if isinstance(reason, str) and reason.startswith("WARNING"):
         emit(Event("warning", phase=PHASE, run=run_id, message=reason))
+    if imported:
+        emit(
+            Event(
+                "warning",
+                phase=PHASE,
+                run=run_id,
+                message=f"imported {imported} paid candidate(s) that an earlier call could not store",
+                data={"imported": imported},
+            )
+        )
 
     if todo:
         _ensure_prompts(store, [p for p, _ in todo])
-        failed_before = {f["key"] for f in store.get_failures(run_id, STAGE)}
         queue: asyncio.Queue[tuple[PromptRecord, list[int]]] = asyncio.Queue()
         for job in todo:
             queue.put_nowait(job)
@@ -225,16 +323,24 @@ async def asample(
                     error = RuntimeError(f"teacher returned {len(got)} of {length} candidates")
                 if isinstance(error, FATAL):
                     break
-            with store.transaction():
-                if records:
-                    store.put_samples(records)
-                if error is None:
-                    if prompt.hash in failed_before:  # skip a DELETE per prompt when nothing failed before
-                        store.clear_failure(run_id, STAGE, prompt.hash)
-                elif not isinstance(error, FATAL):
-                    message = f"{type(error).__name__}: {error}"
-                    store.record_failure(run_id, STAGE, prompt.hash, message, prompt.hash)
-                    failed[prompt.hash] = message
+            message = None if error is None or isinstance(error, FATAL) else f"{type(error).__name__}: {error}"
+
+            def write() -> None:
+                with store.transaction():
+                    if records:
+                        store.put_samples(records)
+                    if error is None:
+                        if prompt.hash in failed_before:  # skip a DELETE per prompt when nothing failed before
+                            store.clear_failure(run_id, STAGE, prompt.hash)
+                    elif message is not None:
+                        store.record_failure(run_id, STAGE, prompt.hash, message, prompt.hash)
+
+            try:
+                _write_with_retry(write)
+            except Exception as exc:  # the store refuses: keep what was paid for, fail this prompt
+                message = _store_refused(prompt, records, exc)
+            if message is not None:
+                failed[prompt.hash] = message
             received.update((r.key, r) for r in records)
             state["new"] += len(records)
             state["cost"] += sum(r.cost for r in records)
@@ -251,13 +357,33 @@ async def asample(
                 )
             )
 
+        def _store_refused(prompt: PromptRecord, records: list[SampleRecord], exc: Exception) -> str:
+            where = ""
+            if records:
+                kept = _spool(store, records)
+                where = f"; its {len(records)} paid candidate(s) are kept in {kept} and the next run imports them"
+                state["unsaved"] += len(records)
+            message = (
+                f"the run store refused the write after {STORE_WRITE_ATTEMPTS} attempts "
+                f"({type(exc).__name__}: {exc}){where}"
+            )
+            logger.error("sampling prompt %s: %s", prompt.hash, message)
+            _try_record_failure(store, run_id, prompt.hash, message)
+            return message
+
         async def worker() -> None:
             while state["abort"] is None and not (stop is not None and stop.is_set()):
                 try:
                     prompt, missing = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                await work_on(prompt, missing)
+                try:
+                    await work_on(prompt, missing)
+                except Exception as exc:  # a bug or a broken sink fails this prompt, never the pool silently
+                    message = f"{type(exc).__name__}: {exc}"
+                    logger.exception("sampling prompt %s failed outside the teacher", prompt.hash)
+                    failed[prompt.hash] = message
+                    _try_record_failure(store, run_id, prompt.hash, message)
 
         # Twice as many workers as request slots, so a freed slot is taken at once by a request
         # already waiting instead of idling while its worker stores results; the teacher's own
@@ -278,11 +404,14 @@ async def asample(
 
         watcher = asyncio.ensure_future(watch_stop())
         try:
-            await asyncio.gather(*workers, return_exceptions=True)
+            outcomes = await asyncio.gather(*workers, return_exceptions=True)
         finally:
             watcher.cancel()
             for task in workers:
                 task.cancel()
+        for outcome in outcomes:  # a cancelled worker was stopped; anything else must not vanish
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                raise outcome
         if stop is not None and stop.is_set():
             state["stopped"] = True
 
@@ -297,11 +426,17 @@ async def asample(
         cached=cached,
         new=state["new"],
         stopped=state["stopped"],
+        unsaved=state["unsaved"],
         elapsed_s=time.monotonic() - started,
         params=params,
     )
     abort = state["abort"]
-    end_data = {**progress_data(), "stopped": result.stopped, "elapsed_s": round(result.elapsed_s, 3)}
+    end_data = {
+        **progress_data(),
+        "stopped": result.stopped,
+        "unsaved": result.unsaved,
+        "elapsed_s": round(result.elapsed_s, 3),
+    }
     if abort is not None:
         end_data["error"] = str(abort)
     emit(
@@ -319,6 +454,14 @@ async def asample(
         abort.result = result  # type: ignore[attr-defined]
         raise abort
     return result
+
+
+def _try_record_failure(store: RunStore, run_id: str, prompt_hash: str, message: str) -> None:
+    """Record a failed prompt in the store if it takes the write; the caller's result lists it anyway."""
+    try:
+        _write_with_retry(lambda: store.record_failure(run_id, STAGE, prompt_hash, message, prompt_hash), attempts=2)
+    except Exception as exc:
+        logger.error("could not record the failure of prompt %s in the run store: %s", prompt_hash, exc)
 
 
 def sample(
@@ -373,4 +516,4 @@ def sample(
         return pool.submit(in_thread).result()
 
 
-__all__ = ["SamplingResult", "asample", "decoding_params", "sample", "sample_key"]
+__all__ = ["SamplingResult", "asample", "decoding_params", "import_spool", "sample", "sample_key"]

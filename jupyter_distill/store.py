@@ -158,6 +158,81 @@ class StoreError(DistillError):
     """The run store cannot be opened or is from a newer version of jupyter-distill."""
 
 
+class RunLockedError(StoreError):
+    """Another kernel or process is executing this run in this workdir right now."""
+
+
+class RunLock:
+    """One writer per run: an OS file lock on ``workdir/locks/<run>.lock`` held for the run's life.
+
+    SQLite keeps two writers from corrupting the file, but not from interleaving two trainings of
+    one run into one checkpoint folder, or two samplers paying for the same prompts. The lock is
+    an ``flock`` (through ``filelock``), so the OS drops it when its holder dies, even by SIGKILL:
+    a crashed kernel never leaves a stale lock behind. Who holds it (pid, host, since when) is
+    written beside it, so the refusal can name the holder.
+    """
+
+    def __init__(self, workdir: str | Path, run_id: str):
+        from filelock import FileLock
+
+        from jupyter_distill.hashing import content_hash
+
+        folder = Path(workdir) / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)[:80]
+        stem = f"{safe}-{content_hash('run-lock', run_id)[:8]}"
+        self.run_id = run_id
+        self.path = folder / f"{stem}.lock"
+        self.owner_path = folder / f"{stem}.owner.json"
+        self._lock = FileLock(str(self.path), timeout=0, thread_local=False)
+
+    def acquire(self) -> RunLock:
+        """Take the lock at once or raise :class:`RunLockedError` naming the holder."""
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise RunLockedError(
+                f"run {self.run_id!r} is already running in {self.holder()} (lock {str(self.path)!r}); two "
+                "writers would mix their checkpoints and pay twice. Fix: wait for it to finish or stop it there "
+                f"(%distill stop {self.run_id}), or give this run another name= or workdir=.",
+                field="name",
+                value=self.run_id,
+                fix="stop the other run or use another name",
+            ) from None
+        import os
+        import socket
+
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "run": self.run_id}
+        self.owner_path.write_text(_dumps(owner), encoding="utf-8")
+        return self
+
+    def holder(self) -> str:
+        """``process PID on HOST since ...`` as recorded by the holder, or what is known."""
+        try:
+            owner = json.loads(self.owner_path.read_text(encoding="utf-8"))
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(owner["since"])))
+            return f"process {int(owner['pid'])} on host {owner['host']} (since {since})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process (it has not recorded its pid yet)"
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self.owner_path.unlink(missing_ok=True)
+            self._lock.release()
+
+    @property
+    def held(self) -> bool:
+        return bool(self._lock.is_locked)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 @dataclass
 class SampleRecord:
     """One teacher candidate as stored."""
@@ -279,11 +354,13 @@ class RunStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
                 conn.execute("COMMIT")
+            except BaseException:
+                # also when COMMIT itself failed: a transaction left open would make the next
+                # transaction() on this thread join it and never commit
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def _migrate(self) -> None:
         with self.transaction() as conn:
@@ -654,14 +731,44 @@ class RunStore:
         return [{**dict(row), "data": json.loads(row["data_json"])} for row in rows]
 
     # ------------------------------------------------------------------ accounting
-    def teacher_cost(self, run_id: str) -> float:
-        """Teacher and judge spend attributable to this run's prompts."""
-        row = self.conn.execute(
+    def _run_identity(self, run_id: str) -> tuple[str | None, str | None]:
+        """The run's own teacher spec and judge id, as the pipeline records them when it starts."""
+        run = self.get_run(run_id) or {}
+        summary, config = run.get("summary") or {}, run.get("config") or {}
+        teacher = summary.get("teacher") or config.get("teacher")
+        judge = summary.get("judge")
+        return (str(teacher) if teacher else None, str(judge) if judge else None)
+
+    def teacher_cost(self, run_id: str, teacher: str | None = None) -> float:
+        """Teacher spend of this run: samples of its prompts from its own teacher (``teacher``, else
+        the one the run recorded). Other teachers' samples of the same prompts are other runs' money;
+        only a run that recorded no teacher (made by an older version) counts every teacher's."""
+        teacher = teacher or self._run_identity(run_id)[0]
+        query = (
             "SELECT COALESCE(SUM(s.cost), 0) AS c FROM samples s JOIN run_prompts rp ON rp.prompt_hash = s.prompt_hash "
-            "WHERE rp.run_id=?",
-            (run_id,),
-        ).fetchone()
-        return float(row["c"])
+            "WHERE rp.run_id=?"
+        )
+        args: list[Any] = [run_id]
+        if teacher is not None:
+            query += " AND s.teacher=?"
+            args.append(teacher)
+        return float(self.conn.execute(query, args).fetchone()["c"])
+
+    def judge_cost(self, run_id: str, judge: str | None = None, teacher: str | None = None) -> float:
+        """Judge spend of this run: verdicts of its own judge on its own teacher's samples (a
+        verifier judge costs nothing; an LLM judge's requests are stored with each verdict)."""
+        own_teacher, own_judge = self._run_identity(run_id)
+        judge, teacher = judge or own_judge, teacher or own_teacher
+        query = (
+            "SELECT COALESCE(SUM(j.cost), 0) AS c FROM judgments j JOIN samples s ON s.key = j.sample_key "
+            "JOIN run_prompts rp ON rp.prompt_hash = s.prompt_hash WHERE rp.run_id=?"
+        )
+        args: list[Any] = [run_id]
+        for column, value in (("j.judge", judge), ("s.teacher", teacher)):
+            if value is not None:
+                query += f" AND {column}=?"
+                args.append(value)
+        return float(self.conn.execute(query, args).fetchone()["c"])
 
 
 def _split_sql(script: str) -> list[str]:

@@ -113,7 +113,8 @@ class DashboardState:
     phase: str | None = None
     phases: dict[str, PhaseProgress] = field(default_factory=lambda: {p: PhaseProgress() for p in PHASES})
     requests: int = 0
-    cost: float = 0.0
+    cost: float = 0.0  # teacher spend; the judge's is judge_cost (each phase reports only its own)
+    judge_cost: float = 0.0
     step: int | None = None
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     latest: dict[str, float] = field(default_factory=dict)
@@ -159,7 +160,10 @@ class DashboardState:
             if "requests" in event.data:
                 self.requests = int(event.data["requests"])
             if "cost" in event.data:
-                self.cost = float(event.data["cost"])
+                if phase == "judging":  # the judge's spend is its own line, never the teacher's
+                    self.judge_cost = float(event.data["cost"])
+                else:
+                    self.cost = float(event.data["cost"])
         elif event.kind == "metric":
             self._metric(event)
         elif event.kind == "phase_end" and progress is not None:
@@ -190,6 +194,8 @@ class DashboardState:
                     self.requests = max(self.requests, int(self.summary["teacher_requests"] or 0))
                 if "teacher_cost" in self.summary:
                     self.cost = float(self.summary["teacher_cost"] or 0.0)
+                if "judge_cost" in self.summary:
+                    self.judge_cost = float(self.summary["judge_cost"] or 0.0)
 
     def _metric(self, event: Event) -> None:
         if event.step is not None:
@@ -380,6 +386,10 @@ class RunSummary:
             rows.append(
                 ("teacher cost", f"${float(summary['teacher_cost'] or 0):.4f} for {self.teacher_samples} samples")
             )
+        if "judge_cost" in summary:
+            judge, teacher = float(summary["judge_cost"] or 0), float(summary.get("teacher_cost") or 0)
+            rows.append(("judge cost", f"${judge:.4f}"))
+            rows.append(("total cost", f"${teacher + judge:.4f}"))
         loss = self.metrics.get("loss")
         if loss:
             rows.append(
@@ -768,7 +778,12 @@ def _timeline_html(s: DashboardState) -> str:
 
 
 def _stats_html(s: DashboardState) -> str:
-    parts = [f"requests {s.requests:,}", f"teacher cost ${s.cost:.4f}"]
+    parts = [
+        f"requests {s.requests:,}",
+        f"teacher cost ${s.cost:.4f}",
+        f"judge cost ${s.judge_cost:.4f}",
+        f"total ${s.cost + s.judge_cost:.4f}",
+    ]
     if s.step is not None:
         total = s.phases["training"].total
         parts.append(f"step {s.step}{f'/{total}' if total else ''}")

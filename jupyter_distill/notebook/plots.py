@@ -23,6 +23,7 @@ Outside a notebook :func:`default_renderer` returns the tqdm ``ConsoleRenderer``
 from __future__ import annotations
 
 import io
+import logging
 import math
 import threading
 import time
@@ -30,6 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 from jupyter_distill.events import ConsoleRenderer, Emit, Event
+
+logger = logging.getLogger(__name__)
 
 #: Panels of the figure: (title, metric names drawn in it).
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -76,7 +79,14 @@ class LivePlot:
         self._lines: dict[str, Any] = {}
         self._axes: list[Any] = []
         self._png: bytes | None = None
-        self.stats: dict[str, float] = {"calls": 0, "draws": 0, "seconds": 0.0, "draw_seconds": 0.0}
+        self.stats: dict[str, float] = {
+            "calls": 0,
+            "draws": 0,
+            "seconds": 0.0,
+            "draw_seconds": 0.0,
+            "render_errors": 0,  # on_render calls that raised (logged; the last one in last_render_error)
+        }
+        self.last_render_error: str | None = None
         # Import matplotlib and lay out the axes now, before training starts: it is a one-off
         # cost of ~1 s that would otherwise land in the first training step.
         self._build()
@@ -196,8 +206,10 @@ class LivePlot:
         if self.on_render is not None:
             try:
                 self.on_render(png)
-            except Exception:  # a broken sink must not break training
-                pass
+            except Exception as exc:  # a broken sink must not break training, nor fail unseen
+                self.stats["render_errors"] += 1
+                self.last_render_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("live plot: on_render failed (%d so far): %s", self.stats["render_errors"], exc)
         if self._display:
             from IPython.display import Image, display
 

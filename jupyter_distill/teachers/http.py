@@ -11,6 +11,10 @@ throughput and thrift:
   rejects it) is detected once and the rest are asked for one by one;
 * retries with exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and
   malformed bodies, honouring ``Retry-After``; then a ``TeacherError`` for that prompt only;
+* an endpoint that has never answered and refuses connections (a wrong port, a server that is
+  not running) is not retried prompt by prompt: after ``FIRST_CONTACT_ATTEMPTS`` failed connects
+  (all requests together) a :class:`TeacherUnreachable` names it and ends the phase, and every later call fails at once
+  without opening a socket (so a 10,000-prompt run does not spend an hour in backoff);
 * token usage and cost from each response (prices from ``TEACHER_MODEL_MAP``; estimated from
   characters, and flagged so, when a server sends no ``usage``), and a ``max_cost`` budget that
   refuses a request *before* it could take the spend past the limit;
@@ -53,6 +57,11 @@ from jupyter_distill.teachers.base import (
     redact_url,
     utc_now,
 )
+
+# Failed connection attempts (over all requests) before an endpoint that has never answered is
+# declared unreachable: one quick retry absorbs a blip; more would only delay the inevitable error.
+# Requests already in flight finish their attempt, so at most ``concurrency + 1`` are made.
+FIRST_CONTACT_ATTEMPTS = 2
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
 
@@ -109,6 +118,10 @@ HTTP_OPTIONS = (
     "check_models",
     "transport",
 )
+
+
+class TeacherUnreachable(FatalTeacherError):
+    """The endpoint refused every connection before it ever answered: no prompt can succeed."""
 
 
 class _Retryable(Exception):
@@ -233,6 +246,9 @@ class HTTPTeacher:
         self._ssl: ssl.SSLContext | None = None
         self._models_checked = False
         self.requests_sent = 0  # HTTP chat requests actually sent, retries included
+        self.connect_failures = 0  # attempts that never reached the server (refused, DNS, unreachable)
+        self._answered = False  # the endpoint has answered at least once (any HTTP status)
+        self._unreachable: str | None = None  # why the endpoint was given up on, once it was
         self.spent = 0.0  # USD
         self._reserved = 0.0
 
@@ -400,14 +416,19 @@ class HTTPTeacher:
         pool = self._pool()
         last_reason = "no attempt made"
         for attempt in range(self.max_retries + 1):
+            if self._unreachable is not None:
+                raise self._unreachable_error(self._unreachable)
             reserved = self._reserve(messages, n, max_tokens)
             settled = False
             try:
                 async with pool.slot() as client:
+                    if self._unreachable is not None:  # given up on while this call waited for a slot
+                        raise self._unreachable_error(self._unreachable)
                     started = time.monotonic()
                     self.requests_sent += 1
                     response = await client.post(self._chat_url, json=body)
                     content = response.content
+                self._answered = True
                 data = self._check_response(response, content, n)
                 samples, cost = self._to_samples(data, messages, n, temperature, max_tokens, seed, attempt + 1)
                 self._settle(reserved, cost)
@@ -415,12 +436,18 @@ class HTTPTeacher:
                 for sample in samples:
                     sample.provenance["latency_s"] = round(time.monotonic() - started, 4)
                 return samples
-            except httpx.TimeoutException:
-                last_reason = f"timed out after {self.timeout:g} s"
+            except httpx.TransportError as exc:  # timeouts included
                 retry_after = None
-            except httpx.TransportError as exc:
-                last_reason = f"connection error ({type(exc).__name__})"
-                retry_after = None
+                if _cannot_connect(exc):
+                    last_reason = f"cannot connect: {self._scrub(str(exc))[:200] or type(exc).__name__}"
+                    self.connect_failures += 1
+                    if not self._answered and self.connect_failures >= FIRST_CONTACT_ATTEMPTS:
+                        self._unreachable = last_reason
+                        raise self._unreachable_error(last_reason) from None
+                elif isinstance(exc, httpx.TimeoutException):
+                    last_reason = f"timed out after {self.timeout:g} s"
+                else:
+                    last_reason = f"connection error ({type(exc).__name__})"
             except _Retryable as exc:
                 last_reason, retry_after = exc.reason, exc.retry_after
             finally:
@@ -435,6 +462,18 @@ class HTTPTeacher:
             "keeps every sample already received and requests only the missing ones.",
             field="teacher",
             value=self.spec,
+        )
+
+    def _unreachable_error(self, reason: str) -> TeacherUnreachable:
+        """A fresh error per caller (one exception object raised in many tasks tangles tracebacks)."""
+        return TeacherUnreachable(
+            f"teacher {self.spec} is unreachable: no connection to {self.endpoint} could be opened "
+            f"({reason}; {self.connect_failures} attempt(s), and the endpoint never answered). Sampling stopped "
+            "instead of retrying every prompt. Fix: start the server or correct the URL/port in the teacher spec, "
+            "then re-run; samples already received are kept.",
+            field="teacher",
+            value=self.spec,
+            fix="start the server or fix the URL",
         )
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -750,6 +789,21 @@ def build_http_teacher(
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _cannot_connect(exc: httpx.TransportError) -> bool:
+    """True when no connection could be opened at all (refused, unknown host, no route).
+
+    httpx raises ``ConnectError`` for these; the aiohttp transport maps aiohttp's
+    ``ClientConnectorError`` to ``ConnectTimeout`` instead, so its cause is checked too. A real
+    connect timeout (a slow or overloaded server) is not one of them: it is retried as before.
+    """
+    if isinstance(exc, httpx.ConnectError):
+        return True
+    import aiohttp
+
+    cause = exc.__cause__
+    return isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(cause, asyncio.TimeoutError)
 
 
 def _is_fatal(exc: BaseException) -> bool:

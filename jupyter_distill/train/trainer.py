@@ -348,20 +348,21 @@ class BondTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _save_adapter(self, model: Any, folder: Path) -> None:
-        tmp = folder.with_name(f".{folder.name}.tmp")
+        tmp = _tmp_dir(folder)
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
         _replace_dir(tmp, folder)
 
     def _save_checkpoint(self, model: Any, state: dict[str, Any]) -> None:
         folder = self.output_dir / CHECKPOINT_DIR
-        tmp = self.output_dir / f".{CHECKPOINT_DIR}.tmp"
+        tmp = _tmp_dir(folder)
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp / ADAPTER_DIR, safe_serialization=True)
         torch.save(state, tmp / _STATE_FILE)
         _replace_dir(tmp, folder)
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
+        recover_dir(self.output_dir / CHECKPOINT_DIR)  # a crash mid-swap left it under another name
         path = self.output_dir / CHECKPOINT_DIR / _STATE_FILE
         if not path.is_file():
             return None
@@ -426,8 +427,16 @@ class BondTrainer:
             scheduler.load_state_dict(checkpoint["scheduler"])
             step, epoch, position = checkpoint["step"], checkpoint["epoch"], checkpoint["position"]
             order = [list(b) for b in checkpoint["order"]]
-            for example, (ref_c, ref_r) in zip(examples, checkpoint["reference"], strict=True):
-                example.ref_logp_chosen, example.ref_logp_rejected = ref_c, ref_r
+            if checkpoint.get("reference_fingerprint") == self._reference_fingerprint():
+                for example, (ref_c, ref_r) in zip(examples, checkpoint["reference"], strict=True):
+                    example.ref_logp_chosen, example.ref_logp_rejected = ref_c, ref_r
+            else:  # computed on another device or dtype: its numbers differ, _prepare_reference redoes them
+                self._event(
+                    "progress",
+                    message="the checkpoint's reference log-probs were computed on another device or dtype; "
+                    "recomputing them here",
+                    data={"stage": "reference", "recomputed": True},
+                )
             _set_rng(checkpoint["rng"])
             self.history = list(checkpoint.get("history", []))
             if self.store is not None:
@@ -521,6 +530,11 @@ class BondTrainer:
             history=list(self.history),
         )
 
+    def _reference_fingerprint(self) -> str:
+        """Where the cached reference log-probs were computed: the same numbers need the same device
+        and dtype (bf16 on a GPU and fp32 on a CPU differ in the low bits the preference term sees)."""
+        return reference_fingerprint(self.student.model)
+
     def _prepare_reference(self, engine: StepEngine, model: Any, examples: list[TokenizedPair]) -> None:
         """Cache reference log-probs in chunks so the UI sees progress (and a stop lands quickly)."""
         todo = [e for e in examples if e.needs_reference]
@@ -558,6 +572,7 @@ class BondTrainer:
             "scheduler": scheduler.state_dict(),
             "rng": _get_rng(),
             "reference": [(e.ref_logp_chosen, e.ref_logp_rejected) for e in examples],
+            "reference_fingerprint": self._reference_fingerprint(),
             "settings": self.settings.fingerprint(),
             "settings_dict": {k: v for k, v in asdict(self.settings).items() if k not in ("device",)},
             "pairs": pairs_hash,
@@ -582,14 +597,54 @@ def _set_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def reference_fingerprint(model: Any) -> str:
+    """The device (type and index) and dtype of ``model``'s first parameter, hashed."""
+    try:
+        param = next(model.parameters())
+        where = (str(param.device), str(param.dtype))
+    except (StopIteration, AttributeError, TypeError):
+        where = ("unknown", "unknown")
+    return content_hash("reference-logprobs", where)
+
+
+_COMPLETE = ".complete"  # written last into a folder about to be swapped in: it is whole
+
+
+def _tmp_dir(target: Path) -> Path:
+    return target.with_name(f".{target.name}.tmp")
+
+
+def _old_dir(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
 def _replace_dir(new: Path, target: Path) -> None:
-    """Swap ``new`` into ``target`` so a crash leaves either the old or the new folder, never half."""
-    old = target.with_name(f".{target.name}.old")
+    """Swap ``new`` into ``target`` so a crash leaves either the old or the new folder, never half.
+
+    Two renames cannot be one atomic step: a crash between them leaves no ``target`` at all, only
+    ``.target.old`` (the previous folder) and ``new`` (complete, marked by ``.complete``).
+    :func:`recover_dir` puts one of them back before anything reads ``target``.
+    """
+    (new / _COMPLETE).write_bytes(b"")
+    old = _old_dir(target)
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
     new.rename(target)
+    (target / _COMPLETE).unlink(missing_ok=True)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(target: Path) -> None:
+    """Undo a swap a crash interrupted: with ``target`` missing, promote the complete new folder,
+    else the previous one. A present ``target`` is never touched (a stale ``.old`` is just litter)."""
+    if target.exists():
+        return
+    new, old = _tmp_dir(target), _old_dir(target)
+    if (new / _COMPLETE).is_file():
+        new.rename(target)
+    elif old.is_dir():
+        old.rename(target)
 
 
 __all__ = [
@@ -602,5 +657,7 @@ __all__ = [
     "TrainSettings",
     "batch_order",
     "lr_factor",
+    "recover_dir",
+    "reference_fingerprint",
     "tokenize_pairs",
 ]
