@@ -154,6 +154,7 @@ class Run:
             # Everything the user handed over is checked before the store is touched: a typo in a
             # re-run must not mark a finished run failed or replace its config (tests/test_bad_input.py).
             prompts = self._prepare_prompts()
+            self._check_student()
             teacher = self._load_teacher()
             judge = self._load_judge(teacher)
         except BaseException as exc:
@@ -351,12 +352,21 @@ class Run:
         self.state.summary["pairs_with_rejected"] = sum(p.rejected_text is not None for p in pairs)
         return pairs
 
+    def _check_student(self) -> None:
+        """Before any teacher request: the student's prompts can be rendered, and it can be exported."""
+        from jupyter_distill.export import check_exportable
+        from jupyter_distill.train.student import student_preflight
+
+        found = student_preflight(self.config.student, self.config.chat_template)
+        if found["architecture"]:
+            check_exportable(found["architecture"], self.config.quantize)
+
     def _train(self, pairs: list[Any]) -> dict[str, Any]:
         from jupyter_distill.train.student import load_student
         from jupyter_distill.train.trainer import BondTrainer, TrainPair, TrainSettings
 
         config = self.config
-        student = load_student(config.student, device=config.device)
+        student = load_student(config.student, device=config.device, chat_template=config.chat_template)
         examples = TrainPair.from_records(pairs, self.store.get_prompts(self.name))
         settings = TrainSettings.from_config(config)
         output_dir = Path(config.workdir) / "runs" / self.name / "train"

@@ -53,8 +53,12 @@ ALL_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gat
 #: ``all-linear`` (every linear layer but the output head).
 DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     arch: ALL_PROJECTIONS
-    for arch in ("llama", "qwen2", "qwen3", "gemma3", "gemma3_text", "gemma2", "gemma", "mistral", "phi3", "olmo2")
-}
+    for arch in (
+        "llama", "qwen2", "qwen3", "gemma3", "gemma3_text", "gemma2", "gemma", "mistral", "olmo2", "smollm3", "granite"
+    )
+}  # fmt: skip
+# Phi-3/Phi-4-mini fuse q/k/v into one projection and gate/up into another.
+DEFAULT_TARGET_MODULES["phi3"] = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 #: Metrics every step writes to the store and sends as an event, in display order.
 STEP_METRICS: tuple[str, ...] = (
