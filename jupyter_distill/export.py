@@ -735,7 +735,7 @@ def gguf_provenance(
         "jupyter_distill.student": str(student) if student else None,
         "jupyter_distill.dataset": str(info.get("dataset") or provenance.get("config", {}).get("dataset") or "")
         or None,
-        "jupyter_distill.dataset_sha256": info.get("dataset_sha256") or dataset_hash(store, run_id),
+        "jupyter_distill.dataset_hash": info.get("dataset_sha256") or dataset_hash(store, run_id),
     }
     if teachers:
         extra["jupyter_distill.teachers"] = ",".join(teachers)

@@ -125,3 +125,81 @@ def test_architecture_trains_exports_and_serves(arch: str, tmp_path: Path) -> No
         with torch.inference_mode():
             out = reread.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
         assert out[0, ids.shape[1] :].tolist() == reference
+
+
+# ------------------------------------------------------------------------------------ fast path
+#: What the fast path does with each architecture, and why (its reason string must say so).
+FAST_PATH = {
+    "llama": "layout=tree",
+    "qwen2": "layout=tree",
+    "qwen3": "layout=tree",
+    "gemma3_text": "layout=sequences (attention sdpa, sliding window 8",
+    "smollm3": "layout=tree",
+    "phi3": "layout=tree",
+    "granite": "plain PEFT engine: the fast path does not reproduce this model exactly (the model post-processes "
+    "logits (logits_scaling=2.0))",
+}
+
+
+def _tiny_lora_model(arch: str) -> Any:
+    from peft import LoraConfig, get_peft_model
+    from tiny_models import _tiny_config
+    from transformers import AutoModelForCausalLM
+
+    from jupyter_distill.train.trainer import DEFAULT_TARGET_MODULES
+
+    common = dict(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    config = _tiny_config(arch, common)
+    config._attn_implementation = "sdpa"
+    model = AutoModelForCausalLM.from_config(config).float()
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_TARGET_MODULES[arch]))
+    model = get_peft_model(model, lora)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    return model.train()
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_fast_path_states_the_truth_per_architecture(arch: str) -> None:
+    """The fast engine's choice for each architecture is the one it says, and its loss is the plain engine's."""
+    from jupyter_distill.errors import TrainingError
+    from jupyter_distill.train import fast
+    from jupyter_distill.train.engines import PlainEngine, TokenizedPair
+
+    def pairs() -> list[TokenizedPair]:
+        gen = torch.Generator().manual_seed(7)
+
+        def draw(lo: int, hi: int) -> list[int]:
+            return torch.randint(1, 97, (int(torch.randint(lo, hi, (1,), generator=gen)),), generator=gen).tolist()
+
+        out = [TokenizedPair(i, draw(6, 12), draw(4, 10), draw(4, 10)) for i in range(4)]
+        out[1].rejected_ids = None
+        return out
+
+    model = _tiny_lora_model(arch)
+    plain, engine = PlainEngine(), fast.FastEngine(compile="off")
+    plain_pairs, fast_pairs = pairs(), pairs()
+    plain.prepare(model, plain_pairs)
+    engine.prepare(model, fast_pairs)
+    assert FAST_PATH[arch] in engine.reason, engine.reason
+    loss_p, parts_p = plain.loss(model, plain_pairs)
+    loss_f, parts_f = engine.loss(model, fast_pairs)
+    assert float(loss_f.detach()) == pytest.approx(float(loss_p.detach()), rel=1e-4)
+    for key in ("nll", "pref", "kl"):
+        assert parts_f[key] == pytest.approx(parts_p[key], rel=1e-3, abs=1e-5), key
+    if arch == "gemma3_text":  # a tree mask would override the sliding window: refused, not silently wrong
+        with pytest.raises(TrainingError, match="sliding-window"):
+            fast.FastEngine(layout="tree", compile="off").prepare(model, pairs())

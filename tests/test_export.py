@@ -78,6 +78,15 @@ def test_tiny_llama_round_trip_with_store_and_card(tiny_llama: Path, tmp_path: P
     assert fields["tokenizer.ggml.eos_token_id"] == 2 and fields["tokenizer.ggml.add_bos_token"] is False
     template = (smol_hf_folder() / "chat_template.jinja").read_text()
     assert fields["tokenizer.chat_template"] == template
+    # the model card's provenance travels in the GGUF header too
+    assert fields["general.license"] == "apache-2.0"
+    assert fields["general.base_model.count"] == 1
+    assert fields["general.base_model.0.name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert fields["jupyter_distill.run_id"] == "r1" and fields["jupyter_distill.dataset"] == "tickets.jsonl"
+    assert fields["jupyter_distill.teachers"] == "local:smollm2-135m"
+    terms = json.loads(fields["jupyter_distill.teacher_terms"])
+    assert terms["local:smollm2-135m"] == {"verdict": "allowed", "terms_version": "2026-11-01", "licence": "apache-2.0"}
+    assert len(fields["jupyter_distill.dataset_hash"]) >= 16
     tensors = fields["_tensors"]
     assert "output.weight" not in tensors  # tied embeddings: llama.cpp reuses token_embd
     assert tensors["blk.0.attn_q.weight"][1] == "F16" and tensors["blk.0.attn_norm.weight"][1] == "F32"

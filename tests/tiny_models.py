@@ -243,10 +243,11 @@ def _tiny_config(arch: str, common: dict[str, Any]) -> Any:
     if arch == "qwen3":
         return Qwen3Config(**common, head_dim=32, tie_word_embeddings=False)
     if arch == "gemma3_text":
-        # Gemma 3's own choices: head_dim independent of hidden size, query pre-attention scalar,
-        # local/global rope bases and sliding-window layers (window 8 < the check sequences).
+        # Gemma 3's own choices: head_dim 256 independent of the hidden size (as in every Gemma 3;
+        # transformers' GGUF reader assumes it), query pre-attention scalar, local/global rope bases
+        # and sliding-window layers (window 8 < the check sequences).
         return Gemma3TextConfig(
-            **common, head_dim=32, query_pre_attn_scalar=32, sliding_window=8, tie_word_embeddings=True
+            **common, head_dim=256, query_pre_attn_scalar=256, sliding_window=8, tie_word_embeddings=True
         )
     if arch == "smollm3":
         return SmolLM3Config(**common, tie_word_embeddings=True)
