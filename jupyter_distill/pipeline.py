@@ -515,7 +515,7 @@ class Run:
         if served is None or "pass_rate" not in after:
             return
         self.state.summary["student_served"]["quantize"] = qtype
-        drop = after["pass_rate"] - served.pass_rate
+        drop = round(after["pass_rate"] - served.pass_rate, 6)  # pass rates are ratios of small counts
         if drop <= MAX_QUANT_DROP:
             return
         keeps = None
@@ -532,7 +532,7 @@ class Run:
                 label=f"student_served_{lighter}",
                 respond=llama_responder(path, max_tokens=self.config.max_tokens),
             )
-            if check is not None and after["pass_rate"] - check.pass_rate <= MAX_QUANT_DROP:
+            if check is not None and round(after["pass_rate"] - check.pass_rate, 6) <= MAX_QUANT_DROP:
                 keeps = lighter
                 break
         self.state.summary["quantization_warning"] = (

@@ -108,3 +108,40 @@ def test_unexportable_architecture_is_refused_before_sampling(tmp_path: Path, op
         jd.distill(**options)
     assert info.value.field == "architecture" and "gemma3" in str(info.value)
     assert openai_server.requests_total == 0
+
+
+def test_quantization_cost_is_reported_with_the_type_that_keeps_it(tmp_path: Path, monkeypatch) -> None:
+    """More than 5 points lost by the served file: the summary says so and names q8_0, which keeps it."""
+    from types import SimpleNamespace
+
+    from jupyter_distill import evaluate, pipeline
+    from jupyter_distill.export import ExportResult
+
+    rates = {"model.q4_k_m.gguf": 0.5, "served-check.q8_0.gguf": 0.95, "model.f16.gguf": 1.0}
+    monkeypatch.setattr(evaluate, "llama_responder", lambda path, max_tokens: Path(path).name)
+    monkeypatch.setattr("jupyter_distill.export.quantize_gguf", lambda src, dst, q: Path(dst))
+    events: list = []
+
+    def fake_eval(student, label, respond):
+        state.summary[label] = {"label": label, "n": 4, "pass_rate": rates[respond], "mean_score": rates[respond]}
+        return SimpleNamespace(pass_rate=rates[respond])
+
+    state = SimpleNamespace(summary={"student_after": {"pass_rate": 1.0}})
+    run = SimpleNamespace(
+        state=state, config=SimpleNamespace(max_tokens=8), emit=events.append, name="r", _evaluate_student=fake_eval
+    )
+    result = ExportResult(
+        gguf=tmp_path / "model.q4_k_m.gguf",
+        f16_gguf=tmp_path / "model.f16.gguf",
+        merged_dir=tmp_path,
+        agreement={},
+        sha256={},
+        quantize="q4_k_m",
+    )
+    pipeline.Run._measure_served(run, result)
+    assert state.summary["student_served"]["quantize"] == "q4_k_m"
+    warning = state.summary["quantization_warning"]
+    assert "50 points" in warning and "quantize='q8_0' keeps it" in warning
+    assert events and events[0].kind == "warning"
+    line = pipeline._summary_line({**state.summary, "teacher_cost": 0.0})
+    assert "served (q4_k_m) 0.50" in line and "q8_0" in line
