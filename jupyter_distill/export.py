@@ -55,6 +55,9 @@ TESTED_ARCHITECTURES: dict[str, str] = {
 }
 SUPPORTED_ARCHITECTURES = tuple(TESTED_ARCHITECTURES)
 MIN_F16_AGREEMENT = 0.95
+# An adapter export is compared with the merged model, but llama.cpp applies the LoRA at run time
+# to f16 base weights, where the merge added it to fp32 weights: near-ties can flip either way.
+MIN_ADAPTER_AGREEMENT = 0.9
 MAX_CHECK_PROMPTS = 16  # held-out prompts taken from the run store when none are given
 
 DEFAULT_CHECK_PROMPTS: tuple[str, ...] = (
@@ -190,20 +193,45 @@ def _adapter_base(adapter_dir: Path, base_folder: str | Path | None) -> Path:
     )
 
 
-def _copy_tokenizer(sources: Sequence[Path], dest: Path) -> None:
-    """Save the tokenizer of the first source that has one (the adapter's wins: it was trained with it)."""
-    from transformers import AutoTokenizer
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
 
-    for src in sources:
-        if (src / "tokenizer.json").is_file() or (src / "tokenizer_config.json").is_file():
-            AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(dest))
-            return
-    raise ExportError(
-        f"no tokenizer found in {', '.join(map(str, sources))}. Fix: save the tokenizer next to the adapter "
-        "or the base model (tokenizer.save_pretrained(folder)).",
-        field="tokenizer",
-        value=[str(s) for s in sources],
+
+def _copy_tokenizer(sources: Sequence[Path], dest: Path) -> None:
+    """Copy the tokenizer files of the first source that has them, verbatim, then the chat template of
+    the first source that has one (the adapter's: prompts were rendered with it in training).
+
+    Verbatim, not through transformers: a load-and-save round trip can rewrite fields such as
+    ``tokenizer_class``, which llama.cpp's converter reads to pick the vocabulary type.
+    """
+    vocab_source = next(
+        (s for s in sources if (s / "tokenizer.json").is_file() or (s / "tokenizer.model").is_file()), None
     )
+    if vocab_source is None:
+        raise ExportError(
+            f"no tokenizer found in {', '.join(map(str, sources))}. Fix: save the tokenizer next to the adapter "
+            "or the base model (tokenizer.save_pretrained(folder)).",
+            field="tokenizer",
+            value=[str(s) for s in sources],
+        )
+    for name in _TOKENIZER_FILES:
+        if (vocab_source / name).is_file():
+            shutil.copyfile(vocab_source / name, dest / name)
+    template = next((t for t in (folder_chat_template(s) for s in sources) if t), None)
+    if template:
+        (dest / "chat_template.jinja").write_text(template, encoding="utf-8")
+        config_path = dest / "tokenizer_config.json"
+        if config_path.is_file():  # one template only: the .jinja file wins, drop an older inline copy
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            if config.pop("chat_template", None) is not None:
+                config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _copy_source_marker(base: Path | None, dest: Path) -> None:
@@ -515,8 +543,11 @@ def check_agreement(
     *,
     new_tokens: int = 16,
     n_ctx: int = 1024,
+    lora: str | Path | None = None,
 ) -> dict[str, Any]:
     """Greedy next-token agreement of each GGUF with the HF model, position by position.
+
+    ``lora``: a llama.cpp LoRA GGUF applied over each file (an adapter export is checked as served).
 
     The HF model generates ``new_tokens`` greedily after each prompt; llama.cpp then evaluates the
     same token sequence and at every position we compare the two argmaxes. Scoring positions along
@@ -558,7 +589,8 @@ def check_agreement(
 
     report: dict[str, Any] = {"agreement": {}, "positions": sum(len(r) for r in reference), "prompts": len(prompts)}
     for qtype, path in ggufs.items():
-        llm = load_llama(str(path), n_ctx=n_ctx, logits_all=True)
+        extra = {"lora_path": str(lora)} if lora else {}
+        llm = load_llama(str(path), n_ctx=n_ctx, logits_all=True, **extra)
         try:
             same = total = 0
             for seq, start, ref in zip(sequences, starts, reference, strict=True):
@@ -885,6 +917,115 @@ def export_gguf(
     )
 
 
+# ---------------------------------------------------------------------------------------- adapter export
+def _shared_base_key(base: Path, chat_template: str | None) -> str:
+    from jupyter_distill.hashing import content_hash
+
+    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in base.glob("*.safetensors"))
+    return content_hash(str(base), weights, chat_template or "")[:16]
+
+
+def shared_base_gguf(
+    base_folder: str | Path, quantize: str, *, shared_dir: str | Path | None = None, chat_template: str | None = None
+) -> tuple[Path, Path]:
+    """``(f16, quantized)`` GGUF of a base model, converted once and shared by every adapter over it.
+
+    Keyed by the base folder, its weight files and the chat template, under a file lock, so two
+    runs over the same base (and template) write it once and then reuse it.
+    """
+    from filelock import FileLock
+
+    from jupyter_distill.models import cache_dir
+
+    base = Path(base_folder).resolve()
+    qtype = validate_quantize(quantize)
+    root = Path(shared_dir) if shared_dir else cache_dir() / "base-gguf"
+    root.mkdir(parents=True, exist_ok=True)
+    stem = f"{base.name}-{_shared_base_key(base, chat_template)}"
+    f16, quantized = root / f"{stem}.f16.gguf", root / f"{stem}.{qtype}.gguf"
+    with FileLock(str(root / f"{stem}.lock")):
+        if not f16.is_file():
+            write_gguf(base, f16, outtype="f16", name=base.name, chat_template=chat_template)
+        if qtype != "f16" and not quantized.is_file():
+            quantize_gguf(f16, quantized, qtype)
+    return f16, (f16 if qtype == "f16" else quantized)
+
+
+def export_adapter_gguf(
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    base_folder: str | Path | None = None,
+    quantize: str | None = "q4_k_m",
+    shared_dir: str | Path | None = None,
+    check_prompts: Sequence[Any] = (),
+    check_tokens: int = 16,
+    min_agreement: float = MIN_ADAPTER_AGREEMENT,
+    name: str | None = None,
+) -> ExportResult:
+    """``export: adapter``: the LoRA as a llama.cpp LoRA GGUF beside one shared base GGUF.
+
+    Several students distilled from one base then cost one base file (and, served together, one
+    base in memory) plus a few MB each. The base is quantized as asked; the adapter is kept in f32
+    (the converter's default: low-rank factors are small, and f16 factors round differently from
+    f16 merged weights). Checked like a merged export: the base GGUF with
+    the adapter applied must agree with the merged HF model.
+    """
+    qtype = validate_quantize(quantize)
+    adapter_dir = Path(adapter_dir).resolve()
+    if not _is_adapter_dir(adapter_dir):
+        raise ExportError(
+            f"{str(adapter_dir)!r} is not a PEFT adapter folder (adapter_config.json). Fix: pass the adapter folder "
+            "the trainer wrote, or use export='merged'.",
+            field="export",
+            value="adapter",
+        )
+    base = _adapter_base(adapter_dir, base_folder)
+    _read_config(base)
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    template = folder_chat_template(adapter_dir) or folder_chat_template(base)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    f16, quantized = shared_base_gguf(base, qtype, shared_dir=shared_dir, chat_template=template)
+    timings["base_s"] = time.perf_counter() - t0
+    stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in str(name or "adapter"))
+    t0 = time.perf_counter()
+    lora = gguf_converter.run_lora_converter(adapter_dir, base, out / f"{stem}.lora.gguf", outtype="f32")
+    timings["convert_s"] = time.perf_counter() - t0
+    merged = merge_lora(adapter_dir, out / "merged", base_folder=base)
+    t0 = time.perf_counter()
+    ggufs = {"f16": f16, qtype: quantized} if qtype != "f16" else {"f16": f16}
+    report = check_agreement(merged, ggufs, check_prompts, new_tokens=check_tokens, lora=lora)
+    timings["check_s"] = time.perf_counter() - t0
+    agreement = report["agreement"]
+    if agreement["f16"] < min_agreement:
+        raise ExportError(
+            f"the base GGUF with the LoRA GGUF applied agrees with the merged model on only {agreement['f16']:.1%} "
+            f"of greedy next tokens (required {min_agreement:.0%}). Fix: use export='merged'.",
+            field="agreement",
+            value=agreement["f16"],
+        )
+    files = {"gguf": quantized, "gguf_f16": f16, "gguf_lora": lora}
+    return ExportResult(
+        gguf=quantized,
+        f16_gguf=f16,
+        merged_dir=merged,
+        agreement=agreement,
+        sha256={kind: file_sha256(path) for kind, path in files.items()},
+        quantize=qtype,
+        files=files,
+        adapter_dir=adapter_dir,
+        details={
+            "export": "adapter",
+            "lora": str(lora),
+            "tokenizer_match": report.get("tokenizer_match"),
+            "positions": report["positions"],
+            "timings": timings,
+        },
+    )
+
+
 __all__ = [
     "QUANT_TYPES",
     "SUPPORTED_ARCHITECTURES",
@@ -892,10 +1033,12 @@ __all__ = [
     "ExportResult",
     "check_agreement",
     "check_exportable",
+    "export_adapter_gguf",
     "export_gguf",
     "gguf_provenance",
     "merge_lora",
     "quantize_gguf",
+    "shared_base_gguf",
     "validate_quantize",
     "write_gguf",
     "write_model_card",

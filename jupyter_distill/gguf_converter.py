@@ -215,6 +215,45 @@ def run_converter(
     return out_path
 
 
+def run_lora_converter(
+    adapter_dir: str | Path,
+    base_folder: str | Path,
+    out_path: str | Path,
+    *,
+    outtype: str = "f16",
+    timeout: float | None = None,
+) -> Path:
+    """Convert a PEFT LoRA adapter into a llama.cpp LoRA GGUF (``convert_lora_to_gguf.py``).
+
+    The base folder is read for its config only (no weights are loaded). The script runs from its
+    own folder (it imports ``conversion`` from there and puts its ``gguf-py`` first itself).
+    """
+    folder = find_converter()
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    cmd = [
+        sys.executable, "-s", str(folder / "convert_lora_to_gguf.py"), "--base", str(Path(base_folder).resolve()),
+        "--outfile", str(tmp), "--outtype", outtype, str(Path(adapter_dir).resolve()),
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="jd-lora-") as work:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=work)
+    if proc.returncode != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-12:]
+        raise ExportError(
+            f"llama.cpp's LoRA converter failed on {str(adapter_dir)!r} (exit code {proc.returncode}):\n"
+            + "\n".join(tail)
+            + "\nFix: export with export='merged', or check that the adapter targets linear layers of the base.",
+            field="export",
+            value="adapter",
+        )
+    os.replace(tmp, out_path)
+    return out_path
+
+
 def _main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "install":
         dest = install_from_sdist(argv[1], argv[2] if len(argv) > 2 else None)

@@ -20,9 +20,11 @@ from jupyter_distill.serving import completion
 from jupyter_distill.train.student import load_student
 from jupyter_distill.train.trainer import BondTrainer, TrainPair, TrainSettings
 
-#: Architectures transformers' GGUF loader reads (its GGUF_CONFIG_MAPPING); the others are checked by
-#: llama.cpp only. SmolLM3 and Granite are not in transformers 5.23's GGUF loader.
-HF_GGUF_READER = {"llama", "qwen2", "qwen3", "gemma3_text", "phi3"}
+#: Architectures transformers' GGUF loader reads correctly; the others are checked by llama.cpp only.
+#: SmolLM3 and Granite are not in transformers 5.23's GGUF loader at all; for Qwen3 it ignores
+#: ``qwen3.attention.key_length`` and rebuilds head_dim as hidden/heads, which is wrong for every Qwen3
+#: (head_dim 128 at hidden 1024 with 16 heads), so it cannot load a Qwen3 GGUF, ours or anyone's.
+HF_GGUF_READER = {"llama", "qwen2", "gemma3_text", "phi3"}
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 

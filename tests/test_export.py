@@ -238,3 +238,41 @@ def test_a_broken_conversion_is_caught(tiny_llama: Path, tmp_path: Path, monkeyp
     with pytest.raises(ExportError) as info:
         export_gguf(tiny_llama, tmp_path / "out", quantize="f16", check_prompts=CHECK_PROMPTS)
     assert info.value.field == "agreement" and info.value.value < 0.95
+
+
+def test_adapter_export_shares_one_base(tiny_llama: Path, tmp_path: Path) -> None:
+    """export: adapter writes LoRA GGUFs over one shared base GGUF; each, applied by llama.cpp, answers
+    like its merged model, and applying the other adapter does not."""
+    from jupyter_distill.export import check_agreement, export_adapter_gguf
+
+    results = []
+    for seed in (1, 2):
+        adapter = tmp_path / f"adapter{seed}"
+        add_lora_adapter(tiny_llama, adapter, seed=seed)
+        results.append(
+            export_adapter_gguf(
+                adapter,
+                tmp_path / f"out{seed}",
+                quantize="q8_0",
+                shared_dir=tmp_path / "shared",
+                check_prompts=CHECK_PROMPTS,
+                check_tokens=16,
+                name=f"a{seed}",
+            )
+        )
+    first, second = results
+    assert first.gguf == second.gguf and first.f16_gguf == second.f16_gguf  # one base, written once
+    assert first.gguf.parent == tmp_path / "shared" and first.gguf.name.endswith(".q8_0.gguf")
+    assert sorted(p.name for p in (tmp_path / "shared").glob("*.gguf")) == sorted(
+        [first.f16_gguf.name, first.gguf.name]
+    )
+    for result in results:
+        assert result.files["gguf_lora"].is_file() and result.details["export"] == "adapter"
+        assert result.agreement["f16"] >= 0.9, result.agreement
+        assert result.files["gguf_lora"].stat().st_size < first.f16_gguf.stat().st_size / 2
+    crossed = check_agreement(
+        first.merged_dir, {"f16": first.f16_gguf}, CHECK_PROMPTS, new_tokens=16, lora=second.files["gguf_lora"]
+    )
+    assert (
+        crossed["agreement"]["f16"] < min(first.agreement["f16"], second.agreement["f16"]) - 0.2
+    )  # the adapter really is applied

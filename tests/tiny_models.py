@@ -222,6 +222,9 @@ def build_tiny_arch(folder: Path, arch: str, *, chat_template: bool = True) -> P
     tokenizer.save_pretrained(str(folder))
     if not chat_template:
         (folder / "chat_template.jinja").unlink(missing_ok=True)
+    if arch == "phi3":  # Phi-4-mini ships a GPT-2 style BPE declared as such (Phi-3 used SentencePiece)
+        path = folder / "tokenizer_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "tokenizer_class": "GPT2Tokenizer"}))
     return folder
 
 

@@ -355,6 +355,11 @@ class BondTrainer:
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
+        # The chat template prompts were rendered with travels with the adapter: export writes it
+        # into the GGUF (a base model's family default would otherwise be lost on the way).
+        template = getattr(self.student.tokenizer, "chat_template", None)
+        if isinstance(template, str) and template:
+            (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
         _replace_dir(tmp, folder)
 
     def _save_checkpoint(self, model: Any, state: dict[str, Any]) -> None:
