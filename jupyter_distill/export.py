@@ -502,16 +502,16 @@ def write_gguf(
             value=outtype,
         )
     _read_config(folder)
-    meta = dict(metadata or {})
+    extra = dict(extra_kv or {})
     if license:
-        meta.setdefault("general.license", license)
+        extra.setdefault("general.license", license)
     return gguf_converter.run_converter(
         folder,
         out_path,
         outtype=outtype,
         name=name,
-        metadata=meta,
-        extra_kv=extra_kv,
+        metadata=metadata,
+        extra_kv=extra,
         pre_tokenizer=_pre_tokenizer_hint(folder),
         vocab_from=source_gguf(folder),
         chat_template=chat_template or folder_chat_template(folder),
@@ -751,8 +751,6 @@ def gguf_provenance(
     licence = info.get("student_licence") or (base.licence if base else None)
     base_id = info.get("base_model") or (base.hf_id if base else None)
     metadata: dict[str, Any] = {}
-    if licence:
-        metadata["general.license"] = str(licence)
     if base_id:
         entry: dict[str, Any] = {"name": str(base_id)}
         if "/" in str(base_id):
@@ -763,6 +761,8 @@ def gguf_provenance(
     if not teachers and info.get("teacher"):
         teachers = {str(info["teacher"]): {"verdict": info.get("teacher_terms")}}
     extra: dict[str, Any] = {
+        # not a key the converter's metadata override reads, so it is written directly
+        "general.license": str(licence) if licence else None,
         "jupyter_distill.run_id": provenance.get("run_id") or run_id,
         "jupyter_distill.student": str(student) if student else None,
         "jupyter_distill.dataset": str(info.get("dataset") or provenance.get("config", {}).get("dataset") or "")

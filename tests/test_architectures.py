@@ -89,7 +89,9 @@ def test_architecture_trains_exports_and_serves(arch: str, tmp_path: Path) -> No
         also_quantize=("q8_0",),
         check_prompts=CHECK_PROMPTS,
         check_tokens=8,
-        card={"name": f"tiny-{arch}", "student": "smollm2-135m"},
+        # not named after the family: llama.cpp looks up family-specific tokens (Phi-3's <|end|>) when
+        # general.name contains it, and the tiny models carry SmolLM2's vocabulary
+        card={"name": "tiny-student", "student": "smollm2-135m"},
     )
     assert exported.details["tokenizer_match"] == 1.0
     assert exported.agreement["f16"] >= 0.99, exported.agreement
