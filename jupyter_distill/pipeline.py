@@ -31,6 +31,8 @@ from jupyter_distill.events import PHASES, Emit, Event, fan_out
 from jupyter_distill.hashing import content_hash, file_sha256
 from jupyter_distill.store import PromptRecord, RunLock, RunLockedError, RunStore
 
+#: Held-out pass rate the served (quantized) model may lose against fp32 before the summary warns.
+MAX_QUANT_DROP = 0.05
 STORED_EVENT_KINDS = frozenset({"run_start", "phase_start", "phase_end", "warning", "error", "run_end"})
 
 
@@ -183,6 +185,7 @@ class Run:
             # Everything the user handed over is checked before the store is touched: a typo in a
             # re-run must not mark a finished run failed or replace its config (tests/test_bad_input.py).
             prompts = self._prepare_prompts()
+            self._check_student()
             teacher = self._load_teacher()
             judge = self._load_judge(teacher)
             validate_before_requests(config, self.name, judge)
@@ -391,12 +394,21 @@ class Run:
         self.state.summary["pairs_with_rejected"] = sum(p.rejected_text is not None for p in pairs)
         return pairs
 
+    def _check_student(self) -> None:
+        """Before any teacher request: the student's prompts can be rendered, and it can be exported."""
+        from jupyter_distill.export import check_exportable
+        from jupyter_distill.train.student import student_preflight
+
+        found = student_preflight(self.config.student, self.config.chat_template)
+        if found["architecture"]:
+            check_exportable(found["architecture"], self.config.quantize)
+
     def _train(self, pairs: list[Any]) -> dict[str, Any]:
         from jupyter_distill.train.student import load_student
         from jupyter_distill.train.trainer import BondTrainer, TrainPair, TrainSettings
 
         config = self.config
-        student = load_student(config.student, device=config.device)
+        student = load_student(config.student, device=config.device, chat_template=config.chat_template)
         examples = TrainPair.from_records(pairs, self.store.get_prompts(self.name))
         settings = TrainSettings.from_config(config)
         output_dir = Path(config.workdir) / "runs" / self.name / "train"
@@ -430,7 +442,7 @@ class Run:
         self.store.put_artifact(self.name, "adapter", result.adapter_dir)
         return {"student": student, "result": result, "before": before}
 
-    def _evaluate_student(self, student: Any, label: str) -> Any:
+    def _evaluate_student(self, student: Any, label: str, respond: Any = None) -> Any:
         from jupyter_distill.evaluate import HFResponder, evaluate
 
         heldout = self.store.get_prompts(self.name, split="heldout")
@@ -451,10 +463,11 @@ class Run:
             key = (prompt.hash, response)
             return paid[key] if key in paid else judge(prompt, response)
 
-        respond = HFResponder(
-            student.model, student.tokenizer, max_new_tokens=self.config.max_tokens,
-            stop_token_ids=student.stop_token_ids(), stop=self._stop,
-        )  # fmt: skip
+        if respond is None:
+            respond = HFResponder(
+                student.model, student.tokenizer, max_new_tokens=self.config.max_tokens,
+                stop_token_ids=student.stop_token_ids(), stop=self._stop,
+            )  # fmt: skip
         summary = evaluate(self.store, self.name, heldout, respond, score, label, emit=self.emit, stop=self._stop)
         if self._stop.is_set():  # a partial evaluation is no result: the resumed run evaluates again
             raise RunStopped(f"run {self.name!r} stopped during evaluation ({label}). Resume with resume=True.")
@@ -538,12 +551,58 @@ class Run:
             raise RunStopped(f"run {self.name!r} stopped during export ({exc}). Resume with resume=True.") from None
         self.state.summary["gguf"] = str(result.gguf)
         self.state.summary["agreement"] = result.agreement
+        self._measure_served(result)
         return result
+
+    def _measure_served(self, result: Any) -> None:
+        """Held-out pass rate of the quantized file the alias will serve, next to the fp32 figure.
+
+        When quantization costs more than :data:`MAX_QUANT_DROP` of pass rate, the lighter
+        quantizations are measured too and the summary names the first that keeps the figure.
+        """
+        from jupyter_distill.evaluate import llama_responder
+        from jupyter_distill.export import quantize_gguf
+
+        qtype = result.quantize
+        served = self._evaluate_student(
+            None, label="student_served", respond=llama_responder(result.gguf, max_tokens=self.config.max_tokens)
+        )
+        after = self.state.summary.get("student_after") or {}
+        if served is None or "pass_rate" not in after:
+            return
+        self.state.summary["student_served"]["quantize"] = qtype
+        drop = round(after["pass_rate"] - served.pass_rate, 6)  # pass rates are ratios of small counts
+        if drop <= MAX_QUANT_DROP:
+            return
+        keeps = None
+        for lighter in ("q8_0", "f16"):
+            if lighter == qtype or (lighter == "q8_0" and qtype == "f16"):
+                continue
+            path = result.files.get(f"gguf_{lighter}") or (result.f16_gguf if lighter == "f16" else None)
+            if path is None:
+                path = quantize_gguf(
+                    result.f16_gguf, result.f16_gguf.with_name(f"served-check.{lighter}.gguf"), lighter
+                )
+            check = self._evaluate_student(
+                None,
+                label=f"student_served_{lighter}",
+                respond=llama_responder(path, max_tokens=self.config.max_tokens),
+            )
+            if check is not None and round(after["pass_rate"] - check.pass_rate, 6) <= MAX_QUANT_DROP:
+                keeps = lighter
+                break
+        self.state.summary["quantization_warning"] = (
+            f"quantize={qtype!r} costs {drop * 100:.0f} points of held-out pass rate "
+            f"({after['pass_rate']:.2f} in fp32, {served.pass_rate:.2f} served)"
+            + (f"; quantize={keeps!r} keeps it" if keeps else "; no lighter quantization keeps it")
+        )
+        self.emit(Event("warning", run=self.name, phase="export", message=self.state.summary["quantization_warning"]))
 
     def _finish(self, student_info: dict[str, Any], exported: Any) -> Any:
         from jupyter_distill.serving import Student
 
-        metrics = {k: self.state.summary.get(k) for k in ("teacher_best_of_n", "student_before", "student_after")}
+        keys = ("teacher_best_of_n", "student_before", "student_after", "student_served")
+        metrics = {k: self.state.summary.get(k) for k in keys if k != "student_served" or self.state.summary.get(k)}
         base_model = str(student_info["student"].hf_folder)
         if exported is not None:
             student = Student.from_export(exported, metrics=metrics, base_model=base_model, name=self.name)
@@ -658,6 +717,10 @@ def _summary_line(summary: dict[str, Any]) -> str:
         f"teacher cost ${summary.get('teacher_cost', 0.0):.4f} + judge ${summary.get('judge_cost', 0.0):.4f} "
         f"= ${summary.get('total_cost', summary.get('teacher_cost', 0.0)):.4f}",
     ]
+    if summary.get("student_served"):
+        parts.append(f"served ({summary['student_served'].get('quantize', 'gguf')}) {rate('student_served')}")
+    if summary.get("quantization_warning"):
+        parts.append(f"warning: {summary['quantization_warning']}")
     if summary.get("alias"):
         parts.append(f"alias '{summary['alias']}'")
     return "done: " + ", ".join(parts)

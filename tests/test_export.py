@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from tiny_models import CHECK_PROMPTS, add_lora_adapter, build_tiny_llama, build_tiny_qwen, smol_hf_folder
 
@@ -14,9 +13,7 @@ from jupyter_distill import runtime
 from jupyter_distill.errors import ExportError
 from jupyter_distill.export import (
     QUANT_TYPES,
-    _permute_rotary,
     export_gguf,
-    llama3_rope_factors,
     validate_quantize,
     write_gguf,
 )
@@ -75,11 +72,21 @@ def test_tiny_llama_round_trip_with_store_and_card(tiny_llama: Path, tmp_path: P
     assert fields["general.architecture"] == "llama"
     assert fields["llama.block_count"] == 2 and fields["llama.embedding_length"] == 64
     assert fields["llama.attention.head_count"] == 4 and fields["llama.attention.head_count_kv"] == 2
-    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
+    # SmolLM2's byte-level BPE with digits split one by one: llama.cpp's "smollm" pre-tokenizer
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "smollm"
     assert fields["tokenizer.ggml.tokens"] == 49152 and fields["tokenizer.ggml.merges"] > 40000
     assert fields["tokenizer.ggml.eos_token_id"] == 2 and fields["tokenizer.ggml.add_bos_token"] is False
     template = (smol_hf_folder() / "chat_template.jinja").read_text()
     assert fields["tokenizer.chat_template"] == template
+    # the model card's provenance travels in the GGUF header too
+    assert fields["general.license"] == "apache-2.0"
+    assert fields["general.base_model.count"] == 1
+    assert fields["general.base_model.0.name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert fields["jupyter_distill.run_id"] == "r1" and fields["jupyter_distill.dataset"] == "tickets.jsonl"
+    assert fields["jupyter_distill.teachers"] == "local:smollm2-135m"
+    terms = json.loads(fields["jupyter_distill.teacher_terms"])
+    assert terms["local:smollm2-135m"] == {"verdict": "allowed", "terms_version": "2026-11-01", "licence": "apache-2.0"}
+    assert len(fields["jupyter_distill.dataset_hash"]) >= 16
     tensors = fields["_tensors"]
     assert "output.weight" not in tensors  # tied embeddings: llama.cpp reuses token_embd
     assert tensors["blk.0.attn_q.weight"][1] == "F16" and tensors["blk.0.attn_norm.weight"][1] == "F32"
@@ -165,33 +172,6 @@ def test_llama3_rope_scaling_writes_rope_freqs(tmp_path: Path) -> None:
     assert result.agreement["f16"] >= 0.95, result.agreement
 
 
-def test_llama3_rope_factors_match_transformers() -> None:
-    import torch
-    from transformers import LlamaConfig
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    scaling = {
-        "rope_type": "llama3",
-        "rope_theta": 500000.0,
-        "factor": 32.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    }
-    config = LlamaConfig(hidden_size=2048, num_attention_heads=32, rope_parameters=scaling)
-    inv_scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, torch.device("cpu"))
-    inv = 1.0 / (500000.0 ** (torch.arange(0, 64, 2, dtype=torch.float64) / 64))
-    ours = llama3_rope_factors({"rope_parameters": scaling}, 64)
-    np.testing.assert_allclose(ours, (inv / inv_scaled.double()).numpy(), rtol=1e-5)
-
-
-def test_permute_rotary_pairs_halves() -> None:
-    # one head of dim 4: rows [a0, a1, b0, b1] (rotate-half halves) become [a0, b0, a1, b1]
-    w = np.arange(8, dtype=np.float32).reshape(4, 2)
-    out = _permute_rotary(w, 1)
-    np.testing.assert_array_equal(out[:, 0], [0, 4, 2, 6])
-
-
 def test_unknown_quantize_type_lists_valid_ones(tiny_llama: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError) as info:
         export_gguf(tiny_llama, tmp_path / "out", quantize="q3_weird")
@@ -206,15 +186,16 @@ def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    folder = tmp_path / "gpt2ish"
+    folder = tmp_path / "frob"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
+    config = {"model_type": "frobnicator", "architectures": ["FrobnicatorForCausalLM"], "n_embd": 8}
+    (folder / "config.json").write_text(json.dumps(config))
     save_file({"wte.weight": torch.zeros(4, 8)}, str(folder / "model.safetensors"))
     with pytest.raises(ExportError) as info:
         export_gguf(folder, tmp_path / "out", quantize="f16")
-    assert "'gpt2'" in str(info.value) and "llama" in str(info.value)
+    assert "'FrobnicatorForCausalLM'" in str(info.value) and "llama" in str(info.value)
     assert info.value.field == "architecture"
-    with pytest.raises(ExportError, match="gpt2"):
+    with pytest.raises(ExportError, match="Frobnicator"):
         write_gguf(folder, tmp_path / "x.gguf")
 
 
@@ -236,10 +217,62 @@ def test_real_smollm2_export_agreement(tmp_path: Path) -> None:
 
 
 def test_a_broken_conversion_is_caught(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The agreement check has teeth: without the q/k permutation the export is refused."""
-    from jupyter_distill import export
+    """The agreement check has teeth: a GGUF whose q/k rows lost llama.cpp's rope permutation is refused."""
+    from gguf import GGUFReader
 
-    monkeypatch.setattr(export, "_permute_rotary", lambda w, n_head: w)
+    from jupyter_distill import export, gguf_converter
+
+    real = gguf_converter.run_converter
+
+    def unpermuted(folder: Path, out_path: Path, **kwargs: object) -> Path:
+        path = real(folder, out_path, **kwargs)
+        reader = GGUFReader(str(path), "r+")  # edit tensor data in place, as a converter bug would write it
+        for tensor in reader.tensors:
+            if tensor.name.endswith(("attn_q.weight", "attn_k.weight")):
+                heads = 4 if "attn_q" in tensor.name else 2
+                rows = tensor.data.reshape(heads, tensor.data.shape[0] // heads // 2, 2, -1)
+                tensor.data[...] = rows.swapaxes(1, 2).reshape(tensor.data.shape).copy()
+        return path
+
+    monkeypatch.setattr(export.gguf_converter, "run_converter", unpermuted)
     with pytest.raises(ExportError) as info:
         export_gguf(tiny_llama, tmp_path / "out", quantize="f16", check_prompts=CHECK_PROMPTS)
     assert info.value.field == "agreement" and info.value.value < 0.95
+
+
+def test_adapter_export_shares_one_base(tiny_llama: Path, tmp_path: Path) -> None:
+    """export: adapter writes LoRA GGUFs over one shared base GGUF; each, applied by llama.cpp, answers
+    like its merged model, and applying the other adapter does not."""
+    from jupyter_distill.export import check_agreement, export_adapter_gguf
+
+    results = []
+    for seed in (1, 2):
+        adapter = tmp_path / f"adapter{seed}"
+        add_lora_adapter(tiny_llama, adapter, seed=seed)
+        results.append(
+            export_adapter_gguf(
+                adapter,
+                tmp_path / f"out{seed}",
+                quantize="q8_0",
+                shared_dir=tmp_path / "shared",
+                check_prompts=CHECK_PROMPTS,
+                check_tokens=16,
+                name=f"a{seed}",
+            )
+        )
+    first, second = results
+    assert first.gguf == second.gguf and first.f16_gguf == second.f16_gguf  # one base, written once
+    assert first.gguf.parent == tmp_path / "shared" and first.gguf.name.endswith(".q8_0.gguf")
+    assert sorted(p.name for p in (tmp_path / "shared").glob("*.gguf")) == sorted(
+        [first.f16_gguf.name, first.gguf.name]
+    )
+    for result in results:
+        assert result.files["gguf_lora"].is_file() and result.details["export"] == "adapter"
+        assert result.agreement["f16"] >= 0.9, result.agreement
+        assert result.files["gguf_lora"].stat().st_size < first.f16_gguf.stat().st_size / 2
+    crossed = check_agreement(
+        first.merged_dir, {"f16": first.f16_gguf}, CHECK_PROMPTS, new_tokens=16, lora=second.files["gguf_lora"]
+    )
+    assert (
+        crossed["agreement"]["f16"] < min(first.agreement["f16"], second.agreement["f16"]) - 0.2
+    )  # the adapter really is applied

@@ -58,6 +58,9 @@ def test_distill_end_to_end_then_rerun_pays_nothing(tmp_path, monkeypatch, opena
     summary = run["summary"]
     assert summary["teacher_best_of_n"]["pass_rate"] == 1.0  # a right answer is always among 4 candidates
     assert summary["student_before"]["n"] == summary["student_after"]["n"] == 2
+    # the file the alias serves is measured too, next to the fp32 figure
+    assert summary["student_served"]["n"] == 2 and summary["student_served"]["quantize"] == "f16"
+    assert student.metrics["student_served"] == summary["student_served"]
     assert summary["pairs"] == 8 and summary["pairs_with_rejected"] == 8
     assert {"adapter", "gguf"} <= set(store.get_artifacts("numbers"))
     assert [m["step"] for m in store.get_metrics("numbers", "loss")] == [1, 2, 3]

@@ -182,3 +182,88 @@ def add_lora_adapter(base: Path, adapter_dir: Path, *, seed: int = 1) -> Any:
     data["base_model_name_or_path"] = str(base)
     (adapter_dir / "adapter_config.json").write_text(json.dumps(data))
     return peft_model
+
+
+#: Every architecture of STUDENT_MODEL_MAP (and the families added with them), as the transformers
+#: config class a real checkpoint of it has. Sizes are tiny; the intermediate size is 256 so that the
+#: FFN down projection has k-quant-sized rows and q4_k_m really uses k-quants for it.
+TINY_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3_text", "smollm3", "phi3", "granite")
+
+
+def build_tiny_arch(folder: Path, arch: str, *, chat_template: bool = True) -> Path:
+    """A 2-layer random-init model of ``arch``'s exact config class with SmolLM2's real tokenizer.
+
+    ``chat_template=False`` saves the tokenizer without one, as a base (pre-trained) model ships.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smol_hf_folder()))
+    common: dict[str, Any] = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-6,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    config = _tiny_config(arch, common)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    _widen(model, 0.15)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    if not chat_template:
+        tokenizer.chat_template = None
+    tokenizer.save_pretrained(str(folder))
+    if not chat_template:
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+    if arch == "phi3":  # Phi-4-mini ships a GPT-2 style BPE declared as such (Phi-3 used SentencePiece)
+        path = folder / "tokenizer_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "tokenizer_class": "GPT2Tokenizer"}))
+    return folder
+
+
+def _tiny_config(arch: str, common: dict[str, Any]) -> Any:
+    from transformers import (
+        Gemma3TextConfig,
+        GraniteConfig,
+        LlamaConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+        SmolLM3Config,
+    )
+
+    if arch == "llama":
+        return LlamaConfig(**common, tie_word_embeddings=True)
+    if arch == "qwen2":
+        return Qwen2Config(**common, tie_word_embeddings=False)
+    if arch == "qwen3":
+        return Qwen3Config(**common, head_dim=32, tie_word_embeddings=False)
+    if arch == "gemma3_text":
+        # Gemma 3's own choices: head_dim 256 independent of the hidden size (as in every Gemma 3;
+        # transformers' GGUF reader assumes it), query pre-attention scalar, local/global rope bases
+        # and sliding-window layers (window 8 < the check sequences).
+        return Gemma3TextConfig(
+            **common, head_dim=256, query_pre_attn_scalar=256, sliding_window=8, tie_word_embeddings=True
+        )
+    if arch == "smollm3":
+        return SmolLM3Config(**common, tie_word_embeddings=True)
+    if arch == "phi3":
+        return Phi3Config(**common, tie_word_embeddings=False)
+    if arch == "granite":
+        # Granite scales embeddings, residuals, attention and logits by its own multipliers.
+        return GraniteConfig(
+            **common,
+            tie_word_embeddings=True,
+            embedding_multiplier=4.0,
+            residual_multiplier=0.5,
+            attention_multiplier=0.1,
+            logits_scaling=2.0,
+        )
+    raise ValueError(f"no tiny config for {arch!r}")

@@ -142,6 +142,24 @@ def _unsupported(model: Any) -> str | None:
     return None
 
 
+def sliding_window(model: Any) -> int | None:
+    """The attention window of a model with sliding-window layers (Gemma 2/3, Mistral), else None.
+
+    A custom 4-D tree mask replaces the mask transformers builds, sliding window included, so on
+    such a model the tree layout would let sliding layers see past their window: the fast path
+    then uses the two-sequence layout, where transformers builds its own (sliding) masks.
+    """
+    _, _, config = _parts(model)
+    text = getattr(config, "get_text_config", lambda: config)()
+    window = getattr(text, "sliding_window", None)
+    if not window:
+        return None
+    types = getattr(text, "layer_types", None)
+    if types is not None:
+        return int(window) if "sliding_attention" in types else None
+    return int(window) if getattr(text, "use_sliding_window", True) else None
+
+
 class FastEngine:
     """BOND step engine for CUDA (and CPU in reference mode); see the module docstring."""
 
@@ -211,19 +229,28 @@ class FastEngine:
         _, _, config = _parts(model)
         attn = getattr(config, "_attn_implementation", None) or "eager"
         unsloth = is_unsloth_model(model)
-        mask_ok = attn in ("sdpa", "eager", "flex_attention") and not unsloth
+        window = sliding_window(model)
+        mask_ok = attn in ("sdpa", "eager", "flex_attention") and not unsloth and window is None
         if self.layout == "tree" and not mask_ok:
+            why = (
+                f"this model has sliding-window attention (window {window}), which a custom mask would override"
+                if window is not None
+                else f"this model uses {attn!r}{' patched by Unsloth' if unsloth else ''}"
+            )
             raise TrainingError(
                 f"fast engine: layout='tree' needs an attention implementation that takes a custom 4-D mask "
-                f"(sdpa, eager, flex_attention); this model uses {attn!r}{' patched by Unsloth' if unsloth else ''}.",
+                f"(sdpa, eager, flex_attention) and no sliding window; {why}.",
                 field="layout",
                 value=self.layout,
                 fix="use layout='auto' or 'sequences', or load the model with attn_implementation='sdpa'",
             )
         self._resolved_layout = ("tree" if mask_ok else "sequences") if self.layout == "auto" else self.layout
         device = model_device(model)
+        why_layout = f"attention {attn}{', Unsloth-patched' if unsloth else ''}"
+        if window is not None:
+            why_layout += f", sliding window {window} kept by transformers' own masks"
         notes = [
-            f"layout={self._resolved_layout} (attention {attn}{', Unsloth-patched' if unsloth else ''})",
+            f"layout={self._resolved_layout} ({why_layout})",
             "chunked log-prob/KL",
             "reference hidden states cached once" if self.gamma > 0 else "reference log-probs cached once",
         ]

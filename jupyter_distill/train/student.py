@@ -18,6 +18,7 @@ Why this module exists rather than a bare ``from_pretrained``:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -44,7 +45,7 @@ class StudentInfo:
     base_id: str | None  # hub id when known (model card, licence chain)
     licence: str | None
     gguf: str | None  # the GGUF the student came from, when it came from one
-    chat_template_source: str  # "gguf" or "tokenizer"
+    chat_template_source: str  # "config", "gguf", "tokenizer" or "family:<name>" (a base model's default)
     end_of_turn_id: int
     end_of_turn: str
 
@@ -174,7 +175,7 @@ def resolve_student_folder(spec: str) -> tuple[Path, str, models.StudentModel | 
 
 
 def _folder_for_map_entry(entry: models.StudentModel) -> tuple[Path, str, models.StudentModel, Path | None]:
-    local = next((m for m in models.LOCAL_MODELS.values() if m.student_key == entry.key and m.instruct), None)
+    local = next((m for m in models.LOCAL_MODELS.values() if m.student_key == entry.key), None)
     if entry.offline_source and local is not None:
         try:
             gguf = models.resolve_local_gguf(local.name)
@@ -236,11 +237,14 @@ def gguf_chat_template(gguf: Path) -> str | None:
         return None
 
 
-def load_student(spec: str, device: str = "auto") -> LoadedStudent:
+def load_student(spec: str, device: str = "auto", chat_template: str | None = None) -> LoadedStudent:
     """Load the student ``spec`` for LoRA training on ``device`` (``auto``, ``cpu``, ``cuda``).
 
     ``spec``: a ``STUDENT_MODEL_MAP`` key, a local HF folder, or a ``.gguf`` path (dequantized once
-    into a cached HF folder). fp32 on CPU, bf16 on CUDA.
+    into a cached HF folder). fp32 on CPU, bf16 on CUDA. ``chat_template`` overrides the student's
+    own; a base model without one gets its family's (:func:`jupyter_distill.models.family_chat_template`).
+    The template ends up in the tokenizer the adapter is saved with, and export writes it into
+    the GGUF, so the served model renders prompts exactly as training did.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -290,22 +294,22 @@ def load_student(spec: str, device: str = "auto") -> LoadedStudent:
     model.config.use_cache = False  # training never uses the KV cache; generation turns it back on
 
     template_source = "tokenizer"
-    if gguf is not None:
-        served = gguf_chat_template(gguf)
-        if served:
-            # llama.cpp serves the GGUF with this template: train on exactly that rendering.
-            if tokenizer.chat_template != served:
-                tokenizer.chat_template = served
-            template_source = "gguf"
+    served = gguf_chat_template(gguf) if gguf is not None else None
+    if chat_template:
+        tokenizer.chat_template = chat_template
+        template_source = "config"
+    elif served:
+        # llama.cpp serves the GGUF with this template: train on exactly that rendering.
+        if tokenizer.chat_template != served:
+            tokenizer.chat_template = served
+        template_source = "gguf"
     if not tokenizer.chat_template:
-        raise TrainingError(
-            f"student {spec!r} has no chat template, so prompts cannot be rendered the way the model will be "
-            "served. Fix: use an instruct model, or set `chat_template` in the folder's tokenizer_config.json "
-            "(or chat_template.jinja).",
-            field="student",
-            value=str(spec),
-            fix="use an instruct/chat model with a chat template",
-        )
+        architecture = str(getattr(config, "model_type", ""))
+        family = models.family_chat_template(architecture, tokenizer.get_vocab())
+        if family is None:
+            raise _no_template(spec, architecture)
+        tokenizer.chat_template = family[1]
+        template_source = f"family:{family[0]}"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     eot_id, eot = end_of_turn_token(tokenizer)
@@ -324,6 +328,109 @@ def load_student(spec: str, device: str = "auto") -> LoadedStudent:
         end_of_turn=eot,
     )
     return LoadedStudent(model=model, tokenizer=tokenizer, info=info, hf_folder=folder)
+
+
+def _no_template(spec: str, architecture: str) -> ConfigError:
+    return ConfigError(
+        f"student {spec!r} (architecture {architecture!r}) has no chat template and its family has no default, "
+        "so prompts cannot be rendered the way the model will be served. Fix: set `chat_template:` in the "
+        f"config (a Jinja template), or use one of the families with a default: {', '.join(models.CHAT_TEMPLATES)}.",
+        field="chat_template",
+        value=None,
+        fix="set chat_template",
+    )
+
+
+def _folder_template(folder: Path) -> str | None:
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    try:
+        value = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _folder_vocabulary(folder: Path) -> set[str]:
+    try:
+        data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    vocab = set(data.get("model", {}).get("vocab", {}))
+    return vocab | {t.get("content", "") for t in data.get("added_tokens", [])}
+
+
+def _gguf_summary(path: Path) -> tuple[str, str | None, set[str]]:
+    """``(architecture, chat template, special-looking tokens)`` from a GGUF header, no tensors read."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    arch_field = reader.fields.get("general.architecture")
+    arch = str(arch_field.contents()) if arch_field is not None else ""
+    field = reader.fields.get("tokenizer.chat_template")
+    template = str(field.contents()) if field is not None else None
+    markers: set[str] = set()
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        wanted = {"<|start_header_id|>", "<|im_start|>"}
+        markers = {t for t in tokens.contents() if t in wanted}
+    return arch, template, markers
+
+
+def student_preflight(spec: str, chat_template: str | None = None) -> dict[str, str]:
+    """Check, without loading weights, that ``spec``'s prompts can be rendered; say how and with what.
+
+    Returns ``{"architecture", "chat_template_source"}``. Raises ``ConfigError`` (field
+    ``chat_template``) for a student with no template, no family default and no override, and
+    ``TrainingError`` for a student whose weights are not available offline. Meant to run before
+    any teacher request is paid for.
+    """
+    spec = str(spec)
+    entry = models.STUDENT_MODEL_MAP.get(spec)
+    path = Path(spec).expanduser()
+    template: str | None = None
+    vocabulary: set[str] = set()
+    if entry is not None or path.suffix.lower() == ".gguf":
+        gguf = _map_entry_gguf(entry) if entry is not None else path
+        if gguf is not None and gguf.is_file():
+            architecture, template, vocabulary = _gguf_summary(gguf)
+        elif entry is not None:
+            folder = _folder_for_map_entry(entry)[0]  # raises when not available offline
+            architecture = entry.architecture
+            template, vocabulary = _folder_template(folder), _folder_vocabulary(folder)
+        else:
+            resolve_student_folder(spec)  # raises: the GGUF does not exist
+            architecture = ""
+    elif path.is_dir():
+        try:
+            architecture = str(json.loads((path / "config.json").read_text()).get("model_type", ""))
+        except (OSError, ValueError):
+            architecture = ""
+        template, vocabulary = _folder_template(path), _folder_vocabulary(path)
+    else:
+        resolve_student_folder(spec)  # raises with the list of known keys
+        architecture = ""
+    if chat_template:
+        source = "config"
+    elif template:
+        source = "gguf" if entry is None and path.suffix.lower() == ".gguf" else "tokenizer"
+    else:
+        family = models.family_chat_template(architecture, vocabulary)
+        if family is None:
+            raise _no_template(spec, architecture)
+        source = f"family:{family[0]}"
+    return {"architecture": architecture, "chat_template_source": source}
+
+
+def _map_entry_gguf(entry: models.StudentModel) -> Path | None:
+    local = next((m for m in models.LOCAL_MODELS.values() if m.student_key == entry.key), None)
+    if not entry.offline_source or local is None:
+        return None
+    try:
+        return models.resolve_local_gguf(local.name)
+    except ConfigError as exc:
+        raise TrainingError(str(exc), field="student", value=entry.key, fix=exc.fix) from None
 
 
 @contextmanager
@@ -380,5 +487,6 @@ __all__ = [
     "quiet_transformers",
     "resolve_device",
     "resolve_student_folder",
+    "student_preflight",
     "training_dtype",
 ]

@@ -53,8 +53,12 @@ ALL_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gat
 #: ``all-linear`` (every linear layer but the output head).
 DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     arch: ALL_PROJECTIONS
-    for arch in ("llama", "qwen2", "qwen3", "gemma3", "gemma3_text", "gemma2", "gemma", "mistral", "phi3", "olmo2")
-}
+    for arch in (
+        "llama", "qwen2", "qwen3", "gemma3", "gemma3_text", "gemma2", "gemma", "mistral", "olmo2", "smollm3", "granite"
+    )
+}  # fmt: skip
+# Phi-3/Phi-4-mini fuse q/k/v into one projection and gate/up into another.
+DEFAULT_TARGET_MODULES["phi3"] = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 #: Metrics every step writes to the store and sends as an event, in display order.
 STEP_METRICS: tuple[str, ...] = (
@@ -351,6 +355,11 @@ class BondTrainer:
         tmp = _tmp_dir(folder)
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
+        # The chat template prompts were rendered with travels with the adapter: export writes it
+        # into the GGUF (a base model's family default would otherwise be lost on the way).
+        template = getattr(self.student.tokenizer, "chat_template", None)
+        if isinstance(template, str) and template:
+            (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
         _replace_dir(tmp, folder)
 
     def _save_checkpoint(self, model: Any, state: dict[str, Any]) -> None:
