@@ -431,6 +431,7 @@ class Decoder:
         self.owners: dict[int, Request] = {}  # id(sequence) -> its request
 
     def run(self, feed: Any) -> None:
+        error: BaseException | None = None
         try:
             while True:
                 self._take_in(feed())
@@ -443,12 +444,17 @@ class Decoder:
                     if not more:
                         return
                     self._take_in(more)
-        finally:
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:  # every request still here hears why it will get no answer
+            unanswered = {id(r): r for r in [self.owners[id(seq)] for seq in self.running]}
+            unanswered.update((id(r), r) for r, _ in self.waiting)
             for seq in self.running:
                 self._release(seq)
-            for request, _ in self.waiting:
-                request.finish(RuntimeError("the decoder stopped before this prompt was decoded"))
             self.running, self.waiting = [], deque()
+            for request in unanswered.values():
+                request.finish(error or RuntimeError("the decoder stopped before this prompt was decoded"))
 
     def _take_in(self, requests: Sequence[Request]) -> None:
         for request in requests:

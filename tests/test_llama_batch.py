@@ -147,3 +147,54 @@ def test_teacher_errors_name_the_field(gguf):
     with pytest.raises(TeacherError) as info:
         asyncio.run(teacher.sample(msgs("word " * 400), n=2, max_tokens=8, seed=1))
     assert "n_ctx" in str(info.value)
+
+
+def test_gguf_responder_answers_in_batches_what_greedy_chat_completion_gives(gguf, tmp_path):
+    from jupyter_distill.data import load_dataset
+    from jupyter_distill.evaluate import evaluate, llama_responder
+
+    respond = llama_responder(gguf, max_tokens=12)
+    prompts = load_dataset([{"prompt": p} for p in PROMPTS])
+    calls: list[int] = []
+    batch = respond.batch
+
+    def counting(chunk):
+        calls.append(len(chunk))
+        return batch(chunk)
+
+    respond.batch = counting
+    summary = evaluate(None, "r", prompts, respond, lambda row, answer: bool(answer.strip()), "gguf_after")
+    assert calls == [3] and summary.n == 3 and summary.pass_rate == 1.0
+    with use_llama(gguf) as llm:
+        expected = []
+        for p in prompts:
+            llm.reset()
+            out = llm.create_chat_completion(messages=p.messages, temperature=0.0, max_tokens=12)
+            expected.append(out["choices"][0]["message"]["content"])
+    assert batch([p.messages for p in prompts]) == expected
+    assert respond(prompts[1].messages) == expected[1]
+
+
+def test_a_decode_failure_reaches_every_waiting_caller_and_the_teacher_recovers(gguf, monkeypatch):
+    from jupyter_distill.llama_batch import BatchContext
+
+    teacher = load_teacher("local:smollm2-135m", n_threads=THREADS)
+    calls = {"n": 0}
+    original = BatchContext.decode
+
+    def failing(self, entries):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("llama_decode failed with status -3")
+        return original(self, entries)
+
+    monkeypatch.setattr(BatchContext, "decode", failing)
+
+    async def both():
+        jobs = (teacher.sample(msgs(p), n=2, max_tokens=16, seed=1) for p in PROMPTS[:2])
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    results = asyncio.run(both())
+    assert all(isinstance(r, TeacherError) and "status -3" in str(r) for r in results), results
+    monkeypatch.setattr(BatchContext, "decode", original)
+    assert len(asyncio.run(teacher.sample(msgs(PROMPTS[0]), n=1, max_tokens=4, seed=1))) == 1

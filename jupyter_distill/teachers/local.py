@@ -145,8 +145,10 @@ class LlamaTeacher:
                 future.set_result((results, time.monotonic() - started))
 
         def on_done(results: list[dict[str, Any]], error: BaseException | None) -> None:
-            if not loop.is_closed():
+            try:
                 loop.call_soon_threadsafe(deliver, future, results, error)
+            except RuntimeError:  # the caller's event loop is gone: nobody waits for this answer
+                pass
 
         request = Request(job, on_done)
         self._submit(request)
