@@ -17,7 +17,12 @@ incomplete UTF-8) are the same. The logits of a sequence do not depend on what e
 batch because every sequence has its *own* KV stream (``kv_unified = false``), filled from its
 first cell in position order exactly as a lone sequence fills it, and llama.cpp's CPU matrix
 products compute each token's row on its own. ``tests/test_llama_batch.py`` checks that a
-candidate decoded alone, in a full batch, and through ``create_chat_completion`` are equal.
+candidate decoded alone, in a full batch, with fewer slots, and through ``create_chat_completion``
+on a fresh context are equal. (A plain loop of ``create_chat_completion`` calls on one context is
+*not* that reproducible: from the second call on, llama-cpp-python keeps the cached prompt and
+re-evaluates only its last token, in a one-token batch, which rounds differently from the
+prompt-wide batch and can change the first sampled token. The batch always evaluates a prompt
+whole, so candidate ``i`` depends only on the prompt and its seed.)
 
 The batched context is a second ``llama_context`` on the already-loaded model (weights shared,
 only a KV cache and compute buffers added), created on first use and freed with the model.
@@ -259,6 +264,9 @@ class BatchContext:
     """
 
     def __init__(self, llm: Any, sequences: int, per_sequence: int, *, flash_attn: bool = False):
+        """``flash_attn`` stays off by default, as in ``Llama``'s own context, so that the
+        attention arithmetic (and with it every sampled token) is the one a lone
+        ``create_chat_completion`` uses."""
         import llama_cpp
 
         self.llm = llm
@@ -429,6 +437,7 @@ class Decoder:
         self.free: list[int] = []
         self.running: list[_Sequence] = []
         self.owners: dict[int, Request] = {}  # id(sequence) -> its request
+        self.unbatched = False  # no multi-sequence context could be made: every request one by one
 
     def run(self, feed: Any) -> None:
         error: BaseException | None = None
@@ -463,13 +472,8 @@ class Decoder:
             except Exception as exc:  # e.g. a prompt longer than the context: this prompt only
                 request.finish(exc)
                 continue
-            if request.plan is None:  # a feature the batch lacks: the plain path, one by one
-                try:
-                    request.results = list(_sequential(self.llm, request.job))
-                except Exception as exc:
-                    request.finish(exc)
-                else:
-                    request.finish()
+            if request.plan is None or self.unbatched:  # a feature the batch lacks: the plain path
+                self._answer_one_by_one(request)
                 continue
             if not request.job.seeds:
                 request.finish()
@@ -498,9 +502,22 @@ class Decoder:
             return True
         if self.running:
             return False
-        self.context = batch_context(self.llm, self.sequences, max(need, 512))
+        try:
+            self.context = batch_context(self.llm, self.sequences, max(need, 512))
+        except RuntimeError:  # llama.cpp refused the multi-sequence context (memory, model kind)
+            self.unbatched = True
+            return False
         self.free = list(range(min(self.sequences, self.context.sequences)))
         return True
+
+    def _answer_one_by_one(self, request: Request) -> None:
+        """The plain path for a request the batch cannot take: ``create_chat_completion`` per seed."""
+        try:
+            request.results = list(_sequential(self.llm, request.job))
+        except Exception as exc:
+            request.finish(exc)
+        else:
+            request.finish()
 
     def _admit(self) -> None:
         """Evaluate each new prompt once into its first slot and copy it to the group's other slots.
@@ -509,7 +526,13 @@ class Decoder:
         candidates sample their first token from the logits of the prompt's last token.
         """
         groups: list[list[_Sequence]] = []
-        while self.waiting and self._fit(self.waiting[0][0]) and len(self.waiting[0][1]) <= len(self.free):
+        fits = bool(self.waiting) and self._fit(self.waiting[0][0])
+        if self.unbatched and not self.running:
+            for request in {id(r): r for r, _ in self.waiting}.values():
+                self._answer_one_by_one(request)
+            self.waiting = deque()
+            return
+        while fits and self.waiting and self._fit(self.waiting[0][0]) and len(self.waiting[0][1]) <= len(self.free):
             request, candidates = self.waiting.popleft()
             plan = request.plan
             assert plan is not None

@@ -198,3 +198,17 @@ def test_a_decode_failure_reaches_every_waiting_caller_and_the_teacher_recovers(
     assert all(isinstance(r, TeacherError) and "status -3" in str(r) for r in results), results
     monkeypatch.setattr(BatchContext, "decode", original)
     assert len(asyncio.run(teacher.sample(msgs(PROMPTS[0]), n=1, max_tokens=4, seed=1))) == 1
+
+
+def test_without_a_multi_sequence_context_every_request_is_answered_one_by_one(gguf, monkeypatch):
+    import jupyter_distill.llama_batch as llama_batch
+
+    def refuse(llm, sequences, per_sequence):
+        raise RuntimeError("llama.cpp could not create a batched context")
+
+    with use_llama(gguf, n_threads=THREADS) as llm:
+        expected = texts(batched_chat_completions(llm, [ChatJob(msgs(PROMPTS[0]), (1,), 0.8, 6)]))
+        monkeypatch.setattr(llama_batch, "batch_context", refuse)
+        llm.reset()
+        got = texts(batched_chat_completions(llm, [ChatJob(msgs(PROMPTS[0]), (1,), 0.8, 6)]))
+    assert got == expected

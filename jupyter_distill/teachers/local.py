@@ -13,7 +13,11 @@ a prompt share one prompt evaluation and decode as parallel sequences, and the p
 sampling's workers hand in concurrently join the same batch as slots free up. Candidate ``i``
 has its own sampler seeded ``seed + i`` and its own KV stream, so it is the same text whether it
 is decoded alone or among others, and the same as ``create_chat_completion(seed=seed + i)`` on a
-fresh context: any single candidate can be regenerated exactly on its own.
+fresh context: any single candidate can be regenerated exactly on its own. Sample keys and
+provenance are what they were (``n_per_request`` stays 1: each candidate has its own seed), so
+stores written by the former one-by-one loop keep their samples; only candidates 1..n-1 that
+loop produced may differ in text from what the batch gives for the same seed, because the loop
+re-evaluated the cached prompt's last token alone (see :mod:`jupyter_distill.llama_batch`).
 """
 
 from __future__ import annotations
