@@ -218,9 +218,9 @@ def _measure(path: Path, threads: int) -> float:
         for p in CALIBRATION_PROMPTS
     ]
     with use_llama(path, n_threads=threads) as llm:
-        batched_chat_completions(llm, jobs[:1])  # warm-up: the batched context and its buffers
+        batched_chat_completions(llm, jobs[:1], threads=threads)  # warm-up: the context and its buffers
         started = time.perf_counter()
-        rows = batched_chat_completions(llm, jobs)
+        rows = batched_chat_completions(llm, jobs, threads=threads)
         seconds = time.perf_counter() - started
     tokens = sum(int(r["usage"]["completion_tokens"]) for row in rows for r in row)
     return tokens / max(seconds, 1e-9)
@@ -233,10 +233,10 @@ def local_throughput(path: str | Path, *, n_threads: int | None = None, refresh:
     number of sequences decoded side by side, so a new model, a re-exported file or another
     thread count is measured afresh.
     """
-    from jupyter_distill.runtime import default_threads
+    from jupyter_distill.llama_batch import batch_threads
 
     path = Path(path)
-    threads = int(n_threads or default_threads())
+    threads = batch_threads(n_threads)
     key = _calibration_key(path, threads)
     file = cache_dir() / "throughput.json"
     with _calibration_lock:

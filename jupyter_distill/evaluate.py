@@ -311,7 +311,7 @@ class LlamaResponder:
 
         jobs = [ChatJob(list(messages), (0,), 0.0, self.max_tokens) for messages in batch]
         with use_llama(self.gguf_path, n_ctx=self.n_ctx, n_threads=self.n_threads) as llm:
-            rows = batched_chat_completions(llm, jobs, sequences=max(1, self.batch_size))
+            rows = batched_chat_completions(llm, jobs, sequences=max(1, self.batch_size), threads=self.n_threads)
         return [str(row[0]["choices"][0]["message"]["content"] or "") for row in rows]
 
 

@@ -32,6 +32,7 @@ Callers hold the model through :func:`jupyter_distill.runtime.use_llama` while t
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import weakref
 from collections import deque
@@ -43,6 +44,21 @@ import numpy as np
 
 # Sequences decoded side by side: beyond ~16 a step on 2 cores is no longer weight-bound.
 DEFAULT_SEQUENCES = 16
+# Threads of the batched context when nobody says: measured on a 2-core machine shared with
+# other work (``benchmarks/local_sampling.py``), 2 threads decoded 16 sequences 5-8x *slower*
+# than 1, because llama.cpp's threads spin-wait for each other and lose their core to the other
+# processes. ``JUPYTER_DISTILL_LLAMA_THREADS`` or an explicit ``n_threads`` overrides it.
+DEFAULT_BATCH_THREADS = 1
+
+
+def batch_threads(n_threads: int | None = None) -> int:
+    """Threads for batched decoding: ``n_threads``, else ``JUPYTER_DISTILL_LLAMA_THREADS``, else 1."""
+    if n_threads:
+        return max(1, int(n_threads))
+    value = os.environ.get("JUPYTER_DISTILL_LLAMA_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_BATCH_THREADS
+
+
 _UNSUPPORTED = ("logits_processor", "grammar", "logit_bias", "logprobs")
 # The one stopping criterion chat templates add: "the last evaluated token is a stop token". It
 # reads only the token ids, so the batch can ask it the same question ``Llama.generate`` does.
@@ -263,7 +279,9 @@ class BatchContext:
     longer prompt plus ``max_tokens`` arrives.
     """
 
-    def __init__(self, llm: Any, sequences: int, per_sequence: int, *, flash_attn: bool = False):
+    def __init__(
+        self, llm: Any, sequences: int, per_sequence: int, *, threads: int | None = None, flash_attn: bool = False
+    ):
         """``flash_attn`` stays off by default, as in ``Llama``'s own context, so that the
         attention arithmetic (and with it every sampled token) is the one a lone
         ``create_chat_completion`` uses."""
@@ -281,10 +299,10 @@ class BatchContext:
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
-        # Every decode here is a batch, which llama.cpp runs on ``n_threads_batch`` threads; the
-        # model's ``n_threads`` is the count the caller chose (``Llama`` defaults the batch count
-        # to every core, which on a busy host makes spin-waiting threads several times slower).
-        threads = int(llm.context_params.n_threads)
+        # Every decode here is a batch, which llama.cpp runs on ``n_threads_batch`` threads; both
+        # get the same count (``Llama`` would default the batch count to every core).
+        threads = batch_threads(threads)
+        self.threads = threads
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = True
@@ -344,22 +362,24 @@ _contexts: weakref.WeakKeyDictionary[Any, BatchContext] = weakref.WeakKeyDiction
 _contexts_lock = threading.Lock()
 
 
-def batch_context(llm: Any, sequences: int, per_sequence: int) -> BatchContext:
+def batch_context(llm: Any, sequences: int, per_sequence: int, threads: int | None = None) -> BatchContext:
     """The batched context of ``llm`` with at least this shape, created (or grown) on demand.
 
     It is registered on the model's own exit stack, so ``llm.close()`` frees it before the
     weights it points at.
     """
     per_sequence = -(-per_sequence // 256) * 256
+    threads = batch_threads(threads)
     with _contexts_lock:
         current = _contexts.get(llm)
         if current is not None and not current.closed:
-            if current.sequences >= sequences and current.per_sequence >= per_sequence:
+            big_enough = current.sequences >= sequences and current.per_sequence >= per_sequence
+            if big_enough and current.threads == threads:
                 return current
             sequences = max(sequences, current.sequences)
             per_sequence = max(per_sequence, current.per_sequence)
             current.close()
-        context = BatchContext(llm, sequences, per_sequence)
+        context = BatchContext(llm, sequences, per_sequence, threads=threads)
         llm._stack.callback(context.close)
         _contexts[llm] = context
         return context
@@ -424,10 +444,11 @@ class Decoder:
     A finished candidate frees its slot at once, and the next waiting prompt takes it.
     """
 
-    def __init__(self, llm: Any, *, sequences: int = DEFAULT_SEQUENCES):
+    def __init__(self, llm: Any, *, sequences: int = DEFAULT_SEQUENCES, threads: int | None = None):
         import llama_cpp
 
         self.llm = llm
+        self.threads = threads
         self.sequences = max(1, int(sequences))
         self.context: BatchContext | None = None
         self.vocab = llm._model.vocab
@@ -503,7 +524,7 @@ class Decoder:
         if self.running:
             return False
         try:
-            self.context = batch_context(self.llm, self.sequences, max(need, 512))
+            self.context = batch_context(self.llm, self.sequences, max(need, 512), self.threads)
         except RuntimeError:  # llama.cpp refused the multi-sequence context (memory, model kind)
             self.unbatched = True
             return False
@@ -608,7 +629,7 @@ class Decoder:
 
 
 def batched_chat_completions(
-    llm: Any, jobs: Sequence[ChatJob], *, sequences: int = DEFAULT_SEQUENCES
+    llm: Any, jobs: Sequence[ChatJob], *, sequences: int = DEFAULT_SEQUENCES, threads: int | None = None
 ) -> list[list[dict[str, Any]]]:
     """For each job, one chat completion per seed, equal to ``create_chat_completion(seed=...)``.
 
@@ -616,7 +637,7 @@ def batched_chat_completions(
     the batch does not do (a grammar, logprobs, a custom handler) are generated one by one
     with ``create_chat_completion``; an error in one job (e.g. a prompt longer than the
     context) is raised after the other jobs are decoded. ``sequences`` bounds the sequences
-    decoded at once.
+    decoded at once; ``threads`` defaults to :func:`batch_threads`.
     """
     requests = [Request(job) for job in jobs]
     pending = list(requests)
@@ -626,7 +647,7 @@ def batched_chat_completions(
         pending.clear()
         return taken
 
-    Decoder(llm, sequences=sequences).run(feed)
+    Decoder(llm, sequences=sequences, threads=threads).run(feed)
     for request in requests:
         if request.error is not None:
             raise request.error
@@ -634,11 +655,13 @@ def batched_chat_completions(
 
 
 __all__ = [
+    "DEFAULT_BATCH_THREADS",
     "DEFAULT_SEQUENCES",
     "BatchContext",
     "ChatJob",
     "Decoder",
     "Request",
     "batch_context",
+    "batch_threads",
     "batched_chat_completions",
 ]

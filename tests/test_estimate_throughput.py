@@ -7,8 +7,8 @@ import json
 import pytest
 
 from jupyter_distill import estimate as estimate_module
+from jupyter_distill.llama_batch import batch_threads
 from jupyter_distill.models import resolve_local_gguf
-from jupyter_distill.runtime import default_threads
 
 ROWS = [{"prompt": f"Extract the name from: ticket {i} from Ada"} for i in range(10)]
 
@@ -33,7 +33,7 @@ def test_calibration_is_measured_once_then_read_from_the_cache(cache):
 
 def test_estimate_times_local_sampling_from_the_measured_throughput(cache):
     path = resolve_local_gguf("smollm2-135m")
-    key = estimate_module._calibration_key(path, default_threads())
+    key = estimate_module._calibration_key(path, batch_threads())
     cache.write_text(json.dumps({key: {"tokens_per_s": 50.0, "measured_at": "2026-11-29T17:00:00Z"}}))
     result = estimate_module.estimate(dataset=ROWS, teacher="local:smollm2-135m", n_samples=4, max_tokens=64)
     assert result.sampling_seconds == pytest.approx(result.output_tokens_typical / 50.0, abs=0.1)

@@ -203,7 +203,7 @@ def test_a_decode_failure_reaches_every_waiting_caller_and_the_teacher_recovers(
 def test_without_a_multi_sequence_context_every_request_is_answered_one_by_one(gguf, monkeypatch):
     import jupyter_distill.llama_batch as llama_batch
 
-    def refuse(llm, sequences, per_sequence):
+    def refuse(*args):
         raise RuntimeError("llama.cpp could not create a batched context")
 
     with use_llama(gguf, n_threads=THREADS) as llm:
@@ -212,3 +212,20 @@ def test_without_a_multi_sequence_context_every_request_is_answered_one_by_one(g
         llm.reset()
         got = texts(batched_chat_completions(llm, [ChatJob(msgs(PROMPTS[0]), (1,), 0.8, 6)]))
     assert got == expected
+
+
+def test_batched_decoding_threads_default_to_one_unless_told(monkeypatch, gguf):
+    from jupyter_distill.llama_batch import batch_context, batch_threads
+
+    monkeypatch.delenv("JUPYTER_DISTILL_LLAMA_THREADS", raising=False)
+    assert batch_threads() == 1 and batch_threads(3) == 3
+    monkeypatch.setenv("JUPYTER_DISTILL_LLAMA_THREADS", "2")
+    assert batch_threads() == 2 and batch_threads(1) == 1
+    monkeypatch.setenv("JUPYTER_DISTILL_LLAMA_THREADS", "lots")
+    assert batch_threads() == 1
+    with use_llama(gguf, n_threads=THREADS) as llm:
+        one = batch_context(llm, 2, 256, threads=1)
+        assert batch_context(llm, 2, 256, threads=1) is one and one.threads == 1
+        two = batch_context(llm, 2, 256, threads=2)  # another thread count: a new context
+        assert two is not one and one.closed and two.threads == 2
+        batch_context(llm, 2, 256, threads=1)  # leave the cached context as the other tests expect

@@ -116,7 +116,7 @@ class LlamaTeacher:
             try:
                 with use_llama(self.path, n_ctx=self.n_ctx, n_threads=self.n_threads) as llm:
                     self._describe(llm)
-                    Decoder(llm, sequences=self.sequences).run(self._take)
+                    Decoder(llm, sequences=self.sequences, threads=self.n_threads).run(self._take)
             except BaseException as exc:
                 for request in self._take():
                     request.finish(exc)
