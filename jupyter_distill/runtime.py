@@ -25,7 +25,6 @@ MAX_LOADED = int(os.environ.get("JUPYTER_DISTILL_MAX_LOADED_MODELS", "3"))
 # barely slower for small models. Set JUPYTER_DISTILL_LLAMA_EXTRA_BUFTS=1 to turn them back on.
 USE_EXTRA_BUFTS = os.environ.get("JUPYTER_DISTILL_LLAMA_EXTRA_BUFTS", "0") == "1"
 
-
 class _Entry:
     """A loaded model, the lock that serialises generation on it, and how many callers use it.
 
