@@ -219,6 +219,12 @@ def report(record: dict[str, Any], answer: str, seconds: float, executed: Path) 
         f"jupyter-distill demo: run {record['id']!r} {record.get('status')} in {seconds / 60:.1f} min",
         f"  held-out pass@1 ({n} prompts): student before {rate('student_before')}  ->  "
         f"after {rate('student_after')}   (teacher best-of-N {rate('teacher_best_of_n')})",
+        *(
+            [f"  the {served.get('quantize', 'GGUF')} file the alias serves: {rate('student_served')}"]
+            if isinstance(served := summary.get("student_served"), dict)
+            else []
+        ),
+        *([f"  warning: {summary['quantization_warning']}"] if summary.get("quantization_warning") else []),
         f"  teacher cost ${float(summary.get('teacher_cost') or 0):.4f}, training steps {summary.get('steps', '?')}",
         f"  alias: {summary.get('alias') or '(none)'}   gguf: {summary.get('gguf') or '(not exported)'}",
         "",

@@ -97,6 +97,11 @@ def test_demo_report_reads_the_answer_cell_and_numbers() -> None:
     assert "student before 20%  ->  after 90%" in text and "(teacher best-of-N 50%)" in text
     assert "held-out pass@1 (30 prompts)" in text and "quickstart-extractor" in text
     assert "  answer: {}" in text and "5.0 min" in text
+    assert "serves" not in text  # no served figure recorded, none shown
+    record["summary"]["student_served"] = {"n": 30, "pass_rate": 0.7, "quantize": "q4_k_m"}
+    record["summary"]["quantization_warning"] = "quantize='q4_k_m' costs 20 points; quantize='q8_0' keeps it"
+    text = report(record, "answer: {}", 300.0, Path(".demo/quickstart.ipynb"))
+    assert "the q4_k_m file the alias serves: 70%" in text and "warning: quantize='q4_k_m' costs" in text
 
 
 def test_demo_follower_turns_store_rows_into_phase_progress(tmp_path: Path) -> None:
