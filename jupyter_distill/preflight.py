@@ -10,8 +10,10 @@ What is checked, in order (the first problem raises its ``DistillError``):
 
 1. the student: a map key, an HF folder or a ``.gguf`` file that exists and is what it claims;
 2. its architecture can be exported for the chosen ``quantize`` (``export.check_exportable``);
-3. it can be loaded here: weights available offline, safetensors, a tokenizer with a chat
-   template, an architecture transformers trains without remote code, the device exists;
+3. it can be loaded here: weights available offline, safetensors, a tokenizer, an architecture
+   transformers trains without remote code, the device exists (that its prompts can be rendered,
+   with its own chat template or its family's, is ``train.student.student_preflight``'s check,
+   which the pipeline runs just before these);
 4. the alias name and the registry folder it will be written to;
 5. the judge: a verifier must accept ``(row, response)``;
 6. the workdir: run outputs can be written under ``workdir/runs/NAME``.
@@ -50,7 +52,7 @@ def check_run(config: DistillConfig, run_name: str, judge: Any = None) -> Studen
 
     plan = read_student(config.student)
     check_exportable(plan.architecture, config.quantize)
-    check_loadable(plan, config.device, chat_template=getattr(config, "chat_template", None))
+    check_loadable(plan, config.device)
     if config.alias is not None:
         check_alias(config.alias)
     if judge is not None:
@@ -161,18 +163,22 @@ def _gguf_architecture(path: Path, spec: str) -> str:
     return _read_gguf(path, spec)[0]
 
 
-def check_loadable(plan: StudentPlan, device: str, *, chat_template: str | None = None) -> None:
-    """Can the trainer load this student here: weights offline, files, architecture, device."""
+def check_loadable(plan: StudentPlan, device: str) -> None:
+    """Can the trainer load this student here: weights offline, files, architecture, device.
+
+    Whether its prompts can be rendered (its own chat template, its family's default for a base
+    model, or the ``chat_template`` setting) is checked in one place,
+    ``train.student.student_preflight``, which the pipeline runs first."""
     from jupyter_distill.train.student import resolve_device
 
     if plan.source == "map":
         location = _map_entry_location(plan)
         if location.suffix.lower() != ".gguf":  # a package's GGUF is an instruct model the map vouches for
-            _check_folder_student(location, plan.spec, chat_template)
+            _check_folder_student(location, plan.spec)
     elif plan.source == "gguf":
-        _check_gguf_student(plan.path, plan.spec, chat_template)  # type: ignore[arg-type]
+        _check_gguf_student(plan.path, plan.spec)  # type: ignore[arg-type]
     else:
-        _check_folder_student(plan.path, plan.spec, chat_template)  # type: ignore[arg-type]
+        _check_folder_student(plan.path, plan.spec)  # type: ignore[arg-type]
     resolve_device(device)
 
 
@@ -197,7 +203,7 @@ def _map_entry_location(plan: StudentPlan) -> Path:
     return folder
 
 
-def _check_folder_student(folder: Path, spec: str, chat_template: str | None) -> None:
+def _check_folder_student(folder: Path, spec: str) -> None:
     architecture = _folder_architecture(folder, spec)
     if not any(folder.glob("*.safetensors")):
         raise _student_error(
@@ -214,23 +220,11 @@ def _check_folder_student(folder: Path, spec: str, chat_template: str | None) ->
             spec,
             "save the tokenizer into the folder",
         )
-    if not chat_template and not _folder_has_chat_template(folder):
-        raise _no_template_error(spec)
     _check_trainable_architecture(architecture, spec)
 
 
-def _folder_has_chat_template(folder: Path) -> bool:
-    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
-        return True
-    try:
-        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and bool(config.get("chat_template"))
-
-
-def _check_gguf_student(path: Path, spec: str, chat_template: str | None) -> None:
-    architecture, has_template = _read_gguf(path, spec)
+def _check_gguf_student(path: Path, spec: str) -> None:
+    architecture, _ = _read_gguf(path, spec)
     try:
         from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES as readable
     except ImportError:  # another transformers layout: the trainer reports it when it loads
@@ -243,18 +237,6 @@ def _check_gguf_student(path: Path, spec: str, chat_template: str | None) -> Non
             spec,
             "pass an HF folder with safetensors weights",
         )
-    if not chat_template and not has_template:
-        raise _no_template_error(spec)
-
-
-def _no_template_error(spec: str) -> TrainingError:
-    return _student_error(
-        f"student {short_repr(spec)} has no chat template, so prompts cannot be rendered the way the model will be "
-        "served. Fix: use an instruct model, or set `chat_template` in the folder's tokenizer_config.json "
-        "(or chat_template.jinja).",
-        spec,
-        "use an instruct/chat model with a chat template",
-    )
 
 
 def _check_trainable_architecture(architecture: str, spec: str) -> None:

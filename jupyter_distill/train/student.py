@@ -365,7 +365,16 @@ def _gguf_summary(path: Path) -> tuple[str, str | None, set[str]]:
     """``(architecture, chat template, special-looking tokens)`` from a GGUF header, no tensors read."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    try:
+        reader = GGUFReader(str(path))
+    except (OSError, ValueError, IndexError, KeyError) as exc:  # not a GGUF, truncated, unreadable
+        raise TrainingError(
+            f"student {str(path)!r} is not a readable GGUF file ({type(exc).__name__}: {str(exc)[:200]}). "
+            "Fix: pass a complete .gguf model file, or an HF folder.",
+            field="student",
+            value=str(path),
+            fix="pass a complete .gguf file or an HF folder",
+        ) from None
     arch_field = reader.fields.get("general.architecture")
     arch = str(arch_field.contents()) if arch_field is not None else ""
     field = reader.fields.get("tokenizer.chat_template")
@@ -405,8 +414,14 @@ def student_preflight(spec: str, chat_template: str | None = None) -> dict[str, 
     elif path.is_dir():
         try:
             architecture = str(json.loads((path / "config.json").read_text()).get("model_type", ""))
-        except (OSError, ValueError):
-            architecture = ""
+        except (OSError, ValueError, AttributeError):
+            raise TrainingError(
+                f"student folder {spec!r} has no readable config.json, so it is not a model folder. "
+                "Fix: pass the folder that model.save_pretrained() wrote, a .gguf file, or a STUDENT_MODEL_MAP key.",
+                field="student",
+                value=spec,
+                fix="pass a model folder with config.json",
+            ) from None
         template, vocabulary = _folder_template(path), _folder_vocabulary(path)
     else:
         resolve_student_folder(spec)  # raises with the list of known keys
