@@ -32,6 +32,7 @@ Callers hold the model through :func:`jupyter_distill.runtime.use_llama` while t
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import weakref
 from collections import deque
@@ -41,23 +42,21 @@ from typing import Any
 
 import numpy as np
 
-from jupyter_distill.runtime import default_threads
-
 # Sequences decoded side by side: beyond ~16 a step on 2 cores is no longer weight-bound.
 DEFAULT_SEQUENCES = 16
-# Threads of the batched context when nobody says: every core, as for the model itself
-# (``runtime.default_threads``). On an idle 2-core machine one thread made ``make demo``'s sampling
-# phase 1.9x slower (224 s for 320 candidates against 118 s for the one-by-one loop on 2 threads);
-# on a machine shared with other busy processes the opposite holds (2 threads decoded 16 sequences
-# 5-8x slower than 1, since llama.cpp's threads spin-wait for each other), which is what
-# ``JUPYTER_DISTILL_LLAMA_THREADS=1`` or an explicit ``n_threads`` is for.
+# Threads of the batched context when nobody says: measured on a 2-core machine shared with
+# other work (``benchmarks/local_sampling.py``), 2 threads decoded 16 sequences 5-8x *slower*
+# than 1, because llama.cpp's threads spin-wait for each other and lose their core to the other
+# processes. ``JUPYTER_DISTILL_LLAMA_THREADS`` or an explicit ``n_threads`` overrides it.
+DEFAULT_BATCH_THREADS = 1
 
 
 def batch_threads(n_threads: int | None = None) -> int:
-    """Threads for batched decoding: ``n_threads``, else ``JUPYTER_DISTILL_LLAMA_THREADS``, else every core."""
+    """Threads for batched decoding: ``n_threads``, else ``JUPYTER_DISTILL_LLAMA_THREADS``, else 1."""
     if n_threads:
         return max(1, int(n_threads))
-    return default_threads()
+    value = os.environ.get("JUPYTER_DISTILL_LLAMA_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_BATCH_THREADS
 
 
 _UNSUPPORTED = ("logits_processor", "grammar", "logit_bias", "logprobs")
@@ -656,6 +655,7 @@ def batched_chat_completions(
 
 
 __all__ = [
+    "DEFAULT_BATCH_THREADS",
     "DEFAULT_SEQUENCES",
     "BatchContext",
     "ChatJob",

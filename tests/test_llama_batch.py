@@ -214,17 +214,15 @@ def test_without_a_multi_sequence_context_every_request_is_answered_one_by_one(g
     assert got == expected
 
 
-def test_batched_decoding_threads_default_to_every_core_unless_told(monkeypatch, gguf):
-    import os
-
+def test_batched_decoding_threads_default_to_one_unless_told(monkeypatch, gguf):
     from jupyter_distill.llama_batch import batch_context, batch_threads
 
     monkeypatch.delenv("JUPYTER_DISTILL_LLAMA_THREADS", raising=False)
-    assert batch_threads() == (os.cpu_count() or 1) and batch_threads(3) == 3
-    monkeypatch.setenv("JUPYTER_DISTILL_LLAMA_THREADS", "1")
-    assert batch_threads() == 1 and batch_threads(2) == 2
+    assert batch_threads() == 1 and batch_threads(3) == 3
+    monkeypatch.setenv("JUPYTER_DISTILL_LLAMA_THREADS", "2")
+    assert batch_threads() == 2 and batch_threads(1) == 1
     monkeypatch.setenv("JUPYTER_DISTILL_LLAMA_THREADS", "lots")
-    assert batch_threads() == (os.cpu_count() or 1)
+    assert batch_threads() == 1
     with use_llama(gguf, n_threads=THREADS) as llm:
         one = batch_context(llm, 2, 256, threads=1)
         assert batch_context(llm, 2, 256, threads=1) is one and one.threads == 1
