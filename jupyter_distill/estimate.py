@@ -4,28 +4,19 @@ Nothing is sent and nothing is trained: the dataset is read, tokens are approxim
 characters (about four per token for English), prices come from ``TEACHER_MODEL_MAP``, samples
 already in the store are subtracted (they are never paid twice), and training time is scaled
 from the throughput measured on a 2-core CPU (see ``docs/benchmarks.md``) or the GPU's peak.
-
-Sampling time for a local (llama.cpp) teacher comes from *this* machine: a short calibration
-decodes a fixed batch through the same batched path sampling uses and measures completion
-tokens per second. It takes a few seconds once and is cached per model file and thread count in
-``models.cache_dir()/throughput.json``; the estimate says whether its figure was measured now,
-read from that cache, or not available.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from jupyter_distill import data as data_module
 from jupyter_distill.config import DistillConfig
-from jupyter_distill.errors import DistillError
-from jupyter_distill.models import STUDENT_MODEL_MAP, TEACHER_MODEL_MAP, cache_dir, resolve_local_gguf
+from jupyter_distill.models import STUDENT_MODEL_MAP, TEACHER_MODEL_MAP
 from jupyter_distill.store import RunStore
 
 CHARS_PER_TOKEN = 4.0
@@ -57,8 +48,6 @@ class Estimate:
     device: str
     training_seconds: float
     memory_gb: float
-    sampling_seconds: float | None = None  # None: not estimated (an API teacher, or no measurement)
-    sampling_basis: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,11 +68,6 @@ class Estimate:
                 f"({self.output_tokens_max:,} max)",
             ),
             ("teacher cost", cost),
-            (
-                "sampling",
-                (f"~{_duration(self.sampling_seconds)} " if self.sampling_seconds is not None else "")
-                + f"({self.sampling_basis})",
-            ),
             ("student", f"{self.student_params_m:.0f}M parameters"),
             ("training", f"~{_duration(self.training_seconds)} on {self.device}"),
             ("memory", f"~{self.memory_gb:.1f} GB {'VRAM' if self.device.startswith('cuda') else 'RAM'}"),
@@ -144,7 +128,6 @@ def estimate_config(config: DistillConfig) -> Estimate:
             (input_tokens + out_max + judge_requests * 120) * judge_price[0] + judge_requests * 60 * judge_price[1]
         ) / 1e6
 
-    sampling_seconds, sampling_basis = _sampling_time(teacher_spec, out_typical)
     params_m = _student_params_m(config.student)
     device = _device(config.device)
     response_tokens = config.max_tokens * TYPICAL_OUTPUT_SHARE
@@ -181,113 +164,6 @@ def estimate_config(config: DistillConfig) -> Estimate:
         device=device,
         training_seconds=round(seconds, 1),
         memory_gb=round(memory / 1e9, 2),
-        sampling_seconds=sampling_seconds,
-        sampling_basis=sampling_basis,
-    )
-
-
-@dataclass(frozen=True)
-class Throughput:
-    """Completion tokens per second of batched local sampling, measured on this machine."""
-
-    tokens_per_s: float
-    threads: int
-    measured_at: str  # UTC, ISO-8601
-    cached: bool  # read from the calibration cache rather than measured by this call
-
-
-CALIBRATION_PROMPTS = ("List three colours.", "Name two animals.", "Say hello in French.", "Count to four.")
-CALIBRATION_SEEDS = (0, 1, 2, 3)  # four candidates per prompt, as sampling's default n
-CALIBRATION_TOKENS = 24
-_calibration_lock = threading.Lock()
-
-
-def _calibration_key(path: Path, threads: int) -> str:
-    from jupyter_distill.llama_batch import DEFAULT_SEQUENCES
-
-    stat = path.stat()
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|threads={threads}|sequences={DEFAULT_SEQUENCES}"
-
-
-def _measure(path: Path, threads: int) -> float:
-    from jupyter_distill.llama_batch import ChatJob, batched_chat_completions
-    from jupyter_distill.runtime import use_llama
-
-    jobs = [
-        ChatJob([{"role": "user", "content": p}], CALIBRATION_SEEDS, 0.8, CALIBRATION_TOKENS)
-        for p in CALIBRATION_PROMPTS
-    ]
-    with use_llama(path, n_threads=threads) as llm:
-        batched_chat_completions(llm, jobs[:1], threads=threads)  # warm-up: the context and its buffers
-        started = time.perf_counter()
-        rows = batched_chat_completions(llm, jobs, threads=threads)
-        seconds = time.perf_counter() - started
-    tokens = sum(int(r["usage"]["completion_tokens"]) for row in rows for r in row)
-    return tokens / max(seconds, 1e-9)
-
-
-def local_throughput(path: str | Path, *, n_threads: int | None = None, refresh: bool = False) -> Throughput:
-    """Batched llama.cpp sampling speed for ``path`` with ``n_threads``: cached, else measured (seconds).
-
-    The cache is keyed by the file (path, size, modification time), the thread count and the
-    number of sequences decoded side by side, so a new model, a re-exported file or another
-    thread count is measured afresh.
-    """
-    from jupyter_distill.llama_batch import batch_threads
-
-    path = Path(path)
-    threads = batch_threads(n_threads)
-    key = _calibration_key(path, threads)
-    file = cache_dir() / "throughput.json"
-    with _calibration_lock:
-        try:
-            table = json.loads(file.read_text())
-            table = table if isinstance(table, dict) else {}
-        except (OSError, ValueError):
-            table = {}
-        entry = table.get(key)
-        if not refresh and isinstance(entry, dict) and float(entry.get("tokens_per_s", 0)) > 0:
-            return Throughput(float(entry["tokens_per_s"]), threads, str(entry.get("measured_at", "")), True)
-        tokens_per_s = _measure(path, threads)
-        measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        table[key] = {"tokens_per_s": round(tokens_per_s, 2), "measured_at": measured_at}
-        file.parent.mkdir(parents=True, exist_ok=True)
-        partial = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}")
-        partial.write_text(json.dumps(table, indent=1))
-        os.replace(partial, file)
-    return Throughput(tokens_per_s, threads, measured_at, False)
-
-
-def _local_gguf(spec: str) -> Path | None:
-    if spec.startswith("local:"):
-        return resolve_local_gguf(spec.removeprefix("local:"))
-    if spec.startswith("gguf:"):
-        path = Path(spec.removeprefix("gguf:")).expanduser()
-        return path if path.is_file() else None
-    return None
-
-
-def _sampling_time(teacher_spec: str, completion_tokens: int) -> tuple[float | None, str]:
-    """Seconds to sample ``completion_tokens`` with a local teacher, and where the speed comes from."""
-    if not teacher_spec.startswith(("local:", "gguf:")):
-        return None, "an API or transformers teacher: depends on its speed, not estimated"
-    if completion_tokens <= 0:
-        return 0.0, "every sample is already in the store"
-    try:
-        path = _local_gguf(teacher_spec)
-    except DistillError as exc:
-        return None, f"not measured: {exc}"
-    if path is None:
-        return None, f"not measured: no GGUF file for {teacher_spec}"
-    try:
-        speed = local_throughput(path)
-    except Exception as exc:  # a model llama.cpp cannot load: the estimate still answers
-        return None, f"not measured: {type(exc).__name__}: {exc}"
-    how = "calibrated earlier, cached" if speed.cached else "calibrated now"
-    return (
-        round(completion_tokens / speed.tokens_per_s, 1),
-        f"measured on this machine: {speed.tokens_per_s:.0f} tokens/s batched with {speed.threads} "
-        f"threads ({how}, {speed.measured_at})",
     )
 
 

@@ -299,53 +299,22 @@ def student_responder(student: Any, *, max_new_tokens: int = 128, batch_size: in
     )
 
 
-class LlamaResponder:
-    """Greedy answers from a GGUF through llama.cpp, as ``completion()`` would serve it, in batches.
+def llama_responder(gguf_path: Any, *, max_tokens: int = 128, n_ctx: int = 2048) -> Respond:
+    """``respond`` for a GGUF served by llama.cpp (greedy), as ``completion()`` would serve it."""
+    from jupyter_distill.runtime import use_llama
 
-    :meth:`batch` decodes its prompts as parallel sequences of one llama.cpp context
-    (:mod:`jupyter_distill.llama_batch`), so a held-out set of a quantized student costs
-    seconds; each answer is what ``create_chat_completion(temperature=0)`` gives for that prompt
-    alone. ``batch_size`` prompts go into one call (``evaluate`` reads it).
-    """
+    def respond(messages: Messages) -> str:
+        with use_llama(gguf_path, n_ctx=n_ctx) as llm:
+            out = llm.create_chat_completion(list(messages), temperature=0.0, max_tokens=max_tokens)
+        return str(out["choices"][0]["message"]["content"] or "")
 
-    def __init__(
-        self,
-        gguf_path: Any,
-        *,
-        max_tokens: int = 128,
-        n_ctx: int = 2048,
-        n_threads: int | None = None,
-        batch_size: int = 16,
-    ):
-        self.gguf_path = gguf_path
-        self.max_tokens = max_tokens
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
-        self.batch_size = batch_size
-
-    def __call__(self, messages: Messages) -> str:
-        return self.batch([messages])[0]
-
-    def batch(self, batch: Sequence[Messages]) -> list[str]:
-        from jupyter_distill.llama_batch import ChatJob, batched_chat_completions
-        from jupyter_distill.runtime import use_llama
-
-        jobs = [ChatJob(list(messages), (0,), 0.0, self.max_tokens) for messages in batch]
-        with use_llama(self.gguf_path, n_ctx=self.n_ctx, n_threads=self.n_threads) as llm:
-            rows = batched_chat_completions(llm, jobs, sequences=max(1, self.batch_size), threads=self.n_threads)
-        return [str(row[0]["choices"][0]["message"]["content"] or "") for row in rows]
-
-
-def llama_responder(gguf_path: Any, *, max_tokens: int = 128, n_ctx: int = 2048) -> LlamaResponder:
-    """``respond`` for a GGUF served by llama.cpp (greedy), as ``completion()`` would serve it, batched."""
-    return LlamaResponder(gguf_path, max_tokens=max_tokens, n_ctx=n_ctx)
+    return respond
 
 
 __all__ = [
     "PASS_THRESHOLD",
     "EvalSummary",
     "HFResponder",
-    "LlamaResponder",
     "evaluate",
     "evaluate_best_of_n",
     "llama_responder",

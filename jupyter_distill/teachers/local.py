@@ -8,16 +8,8 @@ because a llama.cpp context is not re-entrant.
 Generation runs in a worker thread (``asyncio.to_thread``) so the event loop, and with it
 progress events and the Stop button, stays responsive.
 
-Candidates are decoded in batches (:mod:`jupyter_distill.llama_batch`): the ``n`` candidates of
-a prompt share one prompt evaluation and decode as parallel sequences, and the prompts that
-sampling's workers hand in concurrently join the same batch as slots free up. Candidate ``i``
-has its own sampler seeded ``seed + i`` and its own KV stream, so it is the same text whether it
-is decoded alone or among others, and the same as ``create_chat_completion(seed=seed + i)`` on a
-fresh context: any single candidate can be regenerated exactly on its own. Sample keys and
-provenance are what they were (``n_per_request`` stays 1: each candidate has its own seed), so
-stores written by the former one-by-one loop keep their samples; only candidates 1..n-1 that
-loop produced may differ in text from what the batch gives for the same seed, because the loop
-re-evaluated the cached prompt's last token alone (see :mod:`jupyter_distill.llama_batch`).
+llama.cpp's chat completion has no ``n``: candidates are generated one by one, candidate ``i``
+with seed ``seed + i``, so any single candidate can be regenerated exactly on its own.
 """
 
 from __future__ import annotations
@@ -32,16 +24,12 @@ from typing import Any
 
 from jupyter_distill.errors import DistillError, ExportError, TeacherError
 from jupyter_distill.hashing import file_sha256
-from jupyter_distill.llama_batch import DEFAULT_SEQUENCES, ChatJob, Decoder, Request
 from jupyter_distill.models import LOCAL_MODELS, resolve_local_gguf
 from jupyter_distill.policy import PolicyDecision, PolicyMode, decide
 from jupyter_distill.runtime import use_llama
 from jupyter_distill.teachers.base import FatalTeacherError, ParsedSpec, Sample, check_sample_args, local_provenance
 
-LOCAL_OPTIONS = ("n_ctx", "n_threads", "licence", "sequences")
-# Prompts in flight at once: enough to keep DEFAULT_SEQUENCES slots busy with n = 4 and leave
-# the next prompts already planned when a slot frees.
-PROMPTS_IN_FLIGHT = 8
+LOCAL_OPTIONS = ("n_ctx", "n_threads", "licence")
 _sha_cache: dict[tuple[str, int, int], str] = {}
 _sha_lock = threading.Lock()
 
@@ -60,12 +48,7 @@ def model_file_sha256(path: Path) -> str:
 
 
 class LlamaTeacher:
-    """A GGUF model sampled in-process; costs nothing and needs no key.
-
-    Concurrent :meth:`sample` calls are queued for one decoding thread, which holds the model
-    (``use_llama``) while it has work and decodes every queued prompt's candidates in shared
-    batches of up to ``sequences`` sequences.
-    """
+    """A GGUF model sampled in-process; costs nothing and needs no key."""
 
     def __init__(
         self,
@@ -76,7 +59,6 @@ class LlamaTeacher:
         decision: PolicyDecision,
         n_ctx: int = 2048,
         n_threads: int | None = None,
-        sequences: int = DEFAULT_SEQUENCES,
     ):
         self.spec = spec
         self.model = model
@@ -86,80 +68,33 @@ class LlamaTeacher:
         self.endpoint = f"llama.cpp:{path.name}"
         self.n_ctx = n_ctx
         self.n_threads = n_threads
-        self.sequences = max(1, int(sequences))
-        self.concurrency = PROMPTS_IN_FLIGHT  # prompts handed in at once; they share the batch
-        self.requests_sent = 0  # candidates generated
+        self.concurrency = 1  # one context: parallel prompts would only queue on the lock
+        self.requests_sent = 0  # generations run
         self.spent = 0.0
         self._sha256: str | None = None
-        self._queue: list[Request] = []
-        self._lock = threading.Lock()
-        self._busy = False  # a decoding thread is running and will look at the queue again
 
     def __repr__(self) -> str:
         return f"LlamaTeacher(spec={self.spec!r}, path={str(self.path)!r})"
 
-    def _describe(self, llm: Any) -> None:
-        if not self.decision.licence:
-            licence = str(llm.metadata.get("general.license") or "unknown (not in the GGUF metadata)")
-            self.decision = dataclasses.replace(self.decision, licence=licence)
-        if self._sha256 is None:
-            self._sha256 = model_file_sha256(self.path)
-
-    def _take(self) -> list[Request]:
-        with self._lock:
-            taken, self._queue = self._queue, []
-            return taken
-
-    def _decode_loop(self) -> None:
-        """The decoding thread: runs until the queue stays empty, failing queued requests on a load error."""
-        while True:
-            try:
-                with use_llama(self.path, n_ctx=self.n_ctx, n_threads=self.n_threads) as llm:
-                    self._describe(llm)
-                    Decoder(llm, sequences=self.sequences, threads=self.n_threads).run(self._take)
-            except BaseException as exc:
-                for request in self._take():
-                    request.finish(exc)
-                if not isinstance(exc, Exception):
-                    raise
-            with self._lock:
-                if not self._queue:
-                    self._busy = False
-                    return
-
-    def _submit(self, request: Request) -> None:
-        with self._lock:
-            self._queue.append(request)
-            if self._busy:
-                return
-            self._busy = True
-        threading.Thread(target=self._decode_loop, name="jupyter-distill-llama", daemon=True).start()
-
-    async def _generate(self, job: ChatJob) -> tuple[list[dict[str, Any]], float]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[list[dict[str, Any]], float]] = loop.create_future()
-        started = time.monotonic()
-
-        def deliver(future: asyncio.Future, results: list[dict[str, Any]], error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result((results, time.monotonic() - started))
-
-        def on_done(results: list[dict[str, Any]], error: BaseException | None) -> None:
-            try:
-                loop.call_soon_threadsafe(deliver, future, results, error)
-            except RuntimeError:  # the caller's event loop is gone: nobody waits for this answer
-                pass
-
-        request = Request(job, on_done)
-        self._submit(request)
+    def _generate(
+        self, messages: list[dict[str, Any]], temperature: float, max_tokens: int, seed: int
+    ) -> tuple[dict[str, Any], float]:
         try:
-            return await future
-        finally:
-            request.cancel()  # a cancelled caller (Stop) frees its slots at the next step
+            with use_llama(self.path, n_ctx=self.n_ctx, n_threads=self.n_threads) as llm:
+                if not self.decision.licence:
+                    licence = str(llm.metadata.get("general.license") or "unknown (not in the GGUF metadata)")
+                    self.decision = dataclasses.replace(self.decision, licence=licence)
+                if self._sha256 is None:
+                    self._sha256 = model_file_sha256(self.path)
+                started = time.monotonic()
+                result = llm.create_chat_completion(
+                    messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed
+                )
+                return result, time.monotonic() - started
+        except ExportError as exc:  # only loading raises it: the file is missing or not a model
+            raise FatalTeacherError(
+                f"teacher {self.spec}: {exc}", field="teacher", value=self.spec, fix=exc.fix
+            ) from None
 
     async def sample(
         self,
@@ -169,28 +104,23 @@ class LlamaTeacher:
         max_tokens: int = 256,
         seed: int | None = None,
     ) -> list[Sample]:
-        """``n`` candidates decoded together, candidate ``i`` with its own sampler seeded ``seed + i``."""
+        """``n`` candidates generated one after another, candidate ``i`` with seed ``seed + i``."""
         check_sample_args(n, temperature, max_tokens)
         base = seed if seed is not None else random.randrange(2**31 - n)
-        job = ChatJob(messages, tuple(base + i for i in range(n)), temperature, max_tokens)
-        try:
-            results, seconds = await self._generate(job)
-        except ExportError as exc:  # only loading raises it: the file is missing or not a model
-            raise FatalTeacherError(
-                f"teacher {self.spec}: {exc}", field="teacher", value=self.spec, fix=exc.fix
-            ) from None
-        except DistillError:
-            raise
-        except (ValueError, RuntimeError) as exc:  # e.g. prompt longer than the context
-            raise TeacherError(
-                f"teacher {self.spec} could not generate: {exc}. Fix: shorten the prompt or load the teacher "
-                f"with a larger n_ctx= (now {self.n_ctx}).",
-                field="teacher",
-                value=self.spec,
-            ) from None
-        self.requests_sent += len(results)
         samples = []
-        for i, result in enumerate(results):
+        for i in range(n):
+            try:
+                result, seconds = await asyncio.to_thread(self._generate, messages, temperature, max_tokens, base + i)
+            except DistillError:
+                raise
+            except (ValueError, RuntimeError) as exc:  # e.g. prompt longer than the context
+                raise TeacherError(
+                    f"teacher {self.spec} could not generate: {exc}. Fix: shorten the prompt or load the teacher "
+                    f"with a larger n_ctx= (now {self.n_ctx}).",
+                    field="teacher",
+                    value=self.spec,
+                ) from None
+            self.requests_sent += 1
             choice = result["choices"][0]
             usage = {k: int(v) for k, v in (result.get("usage") or {}).items() if isinstance(v, int)}
             samples.append(
@@ -232,14 +162,6 @@ def build_llama_teacher(
             field=unknown[0],
             value=unknown[0],
         )
-    sequences = options.get("sequences", DEFAULT_SEQUENCES)
-    if isinstance(sequences, bool) or not isinstance(sequences, int) or not 1 <= sequences <= 256:
-        raise TeacherError(
-            f"invalid value for 'sequences': {sequences!r}. Fix: give the number of candidates decoded "
-            f"side by side as an integer from 1 to 256 (default {DEFAULT_SEQUENCES}).",
-            field="sequences",
-            value=sequences,
-        )
     licence = str(options.get("licence") or "")
     if parsed.scheme == "local":
         path = resolve_local_gguf(parsed.target)
@@ -264,5 +186,4 @@ def build_llama_teacher(
         decision=decision,
         n_ctx=int(options.get("n_ctx", 2048)),
         n_threads=options.get("n_threads"),
-        sequences=sequences,
     )
