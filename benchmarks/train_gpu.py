@@ -59,6 +59,14 @@ SHAPES: dict[str, dict[str, int]] = {
         "intermediate_size": 8192,
         "vocab_size": 32000,
     },
+    "8b": {  # Llama-3.1-8B
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 128256,
+    },
     "139m": {
         "hidden_size": 576,
         "num_hidden_layers": 30,
@@ -605,6 +613,77 @@ def worker_unsloth(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+#: A chat template for the benchmark's word-level tokenizer (the product's loader needs one).
+BENCH_TEMPLATE = "{% for m in messages %}{{ m['content'] }} w1 {% endfor %}{% if add_generation_prompt %}w2 {% endif %}"
+
+
+def shape_of(shape: str) -> Any:
+    from jupyter_distill.models import ModelShape
+
+    d = SHAPES[shape]
+    return ModelShape(
+        d["hidden_size"], d["num_hidden_layers"], d["num_attention_heads"], d["num_key_value_heads"],
+        d["intermediate_size"], d["vocab_size"], tied=shape == "139m",
+    )  # fmt: skip
+
+
+def worker_student(args: argparse.Namespace) -> dict[str, Any]:
+    """The product's own path for a quantized (or Unsloth-loaded) student: ``load_student`` with
+    ``quantization``/``loader``, the trainer's ``attach_lora`` and ``select_engine``; speed and peak
+    memory of the fast and plain engines, next to :func:`jupyter_distill.train.memory.training_peak`."""
+    import torch
+
+    from jupyter_distill.train.choice import select_engine
+    from jupyter_distill.train.engines import PlainEngine
+    from jupyter_distill.train.memory import training_peak
+    from jupyter_distill.train.quantized import checkpointing_enabled, quantization_of
+    from jupyter_distill.train.student import load_student
+    from jupyter_distill.train.trainer import TrainSettings, attach_lora
+
+    quant = None if args.quantization in (None, "none") else args.quantization
+    tiny = args.shape == "tiny"
+    vocab = SHAPES[args.shape]["vocab_size"]
+    n_pairs, p_len, r_len = (4, 16, 16) if tiny else (16, 128, 128)
+    device = "cuda" if cuda() else "cpu"
+    out: dict[str, Any] = {"shape": args.shape, "quantization": quant or "none", "loader": args.loader}
+    reset_peak()
+    t0 = time.perf_counter()
+    student = load_student(
+        args.folder, device=device, chat_template=BENCH_TEMPLATE, quantization=quant, loader=args.loader
+    )
+    out["load_s"] = round(time.perf_counter() - t0, 1)
+    out["loaded_gb"] = round(torch.cuda.memory_allocated() / 1e9, 3) if cuda() else None
+    settings = TrainSettings(lora_r=16, lora_alpha=32, seed=0)
+    model = attach_lora(student, settings)
+    out["quantization_of_model"] = quantization_of(model)
+    out["gradient_checkpointing"] = checkpointing_enabled(model)
+    warmup, steps = (1, 2) if tiny else (args.warmup, args.steps)
+    batches = [fixed_pairs(n_pairs, p_len, r_len, vocab, seed=100 + k) for k in range(max(1, steps))]
+    for k, batch in enumerate(batches):
+        for j, pair in enumerate(batch):
+            pair.index = k * n_pairs + j
+    pad = int(student.tokenizer.pad_token_id or 0)
+    preference = "unsloth" if args.loader == "unsloth" else "fast"
+    engines: list[tuple[str, Any]] = [("fast", lambda: select_engine(device, preference, pad_token_id=pad)[0])]
+    if args.loader != "unsloth" and not args.fast_only:
+        engines.append(("plain", lambda: PlainEngine(pad_token_id=pad)))
+    for name, make in engines:
+        with record_errors(out, name):
+            res = time_engine(model, make(), [clone_pairs(b) for b in batches], warmup=warmup, steps=steps)
+            predicted = training_peak(
+                shape_of(args.shape), quantization=quant, cuda=cuda(), engine=name, batch_size=n_pairs,
+                prompt_tokens=p_len, response_tokens=r_len, lora_rank=16,
+                gradient_checkpointing=out["gradient_checkpointing"],
+            )  # fmt: skip
+            res["predicted_gb"] = predicted.to_dict()
+            if res.get("peak_gb"):
+                res["predicted_over_measured"] = round(predicted.total / 1e9 / res["peak_gb"], 3)
+            out[name] = res
+            log(f"[{args.shape} {quant} {args.loader}] {name}", json.dumps(res))
+        save_partial(args, out)
+    return out
+
+
 @contextlib.contextmanager
 def record_errors(into: dict[str, Any], name: str):  # type: ignore[no-untyped-def]
     """A contender that fails is recorded with its error; the others still run."""
@@ -615,16 +694,18 @@ def record_errors(into: dict[str, Any], name: str):  # type: ignore[no-untyped-d
         into[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
 
 
-WORKERS = {"native": worker_native, "trl": worker_trl, "unsloth": worker_unsloth}
+WORKERS = {"native": worker_native, "trl": worker_trl, "unsloth": worker_unsloth, "student": worker_student}
 
 
 # ---------------------------------------------------------------------------------------- orchestration
-def run_worker(args: argparse.Namespace, group: str, shape: str, folder: Path, deadline: float) -> dict[str, Any]:
+def run_worker(
+    args: argparse.Namespace, group: str, shape: str, folder: Path, deadline: float, extra: list[str] | None = None
+) -> dict[str, Any]:
     env = dict(os.environ)
     paths = [str(REPO)]
     if group == "trl" and args.site_trl:
         paths.append(args.site_trl)
-    if group in ("trl", "unsloth") and args.site_main:
+    if group in ("trl", "unsloth", "student") and args.site_main:
         # never for native: peft probes bitsandbytes/torchao when they import, and ours needs neither
         paths.append(args.site_main)
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -634,6 +715,7 @@ def run_worker(args: argparse.Namespace, group: str, shape: str, folder: Path, d
     cmd += ["--mix-shapes", args.mix_shapes, "--train-check-shapes", args.train_check_shapes]
     if args.tiny_compile:
         cmd.append("--tiny-compile")
+    cmd += extra or []
     timeout = max(30.0, deadline - time.time())
     partial_path(args.workdir, group, shape).unlink(missing_ok=True)
     log(f"== {group} {shape} (timeout {timeout:.0f}s)")
@@ -658,6 +740,61 @@ def run_worker(args: argparse.Namespace, group: str, shape: str, folder: Path, d
             result["wall_s"] = round(time.time() - t0, 1)
             return result
     return {"error": f"worker exited {proc.returncode} without a result", "stderr_tail": proc.stderr[-3000:]}
+
+
+def run_student_variants(
+    args: argparse.Namespace, results: dict[str, Any], workdir: Path, deadline: float, json_path: Path, start: float
+) -> None:
+    """Group ``student``: each ``shape:quantization[:loader]`` in its own worker process."""
+    for variant in args.students.split(","):
+        shape, quant, *rest = variant.split(":")
+        loader = rest[0] if rest else "transformers"
+        if args.tiny:
+            shape = "tiny"
+        key = f"student_{shape}_{quant}_{loader}"
+        if key in results:
+            continue
+        if (loader == "unsloth" or quant == "8bit") and not cuda():
+            results[key] = {"skipped": f"{loader if loader == 'unsloth' else quant} needs a CUDA device"}
+            continue
+        if time.time() > deadline - 20:
+            results[key] = {"skipped": "benchmark time budget spent"}
+            continue
+        folder = build_model_folder(shape, workdir)
+        extra = ["--quantization", quant, "--loader", loader] + (["--fast-only"] if args.fast_only else [])
+        results[key] = run_worker(args, "student", shape, folder, deadline, extra)
+        results["elapsed_s"] = round(time.time() - start, 1)
+        json_path.write_text(json.dumps(results, indent=2, default=str))
+
+
+def student_table(results: dict[str, Any]) -> str:
+    """Speed and peak memory of quantized / Unsloth-loaded students, measured vs predicted."""
+    rows = [("shape", "quant", "loader", "engine", "pairs/s", "peak GB", "predicted GB", "pred/meas", "load s")]
+    for key, res in results.items():
+        if not key.startswith("student_") or not isinstance(res, dict):
+            continue
+        if "skipped" in res or ("error" in res and "fast" not in res):
+            rows.append((key, "-", "-", "-", res.get("skipped") or str(res.get("error"))[:60], "-", "-", "-", "-"))
+            continue
+        for engine in ("fast", "plain"):
+            r = res.get(engine)
+            if not isinstance(r, dict):
+                continue
+            rows.append(
+                (
+                    res.get("shape", "?"),
+                    res.get("quantization", "?"),
+                    res.get("loader", "?"),
+                    engine if "error" not in r else f"{engine} (error)",
+                    fmt(r.get("pairs_per_s")),
+                    fmt(r.get("peak_gb")),
+                    fmt((r.get("predicted_gb") or {}).get("total")),
+                    fmt(r.get("predicted_over_measured")),
+                    fmt(res.get("load_s")),
+                )
+            )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
 def fmt(value: Any) -> str:
@@ -736,6 +873,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--merge", nargs="+", default=None, help="merge train_gpu.json files of several device calls; print the table"
     )
+    parser.add_argument(
+        "--students",
+        default="8b:4bit,1b:none,1b:4bit,1b:8bit,139m:none,139m:4bit,1b:4bit:unsloth",
+        help="group 'student': shape:quantization[:loader] variants through the product's loader",
+    )
+    parser.add_argument("--quantization", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--loader", default="transformers", help=argparse.SUPPRESS)
+    parser.add_argument("--fast-only", action="store_true", help="group 'student': skip the plain engine")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -794,9 +939,15 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     json_path = out_dir / "train_gpu.json"
+    if "student" in groups:
+        run_student_variants(args, results, workdir, deadline, json_path, start)
     for shape in shapes:
+        if not any(g != "student" for g in groups):
+            break
         folder = build_model_folder(shape, workdir)
         for group in groups:
+            if group == "student":
+                continue
             key = f"{group}_{shape}"
             if group == "unsloth" and not torch.cuda.is_available():
                 results[key] = {"skipped": "Unsloth needs a CUDA device"}
@@ -807,7 +958,9 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = run_worker(args, group, shape, folder, deadline)
             results["elapsed_s"] = round(time.time() - start, 1)
             json_path.write_text(json.dumps(results, indent=2, default=str))
-    text = table(results)
+    text = table(results) if any(g != "student" for g in groups) else ""
+    if "student" in groups:
+        text = (text + "\n\n" if text else "") + student_table(results)
     results["table"] = text
     json_path.write_text(json.dumps(results, indent=2, default=str))
     for shape in shapes:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jupyter_distill.errors import ConfigError
+from jupyter_distill.models import student_quantization
 
 QUANTIZE_TYPES: tuple[str, ...] = ("q4_k_m", "q5_k_m", "q8_0", "q4_0", "f16")
 POLICY_MODES: tuple[str, ...] = ("strict", "warn", "off")
@@ -68,6 +69,12 @@ class DistillConfig(BaseModel):
     bond_tau: float = Field(0.1, gt=0.0, le=100.0)
     checkpoint_every: int = Field(50, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    quantization: Literal["4bit", "8bit"] | None = Field(
+        None, description="Load the student in 4 or 8 bits (bitsandbytes) and train LoRA on it (QLoRA)."
+    )
+    engine: Literal["auto", "plain", "fast", "unsloth"] = Field(
+        "auto", description="Step engine: the CUDA fast path when available, plain PEFT, or Unsloth's loader."
+    )
 
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     max_prompts: int | None = Field(None, ge=1, description="Use at most this many prompts (after dedupe).")
@@ -100,6 +107,14 @@ class DistillConfig(BaseModel):
         if not isinstance(value, str) or value.lower() not in QUANTIZE_TYPES:
             raise ValueError(f"unknown quantization type; use one of {', '.join(QUANTIZE_TYPES)} or None")
         return value.lower()
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _check_quantization(cls, value: Any) -> str | None:
+        found = student_quantization(value)
+        if found is False:
+            raise ValueError("unknown student quantization; use '4bit', '8bit' or None")
+        return found
 
     @field_validator("alias")
     @classmethod

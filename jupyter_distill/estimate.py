@@ -3,7 +3,9 @@
 Nothing is sent and nothing is trained: the dataset is read, tokens are approximated from
 characters (about four per token for English), prices come from ``TEACHER_MODEL_MAP``, samples
 already in the store are subtracted (they are never paid twice), and training time is scaled
-from the throughput measured on a 2-core CPU (see ``docs/benchmarks.md``) or the GPU's peak.
+from the throughput measured on a 2-core CPU (see ``docs/benchmarks.md``) or the GPU's peak,
+and peak training memory is predicted from the student's shape, its quantization and the step's
+token counts by :func:`jupyter_distill.train.memory.training_peak`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ from typing import Any
 
 from jupyter_distill import data as data_module
 from jupyter_distill.config import DistillConfig
-from jupyter_distill.models import STUDENT_MODEL_MAP, TEACHER_MODEL_MAP
+from jupyter_distill.models import (
+    STUDENT_MODEL_MAP,
+    STUDENT_SHAPES,
+    TEACHER_MODEL_MAP,
+    ModelShape,
+    shape_from_config,
+)
 from jupyter_distill.store import RunStore
+from jupyter_distill.train.memory import training_peak
 
 CHARS_PER_TOKEN = 4.0
 CHAT_OVERHEAD_TOKENS = 8  # role markers and separators per message
@@ -48,6 +57,8 @@ class Estimate:
     device: str
     training_seconds: float
     memory_gb: float
+    quantization: str | None = None
+    memory_breakdown: dict[str, float] | None = None  # GB by what holds it (weights, lora, activations, logits)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +81,11 @@ class Estimate:
             ("teacher cost", cost),
             ("student", f"{self.student_params_m:.0f}M parameters"),
             ("training", f"~{_duration(self.training_seconds)} on {self.device}"),
-            ("memory", f"~{self.memory_gb:.1f} GB {'VRAM' if self.device.startswith('cuda') else 'RAM'}"),
+            (
+                "memory",
+                f"~{self.memory_gb:.1f} GB {'VRAM' if self.device.startswith('cuda') else 'RAM'} peak while training"
+                + (f" ({self.quantization} student)" if self.quantization else ""),
+            ),
         ]
 
     def __repr__(self) -> str:
@@ -137,16 +152,20 @@ def estimate_config(config: DistillConfig) -> Estimate:
     flops = (
         config.steps * config.batch_size * config.grad_accum * params_m * 1e6 * (6 * pair_tokens + 2 * response_tokens)
     )
-    if device.startswith("cuda"):
-        seconds = flops / GPU_EFFECTIVE_FLOPS
-        bytes_per_param = 2
-    else:
-        seconds = flops / (CPU_FLOPS_PER_CORE * max(1, os.cpu_count() or 1))
-        bytes_per_param = 4
-    activations = (
-        config.batch_size * 2 * (mean_prompt + response_tokens) * _hidden_guess(params_m) * 40 * bytes_per_param
+    cuda = device.startswith("cuda")
+    seconds = flops / (GPU_EFFECTIVE_FLOPS if cuda else CPU_FLOPS_PER_CORE * max(1, os.cpu_count() or 1))
+    shape = _student_shape(config.student, params_m)
+    peak = training_peak(
+        shape,
+        quantization=config.quantization,
+        cuda=cuda,
+        engine="fast" if cuda and config.engine != "plain" else "plain",
+        batch_size=config.batch_size,
+        prompt_tokens=mean_prompt,
+        response_tokens=response_tokens,
+        lora_rank=config.lora_r,
+        gradient_checkpointing=config.quantization is not None,
     )
-    memory = params_m * 1e6 * bytes_per_param * 1.15 + activations
     return Estimate(
         prompts=len(prompts),
         train_prompts=len(prompts) - heldout,
@@ -163,7 +182,9 @@ def estimate_config(config: DistillConfig) -> Estimate:
         student_params_m=params_m,
         device=device,
         training_seconds=round(seconds, 1),
-        memory_gb=round(memory / 1e9, 2),
+        memory_gb=round(peak.total / 1e9, 2),
+        quantization=config.quantization,
+        memory_breakdown=peak.to_dict(),
     )
 
 
@@ -214,8 +235,16 @@ def _student_params_m(student: str) -> float:
     return 0.0
 
 
-def _hidden_guess(params_m: float) -> int:
-    return 576 if params_m < 200 else 1024 if params_m < 700 else 2048 if params_m < 2500 else 4096
+def _student_shape(student: str, params_m: float) -> ModelShape:
+    """The map's shape, a local folder's ``config.json``, or (a bare GGUF) a llama-like shape of that size."""
+    if student in STUDENT_SHAPES:
+        return STUDENT_SHAPES[student]
+    path = Path(student)
+    if path.is_dir() and (path / "config.json").is_file():
+        return shape_from_config(json.loads((path / "config.json").read_text()))
+    hidden = 576 if params_m < 200 else 1024 if params_m < 700 else 2048 if params_m < 2500 else 4096
+    layers = max(1, round(params_m * 1e6 / (12 * hidden * hidden)))
+    return ModelShape(hidden, layers, max(1, hidden // 64), max(1, hidden // 256), 4 * hidden, 32000, True)
 
 
 def _device(preference: str) -> str:

@@ -100,6 +100,96 @@ STUDENT_MODEL_MAP: dict[str, StudentModel] = {
     ]
 }
 
+#: How a student's frozen base can be loaded for QLoRA (``quantization=``); None = full precision.
+STUDENT_QUANTIZATIONS: tuple[str, ...] = ("4bit", "8bit")
+
+
+def student_quantization(value: Any) -> str | bool | None:
+    """``"4bit"``/``"8bit"`` (any case), ``None`` for ``None``/``"none"``/``""``/``False``; ``False`` if unknown."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("none", "")):
+        return None
+    if isinstance(value, str) and value.strip().lower() in STUDENT_QUANTIZATIONS:
+        return value.strip().lower()
+    return False
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of a decoder-only transformer that decide its training memory.
+
+    Kept beside the map (not read from a downloaded ``config.json``) so :func:`jupyter_distill.estimate`
+    can size a run on a student that is not on this machine yet.
+    """
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    tied: bool
+    head_dim: int = 0  # 0 = hidden // heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def linear_params(self) -> int:
+        """Parameters of the decoder's projections (what LoRA targets and 4/8-bit quantize)."""
+        q = self.heads * self.head_size
+        kv = self.kv_heads * self.head_size
+        attention = self.hidden * q + 2 * self.hidden * kv + q * self.hidden
+        return self.layers * (attention + 3 * self.hidden * self.ffn)
+
+    @property
+    def embedding_params(self) -> int:
+        """Input embeddings plus ``lm_head`` when it is not tied to them (both kept unquantized)."""
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def params(self) -> int:
+        return self.linear_params + self.embedding_params + self.layers * 2 * self.hidden + self.hidden
+
+
+#: Shapes of the students in :data:`STUDENT_MODEL_MAP`, from each model's published ``config.json``.
+STUDENT_SHAPES: dict[str, ModelShape] = {
+    "smollm2-135m": ModelShape(576, 30, 9, 3, 1536, 49152, True),
+    "smollm2-360m": ModelShape(960, 32, 15, 5, 2560, 49152, True),
+    "smollm2-1.7b": ModelShape(2048, 24, 32, 32, 8192, 49152, True),
+    "qwen3-0.6b": ModelShape(1024, 28, 16, 8, 3072, 151936, True, head_dim=128),
+    "qwen3-1.7b": ModelShape(2048, 28, 16, 8, 6144, 151936, True, head_dim=128),
+    "qwen2.5-0.5b": ModelShape(896, 24, 14, 2, 4864, 151936, True),
+    "qwen2.5-1.5b": ModelShape(1536, 28, 12, 2, 8960, 151936, True),
+    "llama-3.2-1b": ModelShape(2048, 16, 32, 8, 8192, 128256, True),
+    "llama-3.2-3b": ModelShape(3072, 28, 24, 8, 8192, 128256, True),
+    "llama-3.1-8b": ModelShape(4096, 32, 32, 8, 14336, 128256, False),
+    "gemma-3-270m": ModelShape(640, 18, 4, 1, 2048, 262144, True, head_dim=256),
+    "gemma-3-1b": ModelShape(1152, 26, 4, 1, 6912, 262144, True, head_dim=256),
+    "gemma-3-270m-base": ModelShape(640, 18, 4, 1, 2048, 262144, True, head_dim=256),
+    "smollm3-3b": ModelShape(2048, 36, 16, 4, 11008, 128256, True),
+    "phi-4-mini": ModelShape(3072, 32, 24, 8, 8192, 200064, True),
+    "granite-3.3-2b": ModelShape(2048, 40, 32, 8, 8192, 49159, True),
+}
+
+
+def shape_from_config(config: dict[str, Any]) -> ModelShape:
+    """A :class:`ModelShape` from a transformers ``config.json`` (a local student folder)."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    hidden = int(text.get("hidden_size", 0))
+    heads = int(text.get("num_attention_heads", 1) or 1)
+    return ModelShape(
+        hidden=hidden,
+        layers=int(text.get("num_hidden_layers", 0)),
+        heads=heads,
+        kv_heads=int(text.get("num_key_value_heads", heads) or heads),
+        ffn=int(text.get("intermediate_size", 4 * hidden)),
+        vocab=int(text.get("vocab_size", 32000)),
+        tied=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
+        head_dim=int(text.get("head_dim") or 0),
+    )
+
+
 TEACHER_MODEL_MAP: dict[str, TeacherModel] = {
     m.id: m
     for m in [

@@ -404,17 +404,22 @@ class Run:
             check_exportable(found["architecture"], self.config.quantize)
 
     def _train(self, pairs: list[Any]) -> dict[str, Any]:
-        from jupyter_distill.train.student import load_student
+        from jupyter_distill.train.choice import student_loader
+        from jupyter_distill.train.student import load_student, resolve_device
         from jupyter_distill.train.trainer import BondTrainer, TrainPair, TrainSettings
 
         config = self.config
-        student = load_student(config.student, device=config.device, chat_template=config.chat_template)
-        examples = TrainPair.from_records(pairs, self.store.get_prompts(self.name))
         settings = TrainSettings.from_config(config)
+        student = load_student(
+            config.student, device=config.device, chat_template=config.chat_template,
+            quantization=config.quantization, loader=student_loader(config.engine, resolve_device(config.device)),
+            max_length=settings.max_length,
+        )  # fmt: skip
+        examples = TrainPair.from_records(pairs, self.store.get_prompts(self.name))
         output_dir = Path(config.workdir) / "runs" / self.name / "train"
         trainer = BondTrainer(
             student, examples, settings, output_dir=output_dir, store=self.store, run_id=self.name,
-            emit=self.emit, stop=self._stop,
+            emit=self.emit, stop=self._stop, engine=config.engine,
         )  # fmt: skip
         before = self._evaluate_student(student, label="student_before")
         try:

@@ -11,7 +11,8 @@ What is checked, in order (the first problem raises its ``DistillError``):
 1. the student: a map key, an HF folder or a ``.gguf`` file that exists and is what it claims;
 2. its architecture can be exported for the chosen ``quantize`` (``export.check_exportable``);
 3. it can be loaded here: weights available offline, safetensors, a tokenizer, an architecture
-   transformers trains without remote code, the device exists (that its prompts can be rendered,
+   transformers trains without remote code, the device exists, the quantization (bitsandbytes)
+   and the engine (Unsloth) run on it (that its prompts can be rendered,
    with its own chat template or its family's, is ``train.student.student_preflight``'s check,
    which the pipeline runs just before these);
 4. the alias name and the registry folder it will be written to;
@@ -53,6 +54,7 @@ def check_run(config: DistillConfig, run_name: str, judge: Any = None) -> Studen
     plan = read_student(config.student)
     check_exportable(plan.architecture, config.quantize)
     check_loadable(plan, config.device)
+    check_training_options(config)
     if config.alias is not None:
         check_alias(config.alias)
     if judge is not None:
@@ -62,6 +64,17 @@ def check_run(config: DistillConfig, run_name: str, judge: Any = None) -> Studen
 
 
 # ---------------------------------------------------------------------------------- the student
+def check_training_options(config: DistillConfig) -> None:
+    """The student's quantization and the engine can run on the device training will use."""
+    from jupyter_distill.train.quantized import check_quantization
+    from jupyter_distill.train.student import resolve_device
+    from jupyter_distill.train.unsloth_loader import check_unsloth
+
+    device = resolve_device(config.device)
+    check_quantization(config.quantization, device)
+    check_unsloth(config.engine, device)
+
+
 def _student_error(message: str, spec: str, fix: str) -> TrainingError:
     return TrainingError(message, field="student", value=spec, fix=fix)
 

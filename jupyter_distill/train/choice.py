@@ -13,6 +13,9 @@ from typing import Any
 from jupyter_distill.errors import TrainingError
 from jupyter_distill.train.engines import PlainEngine, StepEngine
 
+#: What ``engine=`` accepts (``DistillConfig.engine`` and :func:`select_engine`).
+ENGINES: tuple[str, ...] = ("auto", "plain", "fast", "unsloth")
+
 
 def _try_fast(device: str, options: dict[str, Any]) -> tuple[StepEngine | None, str]:
     try:
@@ -30,20 +33,34 @@ def select_engine(device: str, preference: str = "auto", **options: Any) -> tupl
     """Pick the step engine for ``device``; returns ``(engine, reason)`` for the user to see.
 
     ``preference``: ``auto`` (the CUDA fast path on CUDA when it imports, else plain), ``plain``,
-    or ``fast`` (the fast path or an error saying why not; allowed on CPU so its code paths can be
-    tested without a GPU). ``options`` (``beta``, ``gamma``, ``tau``, ``pad_token_id``) go to the
-    engine's constructor.
+    ``fast`` (the fast path or an error saying why not; allowed on CPU so its code paths can be
+    tested without a GPU) or ``unsloth`` (the fast engine over a student Unsloth loaded, which it
+    detects; the student's loader decides whether Unsloth's kernels are in the model). ``options``
+    (``beta``, ``gamma``, ``tau``, ``pad_token_id``) go to the engine's constructor.
     """
     device = str(device)
-    if preference not in ("auto", "plain", "fast"):
+    if preference not in ENGINES:
         raise TrainingError(
-            f"unknown engine preference {preference!r}. Fix: use 'auto', 'plain' or 'fast'.",
+            f"unknown engine preference {preference!r}. Fix: use one of {', '.join(map(repr, ENGINES))}.",
             field="engine",
             value=preference,
-            fix="use 'auto', 'plain' or 'fast'",
+            fix="use 'auto', 'plain', 'fast' or 'unsloth'",
         )
     if preference == "plain":
         return PlainEngine(**options), "plain PEFT engine (asked for with engine='plain')"
+    if preference == "unsloth":
+        from jupyter_distill.train.unsloth_loader import check_unsloth
+
+        check_unsloth(preference, device)
+        engine, why = _try_fast(device, options)
+        if engine is None:
+            raise TrainingError(
+                f"engine='unsloth' trains with the fast engine, but {why}.",
+                field="engine",
+                value=preference,
+                fix="use engine='plain'",
+            )
+        return engine, f"Unsloth-loaded student, BOND loss through the fast engine: {why}"
     if preference == "fast" or device.startswith("cuda"):
         engine, why = _try_fast(device, options)
         if engine is not None:
@@ -60,4 +77,14 @@ def select_engine(device: str, preference: str = "auto", **options: Any) -> tupl
     return PlainEngine(**options), f"plain PEFT engine on {device} (the fast path needs a CUDA device)"
 
 
-__all__ = ["select_engine"]
+def student_loader(engine: str, device: str) -> str:
+    """How the student is loaded for ``engine``: through Unsloth for ``unsloth``, and for ``auto``
+    when Unsloth imports and the device is CUDA; through transformers otherwise."""
+    from jupyter_distill.train.unsloth_loader import unsloth_status
+
+    if engine == "unsloth" or (engine == "auto" and unsloth_status(device)[0]):
+        return "unsloth"
+    return "transformers"
+
+
+__all__ = ["ENGINES", "select_engine", "student_loader"]

@@ -26,9 +26,8 @@ The CUDA fast-path hook: on a CUDA device
 :func:`~jupyter_distill.train.choice.select_engine` imports
 ``jupyter_distill.train.fast`` and calls ``create_engine(device, **options) -> (engine | None,
 reason)``; an ImportError or a ``None`` engine falls back to the plain engine with the reason
-shown to the user. An engine may also define ``setup_model(model, lora_config) -> model`` to
-build the PEFT model itself (e.g. Unsloth's patched model); otherwise the trainer calls
-``peft.get_peft_model``.
+shown to the user. The trainer wraps the student in LoRA itself (through Unsloth's own wrapper
+when the student was loaded by Unsloth), so engines only compute the loss.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ from jupyter_distill.train.packing import (
     pad_sequences,
     tree_attention_mask,
 )
+from jupyter_distill.train.quantized import checkpointing_enabled, quantization_of
 
 LAYOUTS = ("auto", "tree", "sequences")
 COMPILE_MODES = ("auto", "on", "off")
@@ -256,12 +257,24 @@ class FastEngine:
         ]
         if self._autocast is not None:
             notes.append(f"{str(self._autocast).replace('torch.', '')} autocast over fp32 LoRA weights")
-        want_compile = self.compile == "on" or (self.compile == "auto" and device.type == "cuda" and not unsloth)
+        quantized = quantization_of(model)
+        checkpointing = checkpointing_enabled(model)
+        want_compile = self.compile == "on" or (
+            self.compile == "auto" and device.type == "cuda" and not unsloth and not quantized and not checkpointing
+        )
         if want_compile:
             _, note = self._compile_layers(model)
             notes.append(note)
         elif unsloth:
             notes.append("no torch.compile of ours (Unsloth compiled its own blocks)")
+        elif self.compile == "auto" and (quantized or checkpointing):
+            notes.append(
+                "no torch.compile ("
+                + " and ".join(
+                    [f"{quantized} bitsandbytes layers"] * bool(quantized) + ["gradient checkpointing"] * checkpointing
+                )
+                + " re-run eagerly)"
+            )
         else:
             notes.append(f"no torch.compile (compile={self.compile}, device {device.type})")
         self.reason = f"fast engine on {device}: " + ", ".join(notes)

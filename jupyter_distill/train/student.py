@@ -48,6 +48,8 @@ class StudentInfo:
     chat_template_source: str  # "config", "gguf", "tokenizer" or "family:<name>" (a base model's default)
     end_of_turn_id: int
     end_of_turn: str
+    quantization: str | None = None  # "4bit" / "8bit" when the frozen base was loaded by bitsandbytes
+    loader: str = "transformers"  # or "unsloth" (FastLanguageModel)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,7 +239,15 @@ def gguf_chat_template(gguf: Path) -> str | None:
         return None
 
 
-def load_student(spec: str, device: str = "auto", chat_template: str | None = None) -> LoadedStudent:
+def load_student(
+    spec: str,
+    device: str = "auto",
+    chat_template: str | None = None,
+    *,
+    quantization: str | None = None,
+    loader: str = "transformers",
+    max_length: int = 1024,
+) -> LoadedStudent:
     """Load the student ``spec`` for LoRA training on ``device`` (``auto``, ``cpu``, ``cuda``).
 
     ``spec``: a ``STUDENT_MODEL_MAP`` key, a local HF folder, or a ``.gguf`` path (dequantized once
@@ -245,10 +255,25 @@ def load_student(spec: str, device: str = "auto", chat_template: str | None = No
     own; a base model without one gets its family's (:func:`jupyter_distill.models.family_chat_template`).
     The template ends up in the tokenizer the adapter is saved with, and export writes it into
     the GGUF, so the served model renders prompts exactly as training did.
+
+    ``quantization`` (``"4bit"``/``"8bit"``) loads the frozen base through bitsandbytes for QLoRA
+    (:mod:`.quantized`); ``hf_folder`` still points at the full-precision weights export merges
+    into. ``loader="unsloth"`` loads through Unsloth's ``FastLanguageModel`` (:mod:`.unsloth_loader`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from jupyter_distill.train import quantized as qz
+
     device = resolve_device(device)
+    quantization = qz.normalise_quantization(quantization)
+    qz.check_quantization(quantization, device)
+    if loader not in ("transformers", "unsloth"):
+        raise TrainingError(
+            f"unknown student loader {loader!r}. Fix: use 'transformers' or 'unsloth'.",
+            field="loader",
+            value=loader,
+            fix="use 'transformers' or 'unsloth'",
+        )
     folder, source, entry, gguf = resolve_student_folder(spec)
     if not (folder / "config.json").is_file():
         raise TrainingError(
@@ -271,16 +296,29 @@ def load_student(spec: str, device: str = "auto", chat_template: str | None = No
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
         dtype = training_dtype(device)
-        with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(
-                folder,
-                config=config,
-                dtype=dtype,
-                use_safetensors=True,
-                trust_remote_code=False,
-                local_files_only=True,
-            )
-    except TrainingError:
+        if loader == "unsloth":
+            from jupyter_distill.train.unsloth_loader import load_with_unsloth
+
+            model, tokenizer = load_with_unsloth(folder, dtype=dtype, quantization=quantization, max_length=max_length)
+        else:
+            placement: dict[str, Any] = {}
+            if quantization is not None:
+                # bitsandbytes quantizes while loading onto the device; a quantized model cannot be moved
+                placement = {
+                    "quantization_config": qz.quantization_config(quantization, dtype),
+                    "device_map": {"": 0 if device == "cuda" else device},
+                }
+            with quiet_transformers():
+                model = AutoModelForCausalLM.from_pretrained(
+                    folder,
+                    config=config,
+                    dtype=dtype,
+                    use_safetensors=True,
+                    trust_remote_code=False,
+                    local_files_only=True,
+                    **placement,
+                )
+    except (TrainingError, ConfigError):
         raise
     except Exception as exc:
         raise TrainingError(
@@ -290,7 +328,10 @@ def load_student(spec: str, device: str = "auto", chat_template: str | None = No
             value=str(spec),
             fix="use a supported architecture (llama, qwen2, qwen3, gemma3, ...)",
         ) from None
-    model.to(device)
+    if quantization is None and loader == "transformers":
+        model.to(device)
+    elif quantization is not None and device == "cpu":
+        qz.keep_differentiable_on_cpu(model)
     model.config.use_cache = False  # training never uses the KV cache; generation turns it back on
 
     template_source = "tokenizer"
@@ -317,7 +358,7 @@ def load_student(spec: str, device: str = "auto", chat_template: str | None = No
         spec=str(spec),
         source=source,
         architecture=str(getattr(config, "model_type", "unknown")),
-        n_params=sum(p.numel() for p in model.parameters()),
+        n_params=int(model.num_parameters()),  # counts 4-bit weights unpacked
         dtype=str(dtype).removeprefix("torch."),
         device=device,
         base_id=entry.hf_id if entry else None,
@@ -326,6 +367,8 @@ def load_student(spec: str, device: str = "auto", chat_template: str | None = No
         chat_template_source=template_source,
         end_of_turn_id=eot_id,
         end_of_turn=eot,
+        quantization=quantization,
+        loader=loader,
     )
     return LoadedStudent(model=model, tokenizer=tokenizer, info=info, hf_folder=folder)
 

@@ -128,6 +128,9 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     bucket_batches: int = 16  # length-bucket within groups of this many batches
+    #: recompute activations in the backward pass; ``None`` = on for a 4/8-bit student (QLoRA's
+    #: memory budget), off otherwise (a third more compute for memory a full-precision run has)
+    gradient_checkpointing: bool | None = None
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -184,6 +187,8 @@ class TrainSettings:
         data = asdict(self)
         for volatile in ("checkpoint_every", "device"):
             data.pop(volatile)
+        if data["gradient_checkpointing"] is None:  # the default: checkpoints written before it existed resume
+            data.pop("gradient_checkpointing")
         return content_hash("train-settings", data)
 
 
@@ -262,6 +267,56 @@ def _lora_targets(settings: TrainSettings, architecture: str) -> list[str] | str
     return list(default) if default else "all-linear"
 
 
+def attach_lora(student: LoadedStudent, settings: TrainSettings) -> Any:
+    """Wrap ``student.model`` in a fresh LoRA adapter for training and return it (also set on ``student``).
+
+    A student loaded in 4/8 bits has its base frozen first (and, by default, gradient checkpointing
+    on: :mod:`.quantized`); a student Unsloth loaded gets Unsloth's own LoRA wrapper
+    (:mod:`.unsloth_loader`). The LoRA settings are the same either way.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    base = student.drop_adapter()  # a re-run on the same student starts from the pristine base
+    info = student.info
+    targets = _lora_targets(settings, info.architecture)
+    config = LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(settings.seed)  # LoRA A init is random: same seed, same start
+    checkpointing = settings.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = info.quantization is not None
+    try:
+        with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            if info.loader == "unsloth":
+                from jupyter_distill.train.unsloth_loader import attach_lora as unsloth_lora
+
+                model = unsloth_lora(base, config, seed=settings.seed, gradient_checkpointing=checkpointing)
+            else:
+                if info.quantization is not None or checkpointing:
+                    from jupyter_distill.train.quantized import prepare_for_lora
+
+                    base = prepare_for_lora(base, gradient_checkpointing=checkpointing)
+                model = get_peft_model(base, config)
+    except ValueError as exc:  # PEFT: "Target modules {...} not found in the base model"
+        raise TrainingError(
+            f"LoRA could not be attached: {exc}. Fix: set target_modules to names of linear layers of this "
+            f"model ({info.architecture}), e.g. {list(ALL_PROJECTIONS)} for llama-like models.",
+            field="target_modules",
+            value=targets,
+            fix="use module names that exist in the model",
+        ) from None
+    model.train()
+    student.model = model
+    return model
+
+
 class BondTrainer:
     """Trains a LoRA adapter on ``student`` with the BOND loss; see the module docstring for why.
 
@@ -319,34 +374,7 @@ class BondTrainer:
         return content_hash("pairs", [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples])
 
     def _build_model(self, engine: StepEngine) -> Any:
-        from peft import LoraConfig, get_peft_model
-
-        base = self.student.drop_adapter()  # a re-run on the same student starts from the pristine base
-        targets = _lora_targets(self.settings, self.student.info.architecture)
-        config = LoraConfig(
-            r=self.settings.lora_r,
-            lora_alpha=self.settings.lora_alpha,
-            lora_dropout=self.settings.lora_dropout,
-            target_modules=targets,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        torch.manual_seed(self.settings.seed)  # LoRA A init is random: same seed, same start
-        setup = getattr(engine, "setup_model", None)
-        try:
-            with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                model = setup(base, config) if setup is not None else get_peft_model(base, config)
-        except ValueError as exc:  # PEFT: "Target modules {...} not found in the base model"
-            raise TrainingError(
-                f"LoRA could not be attached: {exc}. Fix: set target_modules to names of linear layers of this "
-                f"model ({self.student.info.architecture}), e.g. {list(ALL_PROJECTIONS)} for llama-like models.",
-                field="target_modules",
-                value=targets,
-                fix="use module names that exist in the model",
-            ) from None
-        model.train()
-        self.student.model = model
+        model = attach_lora(self.student, self.settings)
         self.model = model
         return model
 
@@ -664,6 +692,7 @@ __all__ = [
     "TrainPair",
     "TrainResult",
     "TrainSettings",
+    "attach_lora",
     "batch_order",
     "lr_factor",
     "recover_dir",
