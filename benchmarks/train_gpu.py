@@ -643,9 +643,10 @@ def worker_student(args: argparse.Namespace) -> dict[str, Any]:
     quant = None if args.quantization in (None, "none") else args.quantization
     tiny = args.shape == "tiny"
     vocab = SHAPES[args.shape]["vocab_size"]
-    n_pairs, p_len, r_len = (4, 16, 16) if tiny else (16, 128, 128)
+    n_pairs, p_len, r_len = (4, 16, 16) if tiny else (args.pairs, args.prompt_len, args.response_len)
     device = "cuda" if cuda() else "cpu"
     out: dict[str, Any] = {"shape": args.shape, "quantization": quant or "none", "loader": args.loader}
+    out["batch"] = {"pairs": n_pairs, "prompt": p_len, "response": r_len}
     reset_peak()
     t0 = time.perf_counter()
     student = load_student(
@@ -762,6 +763,8 @@ def run_student_variants(
             continue
         folder = build_model_folder(shape, workdir)
         extra = ["--quantization", quant, "--loader", loader] + (["--fast-only"] if args.fast_only else [])
+        extra += ["--pairs", str(args.pairs), "--prompt-len", str(args.prompt_len)]
+        extra += ["--response-len", str(args.response_len)]
         results[key] = run_worker(args, "student", shape, folder, deadline, extra)
         results["elapsed_s"] = round(time.time() - start, 1)
         json_path.write_text(json.dumps(results, indent=2, default=str))
@@ -881,6 +884,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantization", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--loader", default="transformers", help=argparse.SUPPRESS)
     parser.add_argument("--fast-only", action="store_true", help="group 'student': skip the plain engine")
+    parser.add_argument("--pairs", type=int, default=16, help="group 'student': pairs a step")
+    parser.add_argument("--prompt-len", type=int, default=128, help="group 'student': prompt tokens")
+    parser.add_argument("--response-len", type=int, default=128, help="group 'student': tokens per response")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)

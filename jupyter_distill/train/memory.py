@@ -4,10 +4,10 @@ Why a model and not a probe: :func:`jupyter_distill.estimate` must answer before
 loaded (a user picks the student and the quantization from it), so the figure comes from the
 shape alone. Each term is what the step really keeps alive:
 
-- **weights**: the decoder's projections at 0.5 + 1/64 + 1/16384 bytes a parameter in NF4 with
-  double quantization (4-bit codes, one 8-bit absmax per 64 weights, one fp32 absmax per 256
-  blocks), 1 byte in LLM.int8, else 2 (bf16) or 4 (fp32); embeddings and an untied ``lm_head``
-  are never quantized.
+- **weights** (and CUDA's own working memory): the decoder's projections at 0.5 + 1/64 +
+  1/16384 bytes a parameter in NF4 with double quantization (4-bit codes, one 8-bit absmax per
+  64 weights, one fp32 absmax per 256 blocks), 1 byte in LLM.int8, else 2 (bf16) or 4 (fp32);
+  embeddings and an untied ``lm_head`` are never quantized.
 - **LoRA**: fp32 weights, gradients and AdamW's two moments, 16 bytes a trainable parameter.
 - **activations**: what autograd saves per token and decoder layer (norm inputs and outputs,
   q/k/v, the attention output, the MLP's gate, up, activation and product), or with gradient
@@ -32,6 +32,15 @@ WEIGHT_BYTES: dict[str, float] = {"4bit": 0.5 + 1 / 64 + 4 / (64 * 256), "8bit":
 
 #: Saved activations per token and layer, in elements: ``H*hidden + KV*kv_width + F*ffn``.
 ACT_HIDDEN, ACT_KV, ACT_FFN = 8.0, 2.0, 4.0
+
+#: What autograd really keeps of that count without checkpointing: eager layers save a few
+#: intermediates more (x1.11), layers compiled by the fast engine fuse the norms and the MLP's
+#: elementwise product and save fewer (x0.88). Both measured at the 1.05B and 8B shapes on an
+#: H200 (``docs/benchmarks.md``).
+EAGER_SAVED, COMPILED_SAVED = 1.11, 0.88
+
+#: CUDA's own working memory on top (cuBLAS workspaces, allocator rounding), in bytes.
+CUDA_OVERHEAD = 100_000_000
 
 #: fp32 logits blocks live at once inside one chunk of the fast engine's ``lm_head`` pass
 #: (logits, their log-softmax and the reference's), each of ``DEFAULT_CHUNK_ELEMENTS`` numbers.
@@ -74,12 +83,19 @@ def training_peak(
     response_tokens: float,
     lora_rank: int = 16,
     gradient_checkpointing: bool = False,
+    compiled: bool | None = None,
 ) -> MemoryEstimate:
     """The predicted peak of one BOND step of ``batch_size`` pairs (chosen and rejected each
-    ``response_tokens`` long after a ``prompt_tokens`` prompt) on ``engine`` (``fast``/``plain``)."""
+    ``response_tokens`` long after a ``prompt_tokens`` prompt) on ``engine`` (``fast``/``plain``).
+
+    ``compiled``: whether the fast engine compiles its layers; by default it does on CUDA for a
+    full-precision student without gradient checkpointing, as :class:`~.fast.FastEngine` decides.
+    """
+    if compiled is None:
+        compiled = engine == "fast" and cuda and quantization is None and not gradient_checkpointing
     element = 2 if cuda else 4  # bf16 on GPUs, fp32 on CPU
     per_weight = WEIGHT_BYTES.get(quantization or "", float(element))
-    weights = shape.linear_params * per_weight + shape.embedding_params * element
+    weights = shape.linear_params * per_weight + shape.embedding_params * element + (CUDA_OVERHEAD if cuda else 0)
     lora = lora_params(shape, lora_rank) * 16
 
     # the fast engine runs the prompt once per pair; the plain engine twice (chosen and rejected rows)
@@ -90,7 +106,7 @@ def training_peak(
     if gradient_checkpointing:
         activations = tokens * (shape.layers * shape.hidden * element + per_token_layer)
     else:
-        activations = tokens * shape.layers * per_token_layer
+        activations = tokens * shape.layers * per_token_layer * (COMPILED_SAVED if compiled else EAGER_SAVED)
 
     response = batch_size * 2 * response_tokens
     if engine == "fast":
@@ -102,4 +118,13 @@ def training_peak(
     return MemoryEstimate(int(weights), int(lora), int(activations), int(logits))
 
 
-__all__ = ["FAST_LIVE_BLOCKS", "WEIGHT_BYTES", "MemoryEstimate", "lora_params", "training_peak"]
+__all__ = [
+    "COMPILED_SAVED",
+    "CUDA_OVERHEAD",
+    "EAGER_SAVED",
+    "FAST_LIVE_BLOCKS",
+    "WEIGHT_BYTES",
+    "MemoryEstimate",
+    "lora_params",
+    "training_peak",
+]
