@@ -215,3 +215,12 @@ def test_estimate_reports_memory_for_every_student_and_quantization() -> None:
             assert found.quantization == quantization
     for key in STUDENT_MODEL_MAP:
         assert seen[(key, "4bit")] < seen[(key, "8bit")] < seen[(key, None)]
+    assert "lower bound" in repr(estimate(rows, student="llama-3.1-8b", quantization="8bit"))
+
+
+def test_jd_estimate_is_callable_after_its_module_was_imported() -> None:
+    import jupyter_distill as jd
+    import jupyter_distill.estimate  # the import that used to shadow the function
+
+    found = jd.estimate([{"prompt": "hi"}], student="llama-3.1-8b", quantization="4bit")
+    assert found.quantization == "4bit" and found.memory_gb > 0
