@@ -34,6 +34,7 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 from jupyter_distill.errors import BudgetExceeded, JudgeError, PolicyError
 from jupyter_distill.events import Emit, Event, no_emit
 from jupyter_distill.hashing import canonical_json, content_hash
+from jupyter_distill.schema_score import compile_schema, is_schema_keyword
 from jupyter_distill.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
 from jupyter_distill.teachers.base import FatalTeacherError
 
@@ -273,7 +274,7 @@ def regex(pattern: str, field: str | None = None, *, flags: int = 0, fullmatch: 
     return Verifier(check, name)
 
 
-# -- JSON extraction and a small schema checker
+# -- JSON extraction and schema checking
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
 
 
@@ -320,34 +321,16 @@ _PY_TYPES: dict[type, str] = {
     dict: "object",
     type(None): "null",
 }
-_JSON_TYPES = {"string", "integer", "number", "boolean", "array", "object", "null"}
-
-
-def _type_ok(value: Any, json_type: str) -> bool:
-    if json_type == "string":
-        return isinstance(value, str)
-    if json_type == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if json_type == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if json_type == "boolean":
-        return isinstance(value, bool)
-    if json_type == "array":
-        return isinstance(value, list)
-    if json_type == "object":
-        return isinstance(value, dict)
-    return value is None  # "null"
 
 
 def _normalize_schema(schema: Mapping[str, Any] | None, required: Sequence[str] | None) -> dict[str, Any] | None:
-    """Turn either accepted schema form into the JSON-schema-like form, validating it."""
+    """Turn either accepted schema form into a JSON Schema (not yet checked)."""
     if schema is None and not required:
         return None
     if schema is None:
         out: dict[str, Any] = {"type": "object", "properties": {}}
     elif _is_json_schema(schema):
         out = dict(schema)
-        _check_json_schema(out, "schema")
     else:  # {field: python type or tuple of types}
         props: dict[str, Any] = {}
         for key, typ in schema.items():
@@ -357,7 +340,7 @@ def _normalize_schema(schema: Mapping[str, Any] | None, required: Sequence[str] 
                 if t not in _PY_TYPES:
                     raise JudgeError(
                         f"json_valid schema field {key!r} has type {t!r}; supported: str, int, float, bool, "
-                        'list, dict, None. Fix: use one of those, or a JSON-schema-like {"type": ...}.',
+                        'list, dict, None. Fix: use one of those, or a JSON Schema such as {"type": ...}.',
                         field="schema",
                         value=key,
                     )
@@ -370,73 +353,15 @@ def _normalize_schema(schema: Mapping[str, Any] | None, required: Sequence[str] 
 
 
 def _is_json_schema(schema: Mapping[str, Any]) -> bool:
-    """JSON-schema-like when "type" is a type *name* (not a Python class) or "properties" is a dict."""
-    return isinstance(schema.get("type"), str | list) or isinstance(schema.get("properties"), Mapping)
-
-
-def _check_json_schema(schema: Mapping[str, Any], where: str) -> None:
-    types = schema.get("type")
-    names = types if isinstance(types, list) else ([] if types is None else [types])
-    for t in names:
-        if t not in _JSON_TYPES:
-            raise JudgeError(
-                f"json_valid {where} has unknown type {t!r}. Fix: use one of {sorted(_JSON_TYPES)}.",
-                field="schema",
-                value=t,
-            )
-    for name, sub in (schema.get("properties") or {}).items():
-        if not isinstance(sub, Mapping):
-            raise JudgeError(
-                f"json_valid {where}.properties.{name} must be a dict like {{'type': 'string'}}, got {sub!r}. "
-                "Fix: describe each property with a dict.",
-                field="schema",
-                value=name,
-            )
-        _check_json_schema(sub, f"{where}.properties.{name}")
-    if isinstance(schema.get("items"), Mapping):
-        _check_json_schema(schema["items"], f"{where}.items")
-
-
-def _schema_checks(value: Any, schema: Mapping[str, Any]) -> tuple[int, int, list[str]]:
-    """(passed, total, problems) over every type/enum/required check the schema makes."""
-    passed = total = 0
-    problems: list[str] = []
-
-    def check(ok: bool, problem: str) -> bool:
-        nonlocal passed, total
-        total += 1
-        passed += ok
-        if not ok:
-            problems.append(problem)
-        return ok
-
-    types = schema.get("type")
-    if types is not None:
-        options = types if isinstance(types, list) else [types]
-        if not check(any(_type_ok(value, t) for t in options), f"expected {types}, got {type(value).__name__}"):
-            return passed, total, problems
-    if "enum" in schema:
-        check(value in schema["enum"], f"{value!r} not in {schema['enum']!r}")
-    if "const" in schema:
-        check(value == schema["const"], f"{value!r} != {schema['const']!r}")
-    if isinstance(value, dict):
-        props = schema.get("properties") or {}
-        for name in schema.get("required", []):
-            check(name in value, f"missing field {name!r}")
-        for name, sub in props.items():
-            if name in value:
-                p, t, probs = _schema_checks(value[name], sub)
-                passed, total = passed + p, total + t
-                problems.extend(f"{name}: {x}" for x in probs)
-        if schema.get("additionalProperties") is False:
-            extra = sorted(set(value) - set(props))
-            check(not extra, f"unexpected fields {extra}")
-    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-        for i, item in enumerate(value):
-            p, t, probs = _schema_checks(item, schema["items"])
-            passed, total = passed + p, total + t
-            problems.extend(f"[{i}]: {x}" for x in probs)
-    return passed, total, problems
+    """A JSON Schema unless it maps field names to Python types: ``type`` holds a type *name*,
+    ``properties`` a dict, or some key is a JSON Schema keyword (``$ref``, ``anyOf``, ``enum``...)
+    whose value is not a Python type."""
+    if isinstance(schema.get("type"), str | list) or isinstance(schema.get("properties"), Mapping):
+        return True
+    return any(
+        isinstance(key, str) and is_schema_keyword(key) and not isinstance(value, type | tuple)
+        for key, value in schema.items()
+    )
 
 
 def json_valid(
@@ -448,18 +373,21 @@ def json_valid(
 ) -> Verifier:
     """1.0 when the response holds valid JSON that satisfies ``schema``.
 
-    ``schema`` is either ``{field: python type}`` (every field required) or a JSON-schema-like
-    dict (``type``, ``properties``, ``required``, ``enum``, ``const``, ``items``,
-    ``additionalProperties: False``). ``required`` adds required fields. The first JSON object is
-    extracted from the text, code fences and surrounding prose tolerated, unless ``strict``.
-    With ``partial`` (default) a parsed value that fails some checks scores
-    ``0.5 * share of checks passed``: always below 0.5 so it never passes, yet best-of-N can
-    still prefer the nearly right candidate. Unparsable text scores 0.
+    ``schema`` is either ``{field: python type}`` (every field required) or a JSON Schema, checked
+    by the ``jsonschema`` package (Draft 2020-12: ``pattern``, ``minimum``, ``$ref`` to ``$defs``
+    and every other keyword count). ``required`` adds required fields. A schema that is not valid
+    JSON Schema, or whose ``$ref`` does not resolve, raises ``JudgeError`` here, before any request.
+    The first JSON value is extracted from the text, code fences and surrounding prose tolerated,
+    unless ``strict``. With ``partial`` (default) a parsed value that fails the schema scores
+    ``0.5 * share of the schema's assertions passed`` (see :mod:`jupyter_distill.schema_score`):
+    always below 0.5 so it never passes, yet best-of-N can still prefer the nearly right
+    candidate. Unparsable text scores 0.
     """
     normalized = _normalize_schema(schema, required)
+    compiled = compile_schema(normalized) if normalized is not None else None
     name = (
         f"json_valid(schema={canonical_json(normalized) if normalized else None}, strict={strict!r}, "
-        f"partial={partial!r})"
+        f"partial={partial!r}, draft=2020-12)"
     )
 
     def check(row: dict[str, Any], response: str) -> float:
@@ -467,12 +395,12 @@ def json_valid(
             value = extract_json(response, strict=strict)
         except ValueError:
             return 0.0
-        if normalized is None:
+        if compiled is None:
             return 1.0
-        passed, total, _ = _schema_checks(value, normalized)
-        if passed == total:
+        verdict = compiled.score(value)
+        if verdict.valid:
             return 1.0
-        return 0.5 * passed / total if partial and total else 0.0
+        return 0.5 * verdict.share if partial else 0.0
 
     return Verifier(check, name)
 
