@@ -27,18 +27,17 @@ import json
 import math
 import re
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from jupyter_distill.errors import BudgetExceeded, JudgeError, PolicyError
 from jupyter_distill.events import Emit, Event, no_emit
 from jupyter_distill.hashing import canonical_json, content_hash
+from jupyter_distill.loops import run_sync
 from jupyter_distill.schema_score import compile_schema, is_schema_keyword
 from jupyter_distill.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
 from jupyter_distill.teachers.base import FatalTeacherError
-
-T = TypeVar("T")
 
 VerifierFn = Callable[[dict[str, Any], str], "float | bool"]
 """A verifier: ``(row, response) -> float | bool``; ``row`` is the dataset row dict."""
@@ -782,7 +781,7 @@ def judge(
                 await the_judge.aclose()  # this loop ends with the call: release its sockets
 
     if todo:
-        run_sync(work)
+        run_sync(work, thread_name="jupyter-distill-judge", on_worker_exit=store.close)
     failed = [r for r in results.values() if r.status != "ok"]
     if failed:
         emit(
@@ -838,36 +837,6 @@ def _save(store: RunStore, run_id: str, record: JudgmentRecord, prompt_hash: str
             store.clear_failure(run_id, "judging", record.key)
     else:
         store.record_failure(run_id, "judging", record.key, record.rationale, prompt_hash=prompt_hash)
-
-
-def run_sync(factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine to completion from sync code, also when a loop is running (Jupyter).
-
-    With no running loop ``asyncio.run`` is used; inside a running loop (a notebook cell) the
-    coroutine runs on a fresh loop in a worker thread, and this call waits for it.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_await(factory))
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(_await(factory))
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="jupyter-distill-judge", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-async def _await(factory: Callable[[], Awaitable[T]]) -> T:
-    return await factory()
 
 
 __all__ = [
