@@ -47,6 +47,18 @@ def test_unknown_quantize_lists_valid_types():
         assert kind in str(info.value)
 
 
+def test_every_quantize_type_the_export_makes_is_accepted_by_the_config():
+    from jupyter_distill.export import QUANT_TYPES, validate_quantize
+    from jupyter_distill.notebook.magics import build_line_parser
+
+    assert set(QUANTIZE_TYPES) == set(QUANT_TYPES) and "q6_k" in QUANTIZE_TYPES
+    for kind in QUANTIZE_TYPES:
+        assert DistillConfig.from_kwargs(quantize=kind).quantize == kind == validate_quantize(kind)
+        assert DistillConfig.from_kwargs(quantize=kind.upper().replace("_", "-")).quantize == kind
+    export_help = build_line_parser()._subparsers._group_actions[0].choices["export"].format_help()
+    assert all(kind in " ".join(export_help.split()) for kind in QUANTIZE_TYPES)
+
+
 def test_quantize_none_spellings_skip_export():
     for value in (None, "none", "None", False):
         assert DistillConfig.from_kwargs(quantize=value).quantize is None
