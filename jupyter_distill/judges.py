@@ -9,8 +9,8 @@ Two kinds, one protocol (:class:`Judge`: a stable ``id`` plus ``async score(prom
 * **LLM judges** (:class:`LLMJudge`) ask a model to grade a response against a rubric and answer
   ``{"score": 1-10, "rationale": "..."}`` at temperature 0. An unparsable answer gets exactly one
   repair request; after that the judgment is *recorded as failed* (score ``None``). A failure is
-  never turned into a default score: the reference tool scored parse failures as 0.5, which
-  silently put garbage into the training set.
+  never turned into a default score: a default such as 0.5 would pass ``min_score`` and silently
+  put unjudged answers into the training set.
 
 :func:`judge` runs a judge over all candidates of a run, concurrently, and stores every verdict
 under ``content_hash("judgment", sample_key, judge.id)``: a re-run re-uses every successful

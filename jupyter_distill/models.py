@@ -1,7 +1,7 @@
 """Model maps: which students can be trained, which teachers can be called and at what price.
 
-``STUDENT_MODEL_MAP`` and ``TEACHER_MODEL_MAP`` are public names (the reference tool exposes the
-same two maps). Prices are list prices in USD per million tokens recorded on ``PRICES_AS_OF``;
+``STUDENT_MODEL_MAP`` and ``TEACHER_MODEL_MAP`` are public names: users read them to pick a student
+and a teacher. Prices are list prices in USD per million tokens recorded on ``PRICES_AS_OF``;
 they drive cost estimates and budgets, and a response's own ``usage`` always wins over guesses.
 
 Local models come from PyPI packages that ship GGUF files, never from a hub at run time.
