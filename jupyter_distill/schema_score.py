@@ -13,6 +13,9 @@ assertion each, whatever their branches did, so a branch that was allowed to fai
 
 A schema is checked when it is given (:func:`compile_schema`), so a bad one fails before any teacher
 request, with an error naming where in the schema the problem is, the offending value and the fix.
+
+``jsonschema`` is imported on first use, not with this module: its import takes about a second
+(its format checkers compile a URI grammar), which every process importing the judges would pay.
 """
 
 from __future__ import annotations
@@ -20,16 +23,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any
-
-import jsonschema
-import referencing
-import referencing.exceptions
-import referencing.jsonschema
-from jsonschema.exceptions import SchemaError, ValidationError
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from jupyter_distill.errors import JudgeError
+
+if TYPE_CHECKING:
+    import referencing
+    from jsonschema.exceptions import SchemaError, ValidationError
 
 JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
 
@@ -92,7 +93,6 @@ class _Tally:
     passed: int = 0
     failed: int = 0
     muted: int = 0  # > 0 inside an alternative, whose inner assertions do not count
-    problems: list[str] = field(default_factory=list)
 
 
 _TALLY: ContextVar[_Tally | None] = ContextVar("jupyter_distill_schema_tally", default=None)
@@ -147,6 +147,8 @@ def _weight(keyword: str, value: Any, instance: Any) -> int:
 @functools.cache
 def _scoring_class(base: type) -> type:
     """``base`` (a jsonschema validator class) with every keyword wrapped by :func:`_counting`."""
+    import jsonschema.validators
+
     wrapped: dict[str, KeywordFn] = {}
     for keyword, fn in base.VALIDATORS.items():
         if keyword in ASSERTIONS:
@@ -174,9 +176,12 @@ class SchemaScore:
 
 
 class CompiledSchema:
-    """A checked schema, ready to score values; safe to share between threads."""
+    """A schema ready to score values; safe to share between threads. Make it with
+    :func:`compile_schema`, which checks the schema first."""
 
     def __init__(self, schema: Mapping[str, Any]):
+        import jsonschema
+
         base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         self.schema = schema
         self._validator = _scoring_class(base)(schema)
@@ -202,6 +207,9 @@ def compile_schema(schema: Mapping[str, Any], *, where: str = "schema") -> Compi
     The ``JudgeError`` names the place in the schema (``schema['properties']['age']['minimum']``),
     the offending value and the fix.
     """
+    import jsonschema
+    from jsonschema.exceptions import SchemaError
+
     base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         base.check_schema(schema)
@@ -248,12 +256,19 @@ def _schema_error(error: SchemaError, where: str) -> JudgeError:
 
 def _check_refs(schema: Mapping[str, Any], where: str) -> None:
     """Every ``$ref``/``$dynamicRef`` must resolve inside the schema: remote schemas are never fetched."""
+    import referencing
+    import referencing.jsonschema
+
     resource = referencing.Resource.from_contents(schema, default_specification=referencing.jsonschema.DRAFT202012)
     resolver = referencing.Registry().resolver_with_root(resource)
     _walk_refs(schema, resolver, where, root=True)
 
 
 def _walk_refs(schema: Any, resolver: referencing.Resolver, place: str, *, root: bool = False) -> None:
+    import referencing
+    import referencing.exceptions
+    import referencing.jsonschema
+
     if not isinstance(schema, Mapping):
         return
     if "$id" in schema and not root:  # a nested resource: its refs are relative to its own $id
@@ -287,16 +302,37 @@ def _walk_refs(schema: Any, resolver: referencing.Resolver, place: str, *, root:
                 _walk_refs(sub, resolver, f"{place}[{keyword!r}][{index}]")
 
 
+# Every keyword of Draft 2020-12 and Draft 7 (assertions, applicators, annotations, identifiers);
+# tests/test_judges_schema.py checks it covers every keyword jsonschema validates.
+_KEYWORDS = frozenset(
+    {
+        *ASSERTIONS,
+        *ALTERNATIVES,
+        *_SCHEMA_MAPS,
+        *_SCHEMA_VALUES,
+        *_SCHEMA_LISTS,
+        "format",
+        "dependencies",
+        "title",
+        "description",
+        "default",
+        "examples",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "contentEncoding",
+        "contentMediaType",
+        "contentSchema",
+        "minContains",
+        "maxContains",
+    }
+)
+
+
 def is_schema_keyword(key: str) -> bool:
     """Whether ``key`` is a JSON Schema keyword (any draft jsonschema knows, or a ``$`` keyword)."""
     return key.startswith("$") or key in _KEYWORDS
 
-
-_KEYWORDS = frozenset(
-    keyword
-    for cls in (jsonschema.Draft202012Validator, jsonschema.Draft7Validator)
-    for keyword in (*cls.VALIDATORS, "properties", "title", "description", "default", "examples", "definitions")
-)
 
 __all__ = [
     "ALTERNATIVES",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 
 from jupyter_distill.errors import JudgeError
 from jupyter_distill.judges import json_valid
-from jupyter_distill.schema_score import compile_schema
+from jupyter_distill.schema_score import compile_schema, is_schema_keyword
 
 PERSON = {
     "$defs": {
@@ -205,3 +207,20 @@ def test_one_verifier_shared_by_many_threads_gives_the_serial_answers() -> None:
         thread.join()
     assert not errors
     assert len(results) == 8 * 30 and all(r == expected for r in results)
+
+
+def test_every_keyword_jsonschema_validates_is_known() -> None:
+    """A JSON-Schema-only dict (``{"anyOf": [...]}``) is told from ``{field: type}`` by its keywords."""
+    for cls in (jsonschema.Draft202012Validator, jsonschema.Draft7Validator):
+        unknown = [k for k in cls.VALIDATORS if not is_schema_keyword(k)]
+        assert not unknown, unknown
+    assert not is_schema_keyword("label")
+
+
+def test_importing_the_judges_does_not_import_jsonschema() -> None:
+    """Its import takes about a second; only a json_valid schema pays it."""
+    code = (
+        "import sys, jupyter_distill.judges as j; assert 'jsonschema' not in sys.modules; "
+        "j.json_valid({'a': int}); assert 'jsonschema' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
