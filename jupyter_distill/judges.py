@@ -324,6 +324,21 @@ _PY_TYPES: dict[type, str] = {
 
 def _normalize_schema(schema: Mapping[str, Any] | None, required: Sequence[str] | None) -> dict[str, Any] | None:
     """Turn either accepted schema form into a JSON Schema (not yet checked)."""
+    if schema is not None and not isinstance(schema, Mapping):
+        raise JudgeError(
+            f"json_valid schema must be a dict, got {schema!r} ({type(schema).__name__}). Fix: pass "
+            '{field: python type} such as {"label": str}, or a JSON Schema such as {"type": "object", ...}.',
+            field="schema",
+            value=repr(schema),
+            fix="pass a dict",
+        )
+    if required is not None and (isinstance(required, str) or not all(isinstance(name, str) for name in required)):
+        raise JudgeError(
+            f'json_valid required must be a list of field names, got {required!r}. Fix: e.g. required=["label"].',
+            field="required",
+            value=repr(required),
+            fix="pass a list of strings",
+        )
     if schema is None and not required:
         return None
     if schema is None:

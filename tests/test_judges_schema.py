@@ -224,3 +224,12 @@ def test_importing_the_judges_does_not_import_jsonschema() -> None:
         "j.json_valid({'a': int}); assert 'jsonschema' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_schema_or_required_of_the_wrong_kind_is_refused() -> None:
+    with pytest.raises(JudgeError, match="must be a dict") as info:
+        json_valid("label")  # type: ignore[arg-type]
+    assert info.value.field == "schema" and "Fix:" in str(info.value)
+    with pytest.raises(JudgeError, match="list of field names") as info:
+        json_valid(required="label")  # a string would be read as the fields "l", "a", "b", ...
+    assert info.value.field == "required" and "Fix:" in str(info.value)
