@@ -1,8 +1,8 @@
 """Serving benchmark: first-call vs warm-call latency through completion(), and CPU tokens/s of the
 exported GGUF files vs the merged HF model, on the real SmolLM2-135M-Instruct.
 
-Why: the reference product reloaded the model on every completion call and served the LoRA
-student even after writing a GGUF. This measures what an app sees: the first call (model load
+Why: an app that reloaded the model on every completion call, or served the LoRA student after a
+GGUF was written, would pay the load each time. This measures what an app sees: the first call (model load
 included), warm calls (cached model), and decode speed of each format.
 
     .venv/bin/python benchmarks/serving.py [--tokens 64] [--warm 3] [--out benchmarks/results/serving.json]

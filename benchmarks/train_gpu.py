@@ -8,10 +8,10 @@ Unsloth's TRL 1.15 cannot share one ``sys.path``; peak memory must not leak betw
   the correctness checks (same batch -> same loss/parts/gradients; a short training run on a tiny
   task moves the loss the same way) and the realistic length mix;
 - ``trl``: TRL ``DPOTrainer`` with LoRA (reference = adapter disabled, as TRL does with PEFT);
-- ``unsloth``: a plain DPO-style loop on an Unsloth-patched model (what ENV-NOTES measured), and
+- ``unsloth``: a plain DPO-style loop on an Unsloth-patched model (the Unsloth rows of docs/benchmarks.md), and
   our fast engine on that same patched model.
 
-Shapes (``../shared/ENV-NOTES.md``): 1.05B (hidden 2048, 16 layers, 32/8 heads, ffn 8192, vocab
+Shapes (those of the GPU table in docs/benchmarks.md): 1.05B (hidden 2048, 16 layers, 32/8 heads, ffn 8192, vocab
 32000) and 139M (SmolLM2-135M: hidden 576, 30 layers, 9/3 heads, ffn 1536, vocab 49152); 16 pairs
 of 128 prompt + 128 chosen + 128 rejected tokens; LoRA r=16 on all 7 projections; bf16.
 
@@ -534,7 +534,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def worker_unsloth(args: argparse.Namespace) -> dict[str, Any]:
-    """A plain DPO-style loop on an Unsloth-patched model (the ENV-NOTES baseline), then our fast
+    """A plain DPO-style loop on an Unsloth-patched model (the Unsloth baseline), then our fast
     engine on the same patched model, with a loss check against the plain engine there."""
     import torch
     import torch.nn.functional as F

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jupyter_distill.errors import ConfigError
 from jupyter_distill.models import student_quantization
+from jupyter_distill.quant_types import DEFAULT_QUANTIZE, QUANTIZE_TYPES, canonical_quant_name
 
-QUANTIZE_TYPES: tuple[str, ...] = ("q4_k_m", "q5_k_m", "q8_0", "q4_0", "f16")
 POLICY_MODES: tuple[str, ...] = ("strict", "warn", "off")
 # ``\Z``, not ``$``: ``$`` also matches before a trailing newline, so ``.match("run\\n")`` would pass.
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -85,7 +85,10 @@ class DistillConfig(BaseModel):
     authorization: str | None = Field(None, description="Your written authorisation to distil a closed API.")
     enforce_distillable: bool = Field(True, description="OpenRouter: route only to distillable models.")
 
-    quantize: str | None = Field("q4_k_m", description="GGUF quantization type, or None to skip export.")
+    quantize: str | None = Field(
+        DEFAULT_QUANTIZE,
+        description=f"GGUF quantization type ({', '.join(QUANTIZE_TYPES)}), or None to skip export.",
+    )
     review: bool = False
     alias: str | None = None
     workdir: str = ".distill"
@@ -104,9 +107,9 @@ class DistillConfig(BaseModel):
     def _check_quantize(cls, value: Any) -> str | None:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "")) or value is False:
             return None
-        if not isinstance(value, str) or value.lower() not in QUANTIZE_TYPES:
+        if not isinstance(value, str) or canonical_quant_name(value) not in QUANTIZE_TYPES:
             raise ValueError(f"unknown quantization type; use one of {', '.join(QUANTIZE_TYPES)} or None")
-        return value.lower()
+        return canonical_quant_name(value)
 
     @field_validator("quantization", mode="before")
     @classmethod

@@ -32,16 +32,8 @@ from jupyter_distill import gguf_converter
 from jupyter_distill.errors import ExportError
 from jupyter_distill.events import Event, no_emit
 from jupyter_distill.hashing import file_sha256
+from jupyter_distill.quant_types import DEFAULT_QUANTIZE, QUANT_TYPES, canonical_quant_name
 
-# name -> llama_cpp constant name; resolved lazily so importing this module stays cheap.
-QUANT_TYPES: dict[str, str] = {
-    "f16": "LLAMA_FTYPE_MOSTLY_F16",
-    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
-    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
-    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
-}
 # Proven end to end (tiny random-init model of the exact config class: train, merge, convert,
 # quantize, load in llama.cpp, agree with HF, serve): transformers model_type -> HF class.
 TESTED_ARCHITECTURES: dict[str, str] = {
@@ -94,7 +86,7 @@ class ExportResult:
     merged_dir: Path
     agreement: dict[str, float]  # quant type -> greedy next-token agreement with the merged HF model
     sha256: dict[str, str]  # artifact kind -> sha256 of the file
-    quantize: str = "q4_k_m"
+    quantize: str = DEFAULT_QUANTIZE
     files: dict[str, Path] = field(default_factory=dict)  # artifact kind -> path (incl. card, extra quants)
     card: Path | None = None
     adapter_dir: Path | None = None
@@ -120,11 +112,11 @@ def validate_quantize(quantize: str | None) -> str:
     """Normalise a quantization name; ``None`` means "f16 only". Raises before any work is done."""
     if quantize is None:
         return "f16"
-    name = str(quantize).strip().lower().replace("-", "_")
+    name = canonical_quant_name(str(quantize))
     if name not in QUANT_TYPES:
         raise ExportError(
             f"unknown quantization type {quantize!r}. Valid: {', '.join(QUANT_TYPES)}. "
-            "Fix: pass one of them (q4_k_m is a good default), or quantize=None to skip GGUF export.",
+            f"Fix: pass one of them ({DEFAULT_QUANTIZE} is a good default), or quantize=None to skip GGUF export.",
             field="quantize",
             value=quantize,
             fix="use one of " + ", ".join(QUANT_TYPES),
@@ -818,7 +810,7 @@ def export_gguf(
     out_dir: str | Path,
     *,
     base_folder: str | Path | None = None,
-    quantize: str | None = "q4_k_m",
+    quantize: str | None = DEFAULT_QUANTIZE,
     check_prompts: Sequence[Any] = (),
     store: Any = None,
     run_id: str | None = None,
@@ -1004,7 +996,7 @@ def export_adapter_gguf(
     out_dir: str | Path,
     *,
     base_folder: str | Path | None = None,
-    quantize: str | None = "q4_k_m",
+    quantize: str | None = DEFAULT_QUANTIZE,
     shared_dir: str | Path | None = None,
     check_prompts: Sequence[Any] = (),
     check_tokens: int = 16,

@@ -9,8 +9,8 @@ Two kinds, one protocol (:class:`Judge`: a stable ``id`` plus ``async score(prom
 * **LLM judges** (:class:`LLMJudge`) ask a model to grade a response against a rubric and answer
   ``{"score": 1-10, "rationale": "..."}`` at temperature 0. An unparsable answer gets exactly one
   repair request; after that the judgment is *recorded as failed* (score ``None``). A failure is
-  never turned into a default score: the reference tool scored parse failures as 0.5, which
-  silently put garbage into the training set.
+  never turned into a default score: a default such as 0.5 would pass ``min_score`` and silently
+  put unjudged answers into the training set.
 
 :func:`judge` runs a judge over all candidates of a run, concurrently, and stores every verdict
 under ``content_hash("judgment", sample_key, judge.id)``: a re-run re-uses every successful
@@ -27,17 +27,17 @@ import json
 import math
 import re
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from jupyter_distill.errors import BudgetExceeded, JudgeError, PolicyError
 from jupyter_distill.events import Emit, Event, no_emit
 from jupyter_distill.hashing import canonical_json, content_hash
+from jupyter_distill.loops import run_sync
+from jupyter_distill.schema_score import compile_schema, is_schema_keyword
 from jupyter_distill.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
 from jupyter_distill.teachers.base import FatalTeacherError
-
-T = TypeVar("T")
 
 VerifierFn = Callable[[dict[str, Any], str], "float | bool"]
 """A verifier: ``(row, response) -> float | bool``; ``row`` is the dataset row dict."""
@@ -273,7 +273,7 @@ def regex(pattern: str, field: str | None = None, *, flags: int = 0, fullmatch: 
     return Verifier(check, name)
 
 
-# -- JSON extraction and a small schema checker
+# -- JSON extraction and schema checking
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
 
 
@@ -320,34 +320,31 @@ _PY_TYPES: dict[type, str] = {
     dict: "object",
     type(None): "null",
 }
-_JSON_TYPES = {"string", "integer", "number", "boolean", "array", "object", "null"}
-
-
-def _type_ok(value: Any, json_type: str) -> bool:
-    if json_type == "string":
-        return isinstance(value, str)
-    if json_type == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if json_type == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if json_type == "boolean":
-        return isinstance(value, bool)
-    if json_type == "array":
-        return isinstance(value, list)
-    if json_type == "object":
-        return isinstance(value, dict)
-    return value is None  # "null"
 
 
 def _normalize_schema(schema: Mapping[str, Any] | None, required: Sequence[str] | None) -> dict[str, Any] | None:
-    """Turn either accepted schema form into the JSON-schema-like form, validating it."""
+    """Turn either accepted schema form into a JSON Schema (not yet checked)."""
+    if schema is not None and not isinstance(schema, Mapping):
+        raise JudgeError(
+            f"json_valid schema must be a dict, got {schema!r} ({type(schema).__name__}). Fix: pass "
+            '{field: python type} such as {"label": str}, or a JSON Schema such as {"type": "object", ...}.',
+            field="schema",
+            value=repr(schema),
+            fix="pass a dict",
+        )
+    if required is not None and (isinstance(required, str) or not all(isinstance(name, str) for name in required)):
+        raise JudgeError(
+            f'json_valid required must be a list of field names, got {required!r}. Fix: e.g. required=["label"].',
+            field="required",
+            value=repr(required),
+            fix="pass a list of strings",
+        )
     if schema is None and not required:
         return None
     if schema is None:
         out: dict[str, Any] = {"type": "object", "properties": {}}
     elif _is_json_schema(schema):
         out = dict(schema)
-        _check_json_schema(out, "schema")
     else:  # {field: python type or tuple of types}
         props: dict[str, Any] = {}
         for key, typ in schema.items():
@@ -357,7 +354,7 @@ def _normalize_schema(schema: Mapping[str, Any] | None, required: Sequence[str] 
                 if t not in _PY_TYPES:
                     raise JudgeError(
                         f"json_valid schema field {key!r} has type {t!r}; supported: str, int, float, bool, "
-                        'list, dict, None. Fix: use one of those, or a JSON-schema-like {"type": ...}.',
+                        'list, dict, None. Fix: use one of those, or a JSON Schema such as {"type": ...}.',
                         field="schema",
                         value=key,
                     )
@@ -370,73 +367,15 @@ def _normalize_schema(schema: Mapping[str, Any] | None, required: Sequence[str] 
 
 
 def _is_json_schema(schema: Mapping[str, Any]) -> bool:
-    """JSON-schema-like when "type" is a type *name* (not a Python class) or "properties" is a dict."""
-    return isinstance(schema.get("type"), str | list) or isinstance(schema.get("properties"), Mapping)
-
-
-def _check_json_schema(schema: Mapping[str, Any], where: str) -> None:
-    types = schema.get("type")
-    names = types if isinstance(types, list) else ([] if types is None else [types])
-    for t in names:
-        if t not in _JSON_TYPES:
-            raise JudgeError(
-                f"json_valid {where} has unknown type {t!r}. Fix: use one of {sorted(_JSON_TYPES)}.",
-                field="schema",
-                value=t,
-            )
-    for name, sub in (schema.get("properties") or {}).items():
-        if not isinstance(sub, Mapping):
-            raise JudgeError(
-                f"json_valid {where}.properties.{name} must be a dict like {{'type': 'string'}}, got {sub!r}. "
-                "Fix: describe each property with a dict.",
-                field="schema",
-                value=name,
-            )
-        _check_json_schema(sub, f"{where}.properties.{name}")
-    if isinstance(schema.get("items"), Mapping):
-        _check_json_schema(schema["items"], f"{where}.items")
-
-
-def _schema_checks(value: Any, schema: Mapping[str, Any]) -> tuple[int, int, list[str]]:
-    """(passed, total, problems) over every type/enum/required check the schema makes."""
-    passed = total = 0
-    problems: list[str] = []
-
-    def check(ok: bool, problem: str) -> bool:
-        nonlocal passed, total
-        total += 1
-        passed += ok
-        if not ok:
-            problems.append(problem)
-        return ok
-
-    types = schema.get("type")
-    if types is not None:
-        options = types if isinstance(types, list) else [types]
-        if not check(any(_type_ok(value, t) for t in options), f"expected {types}, got {type(value).__name__}"):
-            return passed, total, problems
-    if "enum" in schema:
-        check(value in schema["enum"], f"{value!r} not in {schema['enum']!r}")
-    if "const" in schema:
-        check(value == schema["const"], f"{value!r} != {schema['const']!r}")
-    if isinstance(value, dict):
-        props = schema.get("properties") or {}
-        for name in schema.get("required", []):
-            check(name in value, f"missing field {name!r}")
-        for name, sub in props.items():
-            if name in value:
-                p, t, probs = _schema_checks(value[name], sub)
-                passed, total = passed + p, total + t
-                problems.extend(f"{name}: {x}" for x in probs)
-        if schema.get("additionalProperties") is False:
-            extra = sorted(set(value) - set(props))
-            check(not extra, f"unexpected fields {extra}")
-    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-        for i, item in enumerate(value):
-            p, t, probs = _schema_checks(item, schema["items"])
-            passed, total = passed + p, total + t
-            problems.extend(f"[{i}]: {x}" for x in probs)
-    return passed, total, problems
+    """A JSON Schema unless it maps field names to Python types: ``type`` holds a type *name*,
+    ``properties`` a dict, or some key is a JSON Schema keyword (``$ref``, ``anyOf``, ``enum``...)
+    whose value is not a Python type."""
+    if isinstance(schema.get("type"), str | list) or isinstance(schema.get("properties"), Mapping):
+        return True
+    return any(
+        isinstance(key, str) and is_schema_keyword(key) and not isinstance(value, type | tuple)
+        for key, value in schema.items()
+    )
 
 
 def json_valid(
@@ -448,18 +387,21 @@ def json_valid(
 ) -> Verifier:
     """1.0 when the response holds valid JSON that satisfies ``schema``.
 
-    ``schema`` is either ``{field: python type}`` (every field required) or a JSON-schema-like
-    dict (``type``, ``properties``, ``required``, ``enum``, ``const``, ``items``,
-    ``additionalProperties: False``). ``required`` adds required fields. The first JSON object is
-    extracted from the text, code fences and surrounding prose tolerated, unless ``strict``.
-    With ``partial`` (default) a parsed value that fails some checks scores
-    ``0.5 * share of checks passed``: always below 0.5 so it never passes, yet best-of-N can
-    still prefer the nearly right candidate. Unparsable text scores 0.
+    ``schema`` is either ``{field: python type}`` (every field required) or a JSON Schema, checked
+    by the ``jsonschema`` package (Draft 2020-12: ``pattern``, ``minimum``, ``$ref`` to ``$defs``
+    and every other keyword count). ``required`` adds required fields. A schema that is not valid
+    JSON Schema, or whose ``$ref`` does not resolve, raises ``JudgeError`` here, before any request.
+    The first JSON value is extracted from the text, code fences and surrounding prose tolerated,
+    unless ``strict``. With ``partial`` (default) a parsed value that fails the schema scores
+    ``0.5 * share of the schema's assertions passed`` (see :mod:`jupyter_distill.schema_score`):
+    always below 0.5 so it never passes, yet best-of-N can still prefer the nearly right
+    candidate. Unparsable text scores 0.
     """
     normalized = _normalize_schema(schema, required)
+    compiled = compile_schema(normalized) if normalized is not None else None
     name = (
         f"json_valid(schema={canonical_json(normalized) if normalized else None}, strict={strict!r}, "
-        f"partial={partial!r})"
+        f"partial={partial!r}, draft=2020-12)"
     )
 
     def check(row: dict[str, Any], response: str) -> float:
@@ -467,12 +409,12 @@ def json_valid(
             value = extract_json(response, strict=strict)
         except ValueError:
             return 0.0
-        if normalized is None:
+        if compiled is None:
             return 1.0
-        passed, total, _ = _schema_checks(value, normalized)
-        if passed == total:
+        verdict = compiled.score(value)
+        if verdict.valid:
             return 1.0
-        return 0.5 * passed / total if partial and total else 0.0
+        return 0.5 * verdict.share if partial else 0.0
 
     return Verifier(check, name)
 
@@ -854,7 +796,7 @@ def judge(
                 await the_judge.aclose()  # this loop ends with the call: release its sockets
 
     if todo:
-        run_sync(work)
+        run_sync(work, thread_name="jupyter-distill-judge", on_worker_exit=store.close)
     failed = [r for r in results.values() if r.status != "ok"]
     if failed:
         emit(
@@ -910,36 +852,6 @@ def _save(store: RunStore, run_id: str, record: JudgmentRecord, prompt_hash: str
             store.clear_failure(run_id, "judging", record.key)
     else:
         store.record_failure(run_id, "judging", record.key, record.rationale, prompt_hash=prompt_hash)
-
-
-def run_sync(factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine to completion from sync code, also when a loop is running (Jupyter).
-
-    With no running loop ``asyncio.run`` is used; inside a running loop (a notebook cell) the
-    coroutine runs on a fresh loop in a worker thread, and this call waits for it.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_await(factory))
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(_await(factory))
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="jupyter-distill-judge", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-async def _await(factory: Callable[[], Awaitable[T]]) -> T:
-    return await factory()
 
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Model maps: which students can be trained, which teachers can be called and at what price.
 
-``STUDENT_MODEL_MAP`` and ``TEACHER_MODEL_MAP`` are public names (the reference tool exposes the
-same two maps). Prices are list prices in USD per million tokens recorded on ``PRICES_AS_OF``;
+``STUDENT_MODEL_MAP`` and ``TEACHER_MODEL_MAP`` are public names: users read them to pick a student
+and a teacher. Prices are list prices in USD per million tokens recorded on ``PRICES_AS_OF``;
 they drive cost estimates and budgets, and a response's own ``usage`` always wins over guesses.
 
 Local models come from PyPI packages that ship GGUF files, never from a hub at run time.
@@ -212,6 +212,37 @@ TEACHER_MODEL_MAP: dict[str, TeacherModel] = {
         TeacherModel("google/gemma-3-27b-it", "google", 0.09, 0.17, "check-licence", "Gemma terms of use"),
     ]
 }
+
+# Teacher spec scheme -> the prefix of its models' keys in TEACHER_MODEL_MAP. OpenRouter model ids
+# already read "provider/model"; a provider's own API names its models without the provider.
+PRICE_KEY_PREFIX: dict[str, str] = {
+    "openrouter": "",
+    "openai": "openai/",
+    "anthropic": "anthropic/",
+    "gemini": "google/",
+    "openai-compatible": "",
+}
+
+
+def find_teacher_model(scheme: str, model: str) -> TeacherModel | None:
+    """The price-and-terms row for ``model`` called through ``scheme``; ``None`` when the map lacks it.
+
+    The one lookup both the teachers (budgets, recorded costs, the policy's per-model terms) and
+    the estimate use, so an estimate prices exactly what a run will count.
+    """
+    prefix = PRICE_KEY_PREFIX.get(scheme, "")
+    return TEACHER_MODEL_MAP.get(prefix + model) or TEACHER_MODEL_MAP.get(model)
+
+
+def teacher_price(spec: str) -> tuple[float, float] | None:
+    """``(input, output)`` USD per million tokens for a teacher spec (``"gemini:gemini-2.5-flash"``,
+    ``"openai-compatible:http://host/v1#MODEL"``); ``None`` for a local or unpriced teacher."""
+    scheme, sep, target = (spec or "").partition(":")
+    if not sep or scheme not in PRICE_KEY_PREFIX:
+        return None
+    entry = find_teacher_model(scheme, target.rpartition("#")[2])
+    return (entry.input_usd_per_m, entry.output_usd_per_m) if entry is not None else None
+
 
 LOCAL_MODELS: dict[str, LocalModel] = {
     m.name: m

@@ -15,23 +15,25 @@ notebook stays usable while it trains; ``stop()`` is honoured within one request
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import traceback
-from collections.abc import Callable
+import warnings
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jupyter_distill import data as data_module
 from jupyter_distill.config import DistillConfig
 from jupyter_distill.errors import DistillError, ReviewError, TrainingError
 from jupyter_distill.events import PHASES, Emit, Event, fan_out
 from jupyter_distill.hashing import content_hash, file_sha256
+from jupyter_distill.loops import run_sync
 from jupyter_distill.store import PromptRecord, RunLock, RunLockedError, RunStore
 
 #: Held-out pass rate the served (quantized) model may lose against fp32 before the summary warns.
+T = TypeVar("T")
 MAX_QUANT_DROP = 0.05
 STORED_EVENT_KINDS = frozenset({"run_start", "phase_start", "phase_end", "warning", "error", "run_end"})
 
@@ -488,7 +490,7 @@ class Run:
         self.state.summary.setdefault("eval_judge_cost", float(stored or 0.0))
 
         def score(prompt: PromptRecord, response: str) -> float | None:
-            result = run_async_safely(judge.score(prompt, response))
+            result = run_sync(lambda: judge.score(prompt, response))
             spent = float(getattr(result, "cost", 0.0) or 0.0)  # an LLM judge scoring held-out answers is paid
             self.state.summary["eval_judge_cost"] = round(self.state.summary["eval_judge_cost"] + spent, 8)
             self.state.judge_cost += spent
@@ -682,26 +684,14 @@ def distill(
             console.close()
 
 
-def run_async_safely(coro: Any) -> Any:
-    """Run a coroutine from sync code, also when an event loop already runs (Jupyter)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+def run_async_safely(coro: Awaitable[T]) -> T:
+    """Deprecated: use :func:`jupyter_distill.loops.run_sync`, which takes a coroutine *factory*."""
+    warnings.warn(
+        "jupyter_distill.pipeline.run_async_safely is deprecated; use jupyter_distill.loops.run_sync(lambda: coro)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return run_sync(lambda: coro)
 
 
 def _summary_dict(summary: Any) -> dict[str, Any] | None:

@@ -16,7 +16,8 @@ What is checked, in order (the first problem raises its ``DistillError``):
    with its own chat template or its family's, is ``train.student.student_preflight``'s check,
    which the pipeline runs just before these);
 4. the alias name and the registry folder it will be written to;
-5. the judge: a verifier must accept ``(row, response)``;
+5. the judge: a verifier must accept ``(row, response)`` (a ``json_valid`` schema is checked earlier
+   still, when ``json_valid`` is called: ``schema_score.compile_schema``);
 6. the workdir: run outputs can be written under ``workdir/runs/NAME``.
 """
 

@@ -23,7 +23,6 @@ any other kind inside a worker fails that prompt only, never the whole pool sile
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from typing import Any
 from jupyter_distill.errors import BudgetExceeded, ConfigError, DistillError, PolicyError
 from jupyter_distill.events import Emit, Event, fan_out, no_emit
 from jupyter_distill.hashing import content_hash
+from jupyter_distill.loops import run_sync
 from jupyter_distill.store import PromptRecord, RunStore, SampleRecord
 from jupyter_distill.teachers import Teacher, load_teacher
 from jupyter_distill.teachers.base import FatalTeacherError, check_sample_args
@@ -501,19 +501,8 @@ def sample(
         finally:
             await resolved.aclose()
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run())
-
-    def in_thread() -> SamplingResult:
-        try:
-            return asyncio.run(run())
-        finally:
-            store.close()  # this thread's SQLite connection
-
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jupyter-distill-sampling") as pool:
-        return pool.submit(in_thread).result()
+    # store.close(): the worker thread's SQLite connection, when a running loop needed one
+    return run_sync(run, thread_name="jupyter-distill-sampling", on_worker_exit=store.close)
 
 
 __all__ = ["SamplingResult", "asample", "decoding_params", "import_spool", "sample", "sample_key"]

@@ -2,9 +2,9 @@
 
 An app calls ``completion(model="ticket-classifier", messages=[...])`` and gets an OpenAI-shaped
 answer from the local student at no per-call cost, so swapping an API model for the student is a
-one-word change. The reference product reloaded the model on every call; here loaded models stay
-in per-process LRU caches (``runtime.use_llama`` for GGUF files, :data:`_HF_CACHE` for PEFT/HF
-folders), so only the first call pays the load.
+one-word change. Loading a model costs seconds (the first-call column of the serving table in
+``docs/benchmarks.md``), so loaded models stay in per-process LRU caches (``runtime.use_llama``
+for GGUF files, :data:`_HF_CACHE` for PEFT/HF folders) and only the first call pays the load.
 
 Backends: ``gguf`` (llama-cpp-python, the chat template stored in the GGUF), ``peft``
 (transformers + adapter, safetensors only, never ``trust_remote_code``) and ``openai-compatible``

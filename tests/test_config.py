@@ -47,6 +47,19 @@ def test_unknown_quantize_lists_valid_types():
         assert kind in str(info.value)
 
 
+def test_every_quantize_type_the_export_makes_is_accepted_by_the_config(capsys):
+    from jupyter_distill.export import QUANT_TYPES, validate_quantize
+    from jupyter_distill.notebook.magics import parse_line
+
+    assert set(QUANTIZE_TYPES) == set(QUANT_TYPES) and "q6_k" in QUANTIZE_TYPES
+    for kind in QUANTIZE_TYPES:
+        assert DistillConfig.from_kwargs(quantize=kind).quantize == kind == validate_quantize(kind)
+        assert DistillConfig.from_kwargs(quantize=kind.upper().replace("_", "-")).quantize == kind
+    assert parse_line("export --help") is None  # help printed
+    export_help = " ".join(capsys.readouterr().out.split())
+    assert all(kind in export_help for kind in QUANTIZE_TYPES), export_help
+
+
 def test_quantize_none_spellings_skip_export():
     for value in (None, "none", "None", False):
         assert DistillConfig.from_kwargs(quantize=value).quantize is None

@@ -1,5 +1,5 @@
 """The CUDA fast path's pieces on CPU: engine selection, packing, chunked log-prob/KL, and the fast
-engine against the plain engine on a tiny random-init Llama (issue 12, item 4)."""
+engine against the plain engine on a tiny random-init Llama."""
 
 from __future__ import annotations
 

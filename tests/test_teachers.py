@@ -68,6 +68,31 @@ def test_closed_apis_are_refused_by_default(monkeypatch, spec, env):
     assert PLANTED not in repr(teacher) and PLANTED not in teacher.spec
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "openai:gpt-4o-mini",
+        "anthropic:claude-3.5-haiku",
+        "gemini:gemini-2.5-flash",
+        "openrouter:meta-llama/llama-3.3-70b-instruct",
+        "openrouter:google/gemma-3-27b-it",
+        "openai-compatible:http://127.0.0.1:9/v1#qwen/qwen3-235b-a22b",
+        "openai:not-in-the-map",
+    ],
+)
+def test_the_teacher_and_the_estimate_price_a_spec_the_same_way(spec):
+    """One lookup (models.teacher_price / find_teacher_model): an estimate prices what a run counts."""
+    from jupyter_distill.models import teacher_price
+
+    teacher = load_teacher(spec, api_key=PLANTED, policy="off", check_models=False)
+    assert teacher.prices == teacher_price(spec)
+    if spec.endswith("not-in-the-map"):
+        assert teacher_price(spec) is None
+    else:
+        assert teacher_price(spec) is not None
+    assert teacher_price("local:smollm2-135m") is None and teacher_price("") is None
+
+
 def test_closed_api_default_endpoints_and_env_overrides(monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", PLANTED)
     monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)

@@ -53,6 +53,7 @@ from jupyter_distill.config import DistillConfig, parse_yaml_mapping
 from jupyter_distill.errors import ConfigError, DistillError, ExportError
 from jupyter_distill.events import PHASES
 from jupyter_distill.notebook.dashboard import RunDashboard, RunSummary, UnknownRunError
+from jupyter_distill.quant_types import DEFAULT_QUANTIZE, QUANTIZE_TYPES
 from jupyter_distill.store import RunStore
 
 _VARIABLE = re.compile(r"^\$([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
@@ -140,7 +141,7 @@ class EstimateCommand:
 class ExportCommand:
     type: Literal["export"] = "export"
     name: str
-    quantize: str = "q4_k_m"
+    quantize: str = DEFAULT_QUANTIZE
     alias: str | None = None
     out: str | None = None
 
@@ -291,7 +292,11 @@ def build_line_parser() -> _Parser:
     _add_config_flags(p)
     p = add("export", ExportCommand, "export a run's trained adapter to a quantized GGUF (and set an alias)")
     p.add_argument("name")
-    p.add_argument("--quantize", default="q4_k_m", help="GGUF quantization type (default q4_k_m)")
+    p.add_argument(
+        "--quantize",
+        default=DEFAULT_QUANTIZE,
+        help=f"GGUF quantization type: {', '.join(QUANTIZE_TYPES)} (default {DEFAULT_QUANTIZE})",
+    )
     p.add_argument("--alias", default=None, help="register the GGUF under this alias")
     p.add_argument("--out", default=None, help="output folder (default: WORKDIR/runs/NAME/export)")
     return parser

@@ -43,7 +43,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from jupyter_distill.errors import BudgetExceeded, ConfigError, PolicyError, TeacherError
-from jupyter_distill.models import PRICES_AS_OF, TEACHER_MODEL_MAP
+from jupyter_distill.models import PRICES_AS_OF, find_teacher_model
 from jupyter_distill.policy import PolicyDecision, PolicyMode, decide
 from jupyter_distill.teachers.base import (
     FatalTeacherError,
@@ -68,36 +68,37 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 
 
 @dataclass(frozen=True)
 class ProviderInfo:
-    """How one spec scheme maps to a policy provider, env vars, default endpoint and price keys."""
+    """How one spec scheme maps to a policy provider, env vars and default endpoint.
+
+    Its models' price keys are :data:`jupyter_distill.models.PRICE_KEY_PREFIX`, next to the prices.
+    """
 
     policy_provider: str
     key_env: str
     base_env: str | None
     default_base: str | None
-    price_prefix: str
     supports_n: bool | None  # None: try n and detect; False: never send n > 1
     key_required: bool = True
 
 
 PROVIDERS: dict[str, ProviderInfo] = {
     "openrouter": ProviderInfo(
-        "openrouter", "OPENROUTER_API_KEY", "OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1", "", None
+        "openrouter", "OPENROUTER_API_KEY", "OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1", None
     ),
-    "openai": ProviderInfo("openai", "OPENAI_API_KEY", "OPENAI_BASE_URL", "https://api.openai.com/v1", "openai/", True),
+    "openai": ProviderInfo("openai", "OPENAI_API_KEY", "OPENAI_BASE_URL", "https://api.openai.com/v1", True),
     # Anthropic's OpenAI-compatible endpoint accepts only n=1.
     "anthropic": ProviderInfo(
-        "anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1/", "anthropic/", False
+        "anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1/", False
     ),
     "gemini": ProviderInfo(
         "google",
         "GEMINI_API_KEY",
         "GEMINI_BASE_URL",
         "https://generativelanguage.googleapis.com/v1beta/openai",
-        "google/",
         None,
     ),
     "openai-compatible": ProviderInfo(
-        "openai-compatible", "OPENAI_COMPATIBLE_API_KEY", None, None, "", None, key_required=False
+        "openai-compatible", "OPENAI_COMPATIBLE_API_KEY", None, None, None, key_required=False
     ),
 }
 
@@ -713,7 +714,7 @@ def build_http_teacher(
         )
     info = PROVIDERS[parsed.scheme]
     model = parsed.target
-    entry = TEACHER_MODEL_MAP.get(info.price_prefix + model) or TEACHER_MODEL_MAP.get(model)
+    entry = find_teacher_model(parsed.scheme, model)
     licence = str(options.get("licence") or (entry.licence if entry else ""))
     decision = decide(
         info.policy_provider,

@@ -3,7 +3,7 @@
 The trainer owns everything around a step (LoRA set-up, optimizer, schedule, checkpoints,
 metrics); an engine owns only the forward passes that produce the per-sequence statistics
 :func:`~jupyter_distill.train.bond.bond_loss` needs. That split lets the CUDA fast path
-(:mod:`jupyter_distill.train.fast`, issue 12) replace the forward passes (chunked log-probs,
+(:mod:`jupyter_distill.train.fast`) replace the forward passes (chunked log-probs,
 packing, compiled kernels) while the loss, the loop and the checkpoints stay the same.
 
 The plain engine here runs on CPU and CUDA with stock PEFT:

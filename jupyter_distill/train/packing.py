@@ -62,11 +62,6 @@ def tree_tokens(pair: PairLike) -> int:
     return len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids or ())
 
 
-def sequence_tokens(pair: PairLike) -> int:
-    """Longest of the pair's two plain sequences (prompt + chosen, prompt + rejected)."""
-    return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids or ()))
-
-
 @dataclass
 class PackedBatch:
     """One packed batch: model inputs plus where to read each response token's prediction.
@@ -360,7 +355,6 @@ __all__ = [
     "flex_tree_block_mask",
     "pack_pairs",
     "pad_sequences",
-    "sequence_tokens",
     "tree_attention_mask",
     "tree_tokens",
 ]
