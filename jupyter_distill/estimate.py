@@ -1,7 +1,8 @@
 """``estimate()``: what a run will cost in requests, tokens, dollars, time and memory, before it runs.
 
 Nothing is sent and nothing is trained: the dataset is read, tokens are approximated from
-characters (about four per token for English), prices come from ``TEACHER_MODEL_MAP``, samples
+characters (about four per token for English), prices come from ``TEACHER_MODEL_MAP`` through
+``models.teacher_price`` (the lookup a run's spend uses), samples
 already in the store are subtracted (they are never paid twice), and training time is scaled
 from the throughput measured on a 2-core CPU (see ``docs/benchmarks.md``) or the GPU's peak,
 and peak training memory is predicted from the student's shape, its quantization and the step's
@@ -23,9 +24,9 @@ from jupyter_distill.config import DistillConfig
 from jupyter_distill.models import (
     STUDENT_MODEL_MAP,
     STUDENT_SHAPES,
-    TEACHER_MODEL_MAP,
     ModelShape,
     shape_from_config,
+    teacher_price,
 )
 from jupyter_distill.store import RunStore
 from jupyter_distill.train.memory import training_peak
@@ -137,9 +138,10 @@ def estimate_config(config: DistillConfig) -> Estimate:
     out_max = requests * config.max_tokens
     out_typical = int(out_max * TYPICAL_OUTPUT_SHARE)
 
-    price = _price(teacher_spec)
+    price = teacher_price(teacher_spec)
     judge_requests = requests if config.judge is None or isinstance(config.judge, str) else 0
-    judge_price = price if config.judge is None else _price(config.judge if isinstance(config.judge, str) else "")
+    judge_spec = config.judge if isinstance(config.judge, str) else ""
+    judge_price = price if config.judge is None else teacher_price(judge_spec)
     cost_typical = cost_max = 0.0
     if price is not None:
         cost_typical = (input_tokens * price[0] + out_typical * price[1]) / 1e6
@@ -198,20 +200,6 @@ def estimate_config(config: DistillConfig) -> Estimate:
 
 def _tokens(messages: list[dict[str, str]]) -> int:
     return int(sum(len(m["content"]) / CHARS_PER_TOKEN + CHAT_OVERHEAD_TOKENS for m in messages))
-
-
-def _price(spec: str) -> tuple[float, float] | None:
-    """(input, output) USD per million tokens, or None for a local/unknown teacher."""
-    if not spec or spec.startswith(("local:", "gguf:", "hf:")):
-        return None
-    model = spec.split(":", 1)[-1].split("#")[-1]
-    scheme = spec.split(":", 1)[0]
-    candidates = [model, f"{scheme}/{model}"]
-    for candidate in candidates:
-        entry = TEACHER_MODEL_MAP.get(candidate)
-        if entry is not None:
-            return (entry.input_usd_per_m, entry.output_usd_per_m)
-    return None
 
 
 def _cached_samples(config: DistillConfig, teacher_spec: str, prompts: list[Any]) -> int:

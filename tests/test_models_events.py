@@ -57,3 +57,17 @@ def test_console_renderer_draws_bars_and_warnings():
     render(Event("warning", message="careful"))
     text = stream.getvalue()
     assert "sampling" in text and "careful" in text
+
+
+def test_estimate_prices_a_teacher_with_the_lookup_runs_use() -> None:
+    """A provider-prefixed spec (``gemini:...``) is priced by the estimate exactly as a run charges it."""
+    from jupyter_distill.estimate import estimate
+    from jupyter_distill.models import teacher_price
+
+    spec = "gemini:gemini-2.5-flash"
+    price = teacher_price(spec)
+    assert price is not None
+    found = estimate([{"prompt": "hello there"}] * 5, teacher=spec, judge=lambda row, response: 1.0)
+    assert found.priced
+    typical = (found.input_tokens * price[0] + found.output_tokens_typical * price[1]) / 1e6
+    assert found.teacher_cost_typical == round(typical, 6)
