@@ -225,3 +225,33 @@ def test_jd_estimate_is_callable_after_its_module_was_imported() -> None:
 
     found = jd.estimate([{"prompt": "hi"}], student="llama-3.1-8b", quantization="4bit")
     assert found.quantization == "4bit" and found.memory_gb > 0
+
+
+def test_distill_with_a_4bit_student_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openai_server) -> None:  # type: ignore[no-untyped-def]
+    """``jd.distill(quantization="4bit")``: the pipeline loads the student in 4 bits, trains, and
+    exports by merging into the full-precision weights; the alias serves the result."""
+    from tiny_models import build_tiny_llama
+
+    import jupyter_distill as jd
+    from jupyter_distill.judges import exact_match
+    from jupyter_distill.store import RunStore
+
+    monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
+    openai_server.responder = lambda body, index: body["messages"][-1]["content"].rsplit(" ", 1)[-1]
+    events: list = []
+    jd.distill(
+        dataset=[{"prompt": f"Repeat the number {i}", "expected": str(i)} for i in range(8)],
+        teacher=openai_server.spec("test-model"), student=str(build_tiny_llama(tmp_path / "student")),
+        judge=exact_match("expected"), n_samples=2, top_k=1, steps=2, batch_size=2, max_tokens=8,
+        quantization="4bit", engine="plain", quantize="f16", alias="tiny-4bit", workdir=str(tmp_path / "wd"),
+        name="four-bit", on_progress=events.append,
+    )  # fmt: skip
+    store = RunStore(tmp_path / "wd")
+    run = store.get_run("four-bit")
+    assert run["status"] == "done" and run["config"]["quantization"] == "4bit"
+    assert run["summary"]["engine"] == "plain" and run["summary"]["steps"] == 2
+    assert {"adapter", "gguf"} <= set(store.get_artifacts("four-bit"))
+    trained = next(e for e in events if e.data.get("engine_reason"))
+    assert trained.data["engine"] == "plain" and "engine='plain'" in trained.data["engine_reason"]
+    reply = jd.completion(model="tiny-4bit", messages=[{"role": "user", "content": "Repeat the number 3"}])
+    assert reply.choices[0].message.role == "assistant"
