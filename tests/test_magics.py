@@ -416,3 +416,74 @@ def test_ipython_config_file_settings_apply_at_load(shell: InteractiveShell, tmp
         shell.config = saved
         shell.run_line_magic("reload_ext", "jupyter_distill")
     assert next(c for c in shell.configurables if isinstance(c, DistillMagics)).show_console is False
+
+
+# ------------------------------------------------------------------ honest states
+def test_missing_dataset_path_fails_the_cell_before_any_dashboard(
+    magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, tmp_path: Path, capsys: Any
+) -> None:
+    from jupyter_distill.errors import DatasetError
+
+    result = run_cell(shell, "%%distill typo\ndataset: data/no-such-file.jsonl\n")
+    error = result.error_in_exec
+    assert isinstance(error, DatasetError)  # a cell error: "Run all" stops here
+    assert error.field == "dataset" and error.value == "data/no-such-file.jsonl"
+    assert "does not exist" in str(error) and str(Path.cwd() / "data" / "no-such-file.jsonl") in str(error)
+    assert error._render_traceback_()  # shown as its message, without a traceback
+    assert magics.runs == {} and magics.dashboards == {}  # no run started, no dashboard drawn
+    assert "RunDashboard" not in capsys.readouterr().out
+
+    folder = tmp_path / "a-folder.jsonl"
+    folder.mkdir()
+    result = run_cell(shell, f"%%distill typo\ndataset: {folder}\n")
+    assert isinstance(result.error_in_exec, DatasetError) and "is not a file" in str(result.error_in_exec)
+    assert magics.dashboards == {}
+
+
+def test_stop_notice_names_the_resume_magic(
+    magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, dataset: Path, monkeypatch: Any
+) -> None:
+    from jupyter_distill.pipeline import resume_hint
+
+    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "20")
+    monkeypatch.setenv("FAKE_STEPS", "200")
+    shell.run_cell_magic("distill", "halt", f"dataset: {dataset}\n")
+    notice = shell.run_line_magic("distill", "stop halt")
+    assert "`%distill resume halt`" in repr(notice)
+    summary = shell.run_line_magic("distill", "wait halt --timeout 10")
+    assert summary.status == "stopped"
+    assert "`%distill resume halt`" in resume_hint("halt")
+
+
+def _template(name: str) -> str:
+    """A string constant of the lab extension (the cells its "Insert %%distill cell" command adds)."""
+    import re
+
+    source = (Path(__file__).resolve().parents[1] / "labextension" / "src" / "format.ts").read_text()
+    match = re.search(rf"export const {name} = `([^`]*)`;", source)
+    assert match is not None, f"{name} is not a plain template literal in format.ts"
+    assert "${" not in match.group(1)  # no interpolation: the text is what the user gets
+    return match.group(1)
+
+
+def test_inserted_template_runs_as_inserted(
+    magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """The lab extension's setup and %%distill cells, run in a kernel as the command inserts them."""
+    from jupyter_distill.data import load_dataset
+    from jupyter_distill.examples import verify_extraction
+
+    monkeypatch.chdir(tmp_path)  # a notebook anywhere: the template needs no file next to it
+    setup = run_cell(shell, _template("DISTILL_SETUP_TEMPLATE"))
+    assert setup.error_in_exec is None
+    cell = _template("DISTILL_TEMPLATE")
+    assert cell.startswith("%%distill my-first-run\n")
+    result = run_cell(shell, cell)
+    assert result.error_in_exec is None
+    config = magics.configs["my-first-run"]
+    assert config.judge is verify_extraction
+    assert config.teacher == "local:smollm2-135m" and config.student == "smollm2-135m"
+    assert config.steps <= 30 and config.n_samples <= 4 and config.max_tokens <= 64  # small defaults
+    assert 10 <= len(load_dataset(config.dataset)) <= 32
+    summary = shell.run_line_magic("distill", "wait my-first-run --timeout 30")
+    assert summary.status == "done"

@@ -50,6 +50,7 @@ from IPython.display import display
 from traitlets import Bool, Float, Unicode, validate
 
 from jupyter_distill.config import DistillConfig, parse_yaml_mapping
+from jupyter_distill.data import check_source
 from jupyter_distill.errors import ConfigError, DistillError, ExportError
 from jupyter_distill.events import PHASES
 from jupyter_distill.notebook.dashboard import RunDashboard, RunSummary, UnknownRunError
@@ -575,6 +576,9 @@ class DistillMagics(Magics):
                 field="name",
                 value=name,
             )
+        # A dataset path that is not there fails the cell now, so "Run all" stops here, instead of
+        # a dashboard that turns "failed" in the background while the next cells run.
+        check_source(config.dataset)
         dashboard = RunDashboard(name, min_interval=self.refresh_interval)
         run = Run(config, review_handler=lambda r: self._show_review(r, dashboard), resume=resume)
         with self._stores_lock:
@@ -657,7 +661,8 @@ class DistillMagics(Magics):
         for name in targets:
             self.runs[name].stop()
         names = ", ".join(repr(n) for n in targets)
-        return Notice(f"stopping {names}: each ends within one request or training step. Resume: %distill resume NAME")
+        hints = " ".join(f"`%distill resume {n}`" for n in targets)
+        return Notice(f"stopping {names}: each ends within one request or training step. Resume: {hints}")
 
     def handle_wait(self, command: WaitCommand) -> RunSummary:
         """Block until the run ends; the summary card (or the run's error, cleanly) is the result."""

@@ -1,4 +1,5 @@
 import {
+  DISTILL_SETUP_TEMPLATE,
   DISTILL_TEMPLATE,
   formatCost,
   formatPercent,
@@ -10,6 +11,7 @@ import {
   passRateLine,
   progressLabel,
   sparklinePath,
+  templateCells,
   timeAgo
 } from '../src/format';
 
@@ -256,6 +258,27 @@ describe('template', () => {
     for (const key of ['dataset', 'teacher', 'student']) {
       expect(lines.some(line => line.startsWith(`${key}:`))).toBe(true);
     }
+  });
+
+  it('is a runnable example: data and judge from the setup cell, small settings', () => {
+    const lines = DISTILL_TEMPLATE.split('\n');
+    const value = (key: string): string | undefined =>
+      lines
+        .find(line => line.startsWith(`${key}:`))
+        ?.slice(key.length + 1)
+        .split('#')[0]
+        .trim();
+    expect(value('dataset')).toBe('$rows');
+    expect(value('judge')).toBe('$verify');
+    expect(Number(value('steps'))).toBeLessThanOrEqual(30);
+    expect(DISTILL_SETUP_TEMPLATE).toMatch(/^rows = /m);
+    expect(DISTILL_SETUP_TEMPLATE).toMatch(/^verify = /m);
+    expect(DISTILL_TEMPLATE).not.toMatch(/prompts\.jsonl/);
+  });
+
+  it('inserts load_ext, the setup cell and the %%distill cell in that order', () => {
+    expect(templateCells([])).toEqual(['%load_ext jupyter_distill', DISTILL_SETUP_TEMPLATE, DISTILL_TEMPLATE]);
+    expect(templateCells(['%load_ext jupyter_distill'])).toEqual([DISTILL_SETUP_TEMPLATE, DISTILL_TEMPLATE]);
   });
 
   it('asks for %load_ext only when no cell loads it', () => {
