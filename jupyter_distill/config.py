@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jupyter_distill.errors import ConfigError
+from jupyter_distill.runfolder import run_folder
 
 QUANTIZE_TYPES: tuple[str, ...] = ("q4_k_m", "q5_k_m", "q8_0", "q4_0", "f16")
 POLICY_MODES: tuple[str, ...] = ("strict", "warn", "off")
@@ -81,7 +82,10 @@ class DistillConfig(BaseModel):
     quantize: str | None = Field("q4_k_m", description="GGUF quantization type, or None to skip export.")
     review: bool = False
     alias: str | None = None
-    workdir: str = ".distill"
+    workdir: str = Field(
+        default_factory=run_folder,
+        description="Run folder (run store and artifacts); default $JUPYTER_DISTILL_WORKDIR, else .distill.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -356,9 +360,8 @@ def _validation_error(exc: ValidationError, given: dict[str, Any], lines: dict[s
     where = f" (line {lines[field]})" if field in lines else ""
     reason = short_repr(first["msg"].removeprefix("Value error, "), 300, quote=False)
     field_info = DistillConfig.model_fields.get(field)
-    default = (
-        f" The default is {field_info.default!r}." if field_info is not None and field_info.default is not None else ""
-    )
+    known = field_info.get_default(call_default_factory=True) if field_info is not None else None
+    default = f" The default is {known!r}." if known is not None else ""
     return ConfigError(
         f"invalid value for '{field}'{where}: {short_repr(value)}: {reason}.{default}",
         field=field,

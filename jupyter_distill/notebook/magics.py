@@ -48,12 +48,14 @@ from typing import Any, Literal, Union
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 from traitlets import Bool, Float, Unicode, validate
+from traitlets import default as trait_default
 
 from jupyter_distill.config import DistillConfig, parse_yaml_mapping
 from jupyter_distill.data import check_source
 from jupyter_distill.errors import ConfigError, DistillError, ExportError
 from jupyter_distill.events import PHASES
 from jupyter_distill.notebook.dashboard import RunDashboard, RunSummary, UnknownRunError
+from jupyter_distill.runfolder import run_folder
 from jupyter_distill.store import RunStore
 
 _VARIABLE = re.compile(r"^\$([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
@@ -418,7 +420,10 @@ def _clean_traceback(exc: DistillError) -> DistillError:
 class DistillMagics(Magics):
     """``%%distill`` / ``%distill``. Settings: ``%config DistillMagics.<name> = value``."""
 
-    workdir = Unicode(".distill", help="Folder of the run store (runs.db) and run artifacts.").tag(config=True)
+    workdir = Unicode(
+        help="Folder of the run store (runs.db) and run artifacts. Default: $JUPYTER_DISTILL_WORKDIR (in "
+        "JupyterLab, the folder the Distill panel shows), else '.distill'."
+    ).tag(config=True)
     default_teacher = Unicode(
         "local:smollm2-135m", help="Teacher used when neither the cell body nor a flag names one."
     ).tag(config=True)
@@ -429,6 +434,10 @@ class DistillMagics(Magics):
         False, help="Also draw tqdm progress bars on stderr (always on outside a notebook kernel)."
     ).tag(config=True)
     refresh_interval = Float(0.3, help="Seconds between dashboard redraws (0.05-5).").tag(config=True)
+
+    @trait_default("workdir")
+    def _default_workdir(self) -> str:
+        return run_folder()
 
     @validate("refresh_interval")
     def _check_interval(self, proposal: Any) -> float:
