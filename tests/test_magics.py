@@ -487,3 +487,31 @@ def test_inserted_template_runs_as_inserted(
     assert 10 <= len(load_dataset(config.dataset)) <= 32
     summary = shell.run_line_magic("distill", "wait my-first-run --timeout 30")
     assert summary.status == "done"
+
+
+def test_runs_aliases_and_notices_render_as_tables_not_json(
+    magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, dataset: Path
+) -> None:
+    """JupyterLab prefers application/json to HTML (a collapsed JSON tree): the bundles hold a table
+    and its text; the records stay on ``payload`` for code."""
+    from jupyter_distill.notebook.htmltext import NO_MATH_CLASSES
+    from jupyter_distill.notebook.magics import Notice
+
+    shell.run_cell_magic("distill", "tab --wait", f"dataset: {dataset}\n")
+    for line in ("runs", "aliases"):
+        table = shell.run_line_magic("distill", line)
+        bundle = table._repr_mimebundle_()
+        assert set(bundle) == {"text/plain", "text/html"}, line
+        assert NO_MATH_CLASSES in bundle["text/html"], line
+    runs = shell.run_line_magic("distill", "runs")
+    html_table = runs._repr_mimebundle_()["text/html"]
+    assert "<table>" in html_table and "<th style='text-align:left'>status</th>" in html_table
+    assert "<td style='text-align:left'>tab</td>" in html_table
+    assert runs.payload[0]["id"] == "tab"  # the raw records, for code
+
+    priced = Table(title="costs", columns=["what", "usd"], rows=[["teacher", "$0.25"], ["judge", "$0.50"]])
+    html_priced = priced._repr_mimebundle_()["text/html"]
+    assert "$" not in html_priced and "&#36;0.25" in html_priced  # no $...$ pair for MathJax to typeset
+    assert "$0.25" in repr(priced)  # the text form is untouched
+    notice = Notice("spent $1 of $2")._repr_mimebundle_()
+    assert "$" not in notice["text/html"] and notice["text/plain"] == "spent $1 of $2"

@@ -22,7 +22,6 @@ shape is :meth:`RunSummary.to_json`.
 from __future__ import annotations
 
 import copy
-import html
 import json
 import math
 import threading
@@ -35,6 +34,7 @@ import ipywidgets as widgets
 
 from jupyter_distill.errors import DistillError
 from jupyter_distill.events import PHASES, Event
+from jupyter_distill.notebook.htmltext import no_math, text
 from jupyter_distill.store import RunStore
 
 RUN_MIME_TYPE = "application/vnd.jupyter.distill.run+json"
@@ -417,20 +417,20 @@ class RunSummary:
             {"done": "done", "failed": "failed", "stopped": "stopped"}.get(self.status, "active"), "#1976d2"
         )
         rows = "".join(
-            f"<tr><th style='text-align:left;padding-right:1em;vertical-align:top'>{html.escape(k)}</th>"
+            f"<tr><th style='text-align:left;padding-right:1em;vertical-align:top'>{text(k)}</th>"
             f"<td style='text-align:left'>{_html_value(k, v)}</td></tr>"
             for k, v in self._rows()
         )
         snippet = self.snippet()
         code = (
-            f"<pre style='background:#f5f5f5;padding:6px;margin:6px 0 0 0'>{html.escape(snippet)}</pre>"
+            f"<pre style='background:#f5f5f5;padding:6px;margin:6px 0 0 0'>{text(snippet)}</pre>"
             if snippet and self.status == "done"
             else ""
         )
-        return (
-            f"<div class='jd-run-card' style='border-left:4px solid {colour};padding:4px 10px'>"
-            f"<b>jupyter-distill run {html.escape(self.name)}</b>"
-            f"<table style='margin-top:4px'>{rows}</table>{code}</div>"
+        return no_math(
+            f"<b>jupyter-distill run {text(self.name)}</b><table style='margin-top:4px'>{rows}</table>{code}",
+            css_class="jd-run-card",
+            style=f"border-left:4px solid {colour};padding:4px 10px",
         )
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
@@ -443,8 +443,8 @@ def _rate(value: float | None) -> str:
 
 def _html_value(key: str, value: str) -> str:
     if key in ("adapter", "gguf", "merged", "f16_gguf", "card") or "/" in value:
-        return f"<code>{html.escape(value)}</code>"
-    return html.escape(value)
+        return f"<code>{text(value)}</code>"
+    return text(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,9 +490,9 @@ class RunDashboard:
         for phase in PHASES:
             label = widgets.HTML(layout=widgets.Layout(width="90px"))
             bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="260px"))
-            text = widgets.Label(layout=widgets.Layout(width="auto"))
-            self.phase_labels[phase], self.phase_bars[phase], self.phase_texts[phase] = label, bar, text
-            rows.append(widgets.HBox([label, bar, text]))
+            detail = widgets.Label(layout=widgets.Layout(width="auto"))
+            self.phase_labels[phase], self.phase_bars[phase], self.phase_texts[phase] = label, bar, detail
+            rows.append(widgets.HBox([label, bar, detail]))
         self.phase_box = widgets.VBox(rows)
         self.stats = widgets.HTML()
         self.plot = _LossPlot()
@@ -613,9 +613,9 @@ class RunDashboard:
             {"running": "active", "waiting-review": "waiting", "created": "pending"}.get(s.status, s.status), "#1976d2"
         )
         elapsed = f" · {_clock((s.ended or now) - s.started)}" if s.started else ""
-        self.header.value = (
-            f"<b>jupyter-distill</b> run <code>{html.escape(s.run)}</code> "
-            f"<span style='color:{status_colour};font-weight:bold'>{html.escape(s.status)}</span>{elapsed}"
+        self.header.value = no_math(
+            f"<b>jupyter-distill</b> run <code>{text(s.run)}</code> "
+            f"<span style='color:{status_colour};font-weight:bold'>{text(s.status)}</span>{elapsed}"
         )
         self.timeline.value = _timeline_html(s)
         for phase in PHASES:
@@ -631,9 +631,15 @@ class RunDashboard:
         if points != self._plotted_points:
             self.plot.update(s.series)
             self._plotted_points = points
-        self.messages.value = "".join(
-            f"<div style='color:{'#c62828' if kind == 'error' else '#ef6c00'}'>{kind}: {html.escape(text)}</div>"
-            for kind, text in s.messages
+        self.messages.value = (
+            no_math(
+                "".join(
+                    f"<div style='color:{'#c62828' if kind == 'error' else '#ef6c00'}'>{kind}: {text(message)}</div>"
+                    for kind, message in s.messages
+                )
+            )
+            if s.messages
+            else ""
         )
         if s.terminal:
             self.stop_button.disabled = True
@@ -707,9 +713,10 @@ class RunDashboard:
             return self.summary.html()
         with self._lock:
             s = copy.deepcopy(self.state)
-        return (
-            f"<div class='jd-run-live'>{_timeline_html(s)}{_stats_html(s)}"
-            "<div style='color:#757575'>(live dashboard: needs a running kernel)</div></div>"
+        return no_math(
+            f"{_timeline_html(s)}{_stats_html(s)}"
+            "<div style='color:#757575'>(live dashboard: needs a running kernel)</div>",
+            css_class="jd-run-live",
         )
 
     def __repr__(self) -> str:
@@ -774,7 +781,7 @@ def _timeline_html(s: DashboardState) -> str:
             f"<span class='jd-phase jd-{status}' data-phase='{phase}' style='color:{colour};margin-right:2px'>"
             f"{mark} {PHASE_TITLES[phase]}</span>"
         )
-    return "<div class='jd-timeline'>" + " → ".join(cells) + "</div>"
+    return no_math(" → ".join(cells), css_class="jd-timeline")
 
 
 def _stats_html(s: DashboardState) -> str:
@@ -790,7 +797,7 @@ def _stats_html(s: DashboardState) -> str:
     for name in ("loss", "nll", "pref", "kl", "lr"):
         if name in s.latest:
             parts.append(f"{name} {s.latest[name]:.4g}")
-    return "<div class='jd-stats'>" + " · ".join(parts) + "</div>"
+    return no_math(" · ".join(text(part) for part in parts), css_class="jd-stats")
 
 
 class _LossPlot:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import html
 import json
 import re
 import shlex
@@ -55,6 +54,7 @@ from jupyter_distill.data import check_source
 from jupyter_distill.errors import ConfigError, DistillError, ExportError
 from jupyter_distill.events import PHASES
 from jupyter_distill.notebook.dashboard import RunDashboard, RunSummary, UnknownRunError
+from jupyter_distill.notebook.htmltext import no_math, text
 from jupyter_distill.runfolder import run_folder
 from jupyter_distill.store import RunStore
 
@@ -351,8 +351,7 @@ class Table:
     columns: list[str]
     rows: list[list[Any]]
     empty: str = "(none)"
-    mime: str | None = None
-    payload: Any = None
+    payload: Any = None  # the raw records, for code (`runs = %distill runs; runs.payload`); never displayed
 
     def __repr__(self) -> str:
         if not self.rows:
@@ -363,22 +362,21 @@ class Table:
         return "\n".join([self.title, *lines])
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """A table in HTML and text only: JupyterLab prefers ``application/json`` to HTML (it would show
+        a collapsed JSON tree), so the raw records stay in :attr:`payload` and out of the bundle."""
         if self.rows:
-            head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
+            head = "".join(f"<th style='text-align:left'>{text(c)}</th>" for c in self.columns)
             body = "".join(
-                "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                "<tr>" + "".join(f"<td style='text-align:left'>{text(v)}</td>" for v in row) + "</tr>"
                 for row in self.rows
             )
             table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         else:
-            table = f"<i>{html.escape(self.empty)}</i>"
-        bundle: dict[str, Any] = {
+            table = f"<i>{text(self.empty)}</i>"
+        return {
             "text/plain": repr(self),
-            "text/html": f"<div><b>{html.escape(self.title)}</b>{table}</div>",
+            "text/html": no_math(f"<b>{text(self.title)}</b>{table}", css_class="jd-table"),
         }
-        if self.mime and self.payload is not None:
-            bundle[self.mime] = self.payload
-        return bundle
 
 
 @dataclass
@@ -391,7 +389,7 @@ class Notice:
         return self.text
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return {"text/plain": self.text, "text/html": f"<div class='jd-notice'>{html.escape(self.text)}</div>"}
+        return {"text/plain": self.text, "text/html": no_math(text(self.text), css_class="jd-notice")}
 
 
 def _workdir_key(workdir: str | Path) -> str:
@@ -408,8 +406,8 @@ def _review_pending(run: Any) -> bool:
 
 def _clean_traceback(exc: DistillError) -> DistillError:
     """Let IPython show only ``Type: message`` for a user error (it honours ``_render_traceback_``)."""
-    text = f"{type(exc).__name__}: {exc}"
-    exc._render_traceback_ = lambda: [f"\x1b[0;31m{text}\x1b[0m"]  # type: ignore[attr-defined]
+    line = f"{type(exc).__name__}: {exc}"
+    exc._render_traceback_ = lambda: [f"\x1b[0;31m{line}\x1b[0m"]  # type: ignore[attr-defined]
     return exc
 
 
@@ -783,7 +781,6 @@ class DistillMagics(Magics):
             columns=["name", "status", "phase", "teacher", "student", "pass@1 after", "alias"],
             rows=rows,
             empty="no runs yet: start one with a %%distill cell",
-            mime="application/json",
             payload=json.loads(json.dumps(runs, default=str)),
         )
 
@@ -800,7 +797,6 @@ class DistillMagics(Magics):
             columns=["alias", "backend", "model"],
             rows=rows,
             empty="no aliases yet: set one with `alias:` in a %%distill cell or student.deploy(name)",
-            mime="application/json",
             payload=json.loads(json.dumps(aliases, default=str)),
         )
 

@@ -9,6 +9,14 @@
 /** The MIME type run summaries are published under (see jupyter_distill/server/summary.py). */
 export const RUN_MIME_TYPE = 'application/vnd.jupyter.distill.run+json';
 
+/**
+ * Rank of the run card renderer. JupyterLab renders the MIME type of an output whose renderer
+ * has the lowest rank; on a tie the renderer registered first wins, and JupyterLab registers its
+ * own (text/html at 50) before any extension's. So the card must rank strictly below HTML, or the
+ * HTML fallback of the same bundle is what users see. Like JupyterLab's JSON viewer, it takes 0.
+ */
+export const RUN_RENDERER_RANK = 0;
+
 /** Pipeline phases in order; mirrors jupyter_distill.events.PHASES. */
 export const PHASES = [
   'sampling',

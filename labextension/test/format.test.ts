@@ -1,3 +1,6 @@
+import * as fs from 'fs';
+import * as path from 'path';
+
 import {
   DISTILL_SETUP_TEMPLATE,
   DISTILL_TEMPLATE,
@@ -8,6 +11,7 @@ import {
   parseRunList,
   parseRunSummary,
   parseSeries,
+  RUN_RENDERER_RANK,
   passRateLine,
   progressLabel,
   sparklinePath,
@@ -285,5 +289,38 @@ describe('template', () => {
     expect(needsLoadExt([])).toBe(true);
     expect(needsLoadExt(['import os', '%load_ext  other'])).toBe(true);
     expect(needsLoadExt(['x = 1\n%load_ext jupyter_distill\n'])).toBe(false);
+  });
+});
+
+describe('run card renderer rank', () => {
+  /** The default ranks of JupyterLab's own renderers, read from the installed @jupyterlab/rendermime. */
+  function builtInRanks(): Map<string, number> {
+    const file = path.join(
+      __dirname,
+      '..',
+      'node_modules',
+      '@jupyterlab',
+      'rendermime',
+      'lib',
+      'factories.js'
+    );
+    const source = fs.readFileSync(file, 'utf8');
+    const ranks = new Map<string, number>();
+    const factory = /mimeTypes:\s*\[([^\]]*)\][\s\S]*?defaultRank:\s*(\d+)/g;
+    for (const match of source.matchAll(factory)) {
+      for (const mime of match[1].matchAll(/'([^']+)'/g)) {
+        ranks.set(mime[1], Number(match[2]));
+      }
+    }
+    return ranks;
+  }
+
+  it('ranks below every built-in renderer, so the card wins over the HTML fallback', () => {
+    const ranks = builtInRanks();
+    expect(ranks.get('text/html')).toBeDefined();
+    expect(ranks.get('text/plain')).toBeDefined();
+    for (const [mime, rank] of ranks) {
+      expect([mime, RUN_RENDERER_RANK < rank]).toEqual([mime, true]);
+    }
   });
 });
