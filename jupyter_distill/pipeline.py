@@ -417,6 +417,7 @@ class Run:
         from jupyter_distill.train.trainer import BondTrainer, TrainPair, TrainSettings
 
         config = self.config
+        self._preparing("loading the student")
         student = load_student(config.student, device=config.device, chat_template=config.chat_template)
         examples = TrainPair.from_records(pairs, self.store.get_prompts(self.name))
         settings = TrainSettings.from_config(config)
@@ -425,6 +426,7 @@ class Run:
             student, examples, settings, output_dir=output_dir, store=self.store, run_id=self.name,
             emit=self.emit, stop=self._stop,
         )  # fmt: skip
+        self._preparing("measuring the student before training")
         before = self._evaluate_student(student, label="student_before")
         try:
             result = trainer.train(resume=self.resume)
@@ -450,6 +452,10 @@ class Run:
             self.emit(Event("warning", run=self.name, phase="training", message=result.engine_reason))
         self.store.put_artifact(self.name, "adapter", result.adapter_dir)
         return {"student": student, "result": result, "before": before}
+
+    def _preparing(self, what: str) -> None:
+        """Tell front ends the training phase is still preparing (its step count has not begun)."""
+        self.emit(Event("progress", run=self.name, phase="training", message=what, data={"stage": "prepare"}))
 
     def _evaluate_student(self, student: Any, label: str, respond: Any = None) -> Any:
         from jupyter_distill.evaluate import HFResponder, evaluate

@@ -33,7 +33,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from jupyter_distill.errors import DistillError
-from jupyter_distill.events import PHASES, Event
+from jupyter_distill.events import PHASES, Event, is_preparation, stage_text
 from jupyter_distill.notebook.htmltext import no_math, text
 from jupyter_distill.store import RunStore
 
@@ -50,6 +50,9 @@ PHASE_TITLES: dict[str, str] = {
 }
 MAX_SERIES_POINTS = 4000  # per metric; older points are thinned, the curve keeps its shape
 MAX_MESSAGES = 20
+#: Phases whose steps differ too much in length for a rate to predict the rest (export: merge,
+#: f16, quantize, check): they show the step and the elapsed time, no ETA.
+NO_ETA_PHASES = frozenset({"export", "alias"})
 TERMINAL_STATUSES = frozenset({"done", "failed", "stopped"})
 _PLOT_EVENT_KINDS = frozenset({"metric", "phase_end", "run_end", "error"})
 _STATUS_COLOURS = {
@@ -79,6 +82,10 @@ class PhaseProgress:
     started: float | None = None
     ended: float | None = None
     message: str = ""
+    stage: str = ""  # what the phase is doing now, when it is not its counted work (preparing, a named step)
+    preparing: bool = False  # counted work has not begun: no ETA
+    rate_time: float | None = None  # ETA is measured from here (after preparation), else from started
+    rate_units: int = 0  # units done at rate_time
 
     @property
     def fraction(self) -> float:
@@ -95,13 +102,18 @@ class PhaseProgress:
         return (self.ended if self.ended is not None else now) - self.started
 
     def eta(self, now: float) -> float | None:
-        """Seconds left at the rate so far; None before the first unit or without a total."""
-        if self.status != "active" or not self.total or not self.current or self.started is None:
+        """Seconds left at the rate of the counted work so far (preparation time excluded); None while
+        preparing, before the first unit, or without a total."""
+        if self.status != "active" or self.preparing or not self.total or not self.current:
             return None
-        elapsed = now - self.started
+        since = self.rate_time if self.rate_time is not None else self.started
+        done = self.current - (self.rate_units if self.rate_time is not None else 0)
+        if since is None or done <= 0:
+            return None
+        elapsed = now - since
         if elapsed <= 0:
             return None
-        return max(0.0, (self.total - self.current) * elapsed / self.current)
+        return max(0.0, (self.total - self.current) * elapsed / done)
 
 
 @dataclass
@@ -144,19 +156,12 @@ class DashboardState:
             progress.ended = None
             progress.total = event.total
             progress.current = 0 if event.total else None
+            progress.stage, progress.preparing, progress.rate_time, progress.rate_units = "", False, None, 0
             if self.status in ("created", "waiting-review"):
                 self.status = "running"
         elif event.kind == "progress":
             if progress is not None:
-                if event.total is not None:
-                    progress.total = event.total
-                if event.current is not None:
-                    progress.current = event.current
-                if event.message:
-                    progress.message = event.message
-                if phase == "review" and "waiting" in event.message:
-                    progress.status = "waiting"
-                    self.status = "waiting-review"
+                self._progress(event, phase, progress)
             if "requests" in event.data:
                 self.requests = int(event.data["requests"])
             if "cost" in event.data:
@@ -169,6 +174,7 @@ class DashboardState:
         elif event.kind == "phase_end" and progress is not None:
             progress.status = "done"
             progress.ended = event.time
+            progress.stage, progress.preparing = "", False
             if progress.total:
                 progress.current = progress.total
             if self.status == "waiting-review":
@@ -197,9 +203,44 @@ class DashboardState:
                 if "judge_cost" in self.summary:
                     self.judge_cost = float(self.summary["judge_cost"] or 0.0)
 
+    def _progress(self, event: Event, phase: str | None, progress: PhaseProgress) -> None:
+        """A progress event moves its own phase's bar, and only while that phase runs.
+
+        Two kinds of event must not: a phase's preparation (loading the student, reference
+        log-probs: its count is not the phase's work) shows as the phase's stage; and an event of
+        a phase that is not running (the held-out evaluation inside training, before the eval
+        phase, and inside export, after it) shows as the stage of the phase that is running.
+        """
+        if is_preparation(event):
+            progress.stage = stage_text(event)
+            progress.preparing = True
+            return
+        if phase != self.phase and progress.status != "active":
+            host = self.phases.get(self.phase) if self.phase else None
+            if host is not None and host.status == "active":
+                count = f" {event.current}/{event.total}" if event.current is not None and event.total else ""
+                label = stage_text(event, label=(event.message or str(phase))) + count
+                host.stage = f"preparing: {label}" if host.preparing else label
+            return
+        if progress.preparing and (event.current is not None or event.step is not None):
+            progress.preparing = False  # counted work begins: measure its rate from here
+            progress.rate_time, progress.rate_units = event.time, int(event.current or 0)
+        if event.total is not None:
+            progress.total = event.total
+        if event.current is not None:
+            progress.current = event.current
+        if event.message:
+            progress.message = event.message
+            progress.stage = stage_text(event)
+        elif event.step is not None:
+            progress.stage = ""  # a training step: the count says it all
+        if phase == "review" and "waiting" in event.message:
+            progress.status = "waiting"
+            self.status = "waiting-review"
+
     def _metric(self, event: Event) -> None:
-        if event.step is not None:
-            self.step = event.step
+        if event.step is not None and event.phase in (None, "training"):
+            self.step = event.step  # evaluation metrics carry the step they belong to, not a new one
         for name, value in event.data.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 continue
@@ -625,7 +666,7 @@ class RunDashboard:
             bar = self.phase_bars[phase]
             bar.value = p.fraction
             bar.bar_style = {"done": "success", "failed": "danger", "stopped": "warning"}.get(p.status, "info")
-            self.phase_texts[phase].value = _phase_text(p, now)
+            self.phase_texts[phase].value = _phase_text(p, now, with_eta=phase not in NO_ETA_PHASES)
         self.stats.value = _stats_html(s)
         points = len(s.series.get("loss", ()))
         if points != self._plotted_points:
@@ -754,14 +795,16 @@ def _clock(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _phase_text(p: PhaseProgress, now: float) -> str:
+def _phase_text(p: PhaseProgress, now: float, *, with_eta: bool = True) -> str:
     if p.status == "pending":
         return ""
     parts = []
     if p.current is not None and p.total:
         parts.append(f"{p.current}/{p.total}")
+    if p.stage and p.status == "active":
+        parts.append(p.stage)
     parts.append(_clock(p.elapsed(now)))
-    eta = p.eta(now)
+    eta = p.eta(now) if with_eta else None
     if eta is not None:
         parts.append(f"ETA {_clock(eta)}")
     if p.status == "waiting":
