@@ -225,6 +225,15 @@ export function parseRunList(value: unknown): IRunList {
   };
 }
 
+/** What the panel says when its run folder holds no run yet: which folder, and how runs get there. */
+export function emptyRunsMessage(workdir: string): string {
+  const where = workdir ? ` in ${workdir}` : '';
+  return (
+    `No runs yet${where}. Runs of %%distill cells in this server's notebooks land here: ` +
+    'insert one from the toolbar. Another folder: set JUPYTER_DISTILL_WORKDIR before starting JupyterLab.'
+  );
+}
+
 /** The aliases endpoint's reply. */
 export function parseAliases(value: unknown): IAlias[] {
   const record = isRecord(value) ? value : {};

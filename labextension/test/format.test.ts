@@ -12,6 +12,7 @@ import {
   parseRunSummary,
   parseSeries,
   RUN_RENDERER_RANK,
+  emptyRunsMessage,
   passRateLine,
   progressLabel,
   sparklinePath,
@@ -289,6 +290,15 @@ describe('template', () => {
     expect(needsLoadExt([])).toBe(true);
     expect(needsLoadExt(['import os', '%load_ext  other'])).toBe(true);
     expect(needsLoadExt(['x = 1\n%load_ext jupyter_distill\n'])).toBe(false);
+  });
+});
+
+describe('empty run list', () => {
+  it('names the folder the panel reads and the setting that moves it', () => {
+    const text = emptyRunsMessage('/home/me/project/.distill');
+    expect(text).toContain('No runs yet in /home/me/project/.distill.');
+    expect(text).toContain('JUPYTER_DISTILL_WORKDIR');
+    expect(emptyRunsMessage('')).toMatch(/^No runs yet\. /);
   });
 });
 
