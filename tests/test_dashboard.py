@@ -317,3 +317,12 @@ def test_dollar_signs_stay_literal_in_every_html_output() -> None:
     assert "total $0.0400" in html.unescape(outputs["stats"])
     assert "budget $5 of $10 used" in html.unescape(outputs["messages"])
     assert "teacher $" in html.unescape(outputs["card"])  # cost per 1k calls
+
+
+def test_stopped_and_failed_cards_say_how_to_resume_in_the_magic_syntax() -> None:
+    stopped = RunSummary(run={"id": "tickets", "status": "stopped", "summary": {}})
+    assert "%distill resume tickets" in repr(stopped) and "%distill resume tickets" in stopped.html()
+    failed = RunSummary(run={"id": "tickets", "status": "failed", "summary": {"error": "teacher down"}})
+    assert "then %distill resume tickets" in repr(failed)
+    done = RunSummary(run={"id": "tickets", "status": "done", "summary": {}})
+    assert "resume" not in repr(done)

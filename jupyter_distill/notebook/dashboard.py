@@ -443,6 +443,10 @@ class RunSummary:
             rows.append((kind, str(artifact["path"])))
         if self.alias:
             rows.append(("alias", self.alias))
+        if self.status == "stopped":
+            rows.append(("resume", f"%distill resume {self.name}"))
+        elif self.status == "failed":
+            rows.append(("next", f"fix the error, then %distill resume {self.name} (paid samples are reused)"))
         return rows
 
     def __repr__(self) -> str:
