@@ -225,6 +225,17 @@ export function parseRunList(value: unknown): IRunList {
   };
 }
 
+/** How to continue a stopped or failed run, in the magic's own syntax; null for other states. */
+export function resumeHint(run: IRunSummary): string | null {
+  if (run.status === 'stopped') {
+    return `%distill resume ${run.id}`;
+  }
+  if (run.status === 'failed') {
+    return `fix the error, then %distill resume ${run.id}`;
+  }
+  return null;
+}
+
 /** What the panel says when its run folder holds no run yet: which folder, and how runs get there. */
 export function emptyRunsMessage(workdir: string): string {
   const where = workdir ? ` in ${workdir}` : '';

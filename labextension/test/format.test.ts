@@ -15,6 +15,7 @@ import {
   emptyRunsMessage,
   passRateLine,
   progressLabel,
+  resumeHint,
   sparklinePath,
   templateCells,
   timeAgo
@@ -290,6 +291,16 @@ describe('template', () => {
     expect(needsLoadExt([])).toBe(true);
     expect(needsLoadExt(['import os', '%load_ext  other'])).toBe(true);
     expect(needsLoadExt(['x = 1\n%load_ext jupyter_distill\n'])).toBe(false);
+  });
+});
+
+describe('resume hint', () => {
+  it('uses the magic for stopped and failed runs only', () => {
+    const run = parseRunSummary({ ...liveRun, status: 'stopped' })!;
+    expect(resumeHint(run)).toBe('%distill resume tickets');
+    expect(resumeHint({ ...run, status: 'failed' })).toBe('fix the error, then %distill resume tickets');
+    expect(resumeHint({ ...run, status: 'done' })).toBeNull();
+    expect(resumeHint({ ...run, status: 'running' })).toBeNull();
   });
 });
 
