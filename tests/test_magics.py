@@ -515,3 +515,20 @@ def test_runs_aliases_and_notices_render_as_tables_not_json(
     assert "$0.25" in repr(priced)  # the text form is untouched
     notice = Notice("spent $1 of $2")._repr_mimebundle_()
     assert "$" not in notice["text/html"] and notice["text/plain"] == "spent $1 of $2"
+
+
+def test_python_api_review_run_in_a_kernel_refuses_a_missing_dataset_before_its_dashboard(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import jupyter_distill as jd
+    from jupyter_distill import api
+    from jupyter_distill.errors import DatasetError
+    from jupyter_distill.notebook.dashboard import RunDashboard
+
+    drawn: list[RunDashboard] = []
+    monkeypatch.setattr(api, "_in_kernel", lambda: True)
+    monkeypatch.setattr(RunDashboard, "display", lambda self: drawn.append(self))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError, match="does not exist"):
+        jd.distill(dataset="gone.jsonl", review=True, workdir=str(tmp_path / "wd"))
+    assert drawn == []
