@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from distill_server_fixtures import build_fixture_store
-from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_distill.config import DistillConfig
 from jupyter_distill.notebook.magics import DistillMagics
@@ -67,8 +66,7 @@ def test_config_magics_and_server_read_the_same_setting(monkeypatch: pytest.Monk
 
 def test_a_cell_without_workdir_uses_the_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(RUN_FOLDER_ENV, str(tmp_path / "from-env"))
-    shell = InteractiveShell.instance()
-    magics = DistillMagics(shell=shell)
+    magics = DistillMagics(shell=None)  # no shell config: a %config from another test must not apply
     assert magics.build_config("dataset: x.jsonl\n", {}).workdir == str(tmp_path / "from-env")
     assert magics.build_config("dataset: x.jsonl\nworkdir: mine\n", {}).workdir == "mine"  # the body wins
 
