@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from jupyter_distill.config import DistillConfig
+from jupyter_distill.data import check_source
 from jupyter_distill.pipeline import Run
 from jupyter_distill.pipeline import distill as _pipeline_distill
 
@@ -55,6 +56,7 @@ def _start_with_review(
     from jupyter_distill.notebook.review_widget import ReviewWidget
 
     config = DistillConfig.from_kwargs(dataset=dataset, teacher=teacher, student=student, judge=judge, **options)
+    check_source(config.dataset)  # a missing file fails the call, not a dashboard in the background
 
     def show_review(run: Run) -> None:  # runs on the run's thread: only sets widget traits
         widget = ReviewWidget(run.store, run.name)

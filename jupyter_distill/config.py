@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jupyter_distill.errors import ConfigError
 from jupyter_distill.models import student_quantization
 from jupyter_distill.quant_types import DEFAULT_QUANTIZE, QUANTIZE_TYPES, canonical_quant_name
+from jupyter_distill.runfolder import run_folder
 
 POLICY_MODES: tuple[str, ...] = ("strict", "warn", "off")
 # ``\Z``, not ``$``: ``$`` also matches before a trailing newline, so ``.match("run\\n")`` would pass.
@@ -91,7 +92,10 @@ class DistillConfig(BaseModel):
     )
     review: bool = False
     alias: str | None = None
-    workdir: str = ".distill"
+    workdir: str = Field(
+        default_factory=run_folder,
+        description="Run folder (run store and artifacts); default $JUPYTER_DISTILL_WORKDIR, else .distill.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -374,9 +378,8 @@ def _validation_error(exc: ValidationError, given: dict[str, Any], lines: dict[s
     where = f" (line {lines[field]})" if field in lines else ""
     reason = short_repr(first["msg"].removeprefix("Value error, "), 300, quote=False)
     field_info = DistillConfig.model_fields.get(field)
-    default = (
-        f" The default is {field_info.default!r}." if field_info is not None and field_info.default is not None else ""
-    )
+    known = field_info.get_default(call_default_factory=True) if field_info is not None else None
+    default = f" The default is {known!r}." if known is not None else ""
     return ConfigError(
         f"invalid value for '{field}'{where}: {short_repr(value)}: {reason}.{default}",
         field=field,

@@ -121,6 +121,16 @@ def _read_rows(source: Any) -> Iterable[Any]:
     )
 
 
+def _resolved(path: Path) -> str:
+    """`` (looked for /abs/path)`` for a relative path: where the kernel actually looked."""
+    if path.is_absolute():
+        return ""
+    try:
+        return f" (looked for {_short(str(path.resolve()))})"
+    except (OSError, RuntimeError, ValueError):
+        return ""
+
+
 def _is_frame(source: Any) -> bool:
     return hasattr(source, "to_dict") and hasattr(source, "columns")
 
@@ -171,8 +181,20 @@ def _guarded(rows: Iterable[Any], source: Any) -> Iterator[Any]:
         ) from None
 
 
-def _read_path(path: Path) -> list[Any]:
-    name = _short(path.name, quote=False)
+def check_source(source: Any) -> None:
+    """Raise the error :func:`load_dataset` would raise for a missing or unusable dataset *path*.
+
+    Cheap (no file is read), so a front end can refuse a typo in ``dataset:`` before it starts a
+    background run and draws a dashboard for it. Other sources (lists, frames, callables) are
+    left to :func:`load_dataset`: checking them means reading them.
+    """
+    if source is None:
+        _read_rows(source)  # raises the "no dataset given" error
+    if isinstance(source, str | Path):
+        _check_path(Path(source))
+
+
+def _check_path(path: Path) -> None:
     try:
         exists, is_file = path.exists(), path.is_file()
     except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the file system
@@ -183,8 +205,8 @@ def _read_path(path: Path) -> list[Any]:
         ) from None
     if not exists:
         raise DatasetError(
-            f"dataset file {_short(str(path))} does not exist. Fix: check the path (relative paths start at the "
-            "notebook's folder).",
+            f"dataset file {_short(str(path))} does not exist{_resolved(path)}. Fix: check the path (relative "
+            "paths start at the notebook's folder, the kernel's working directory).",
             field="dataset",
             value=str(path),
         )
@@ -195,6 +217,11 @@ def _read_path(path: Path) -> list[Any]:
             field="dataset",
             value=str(path),
         )
+
+
+def _read_path(path: Path) -> list[Any]:
+    name = _short(path.name, quote=False)
+    _check_path(path)
     try:
         return _read_file(path)
     except UnicodeDecodeError as exc:

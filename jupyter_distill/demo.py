@@ -3,14 +3,16 @@
 Why a notebook and not a script: the quickstart *is* the product's face, so the demo proves the
 notebook path end to end (magics, background run, dashboard, alias) exactly as a user runs it.
 The executed copy is saved under ``.demo/`` (git-ignored) so its outputs can be opened in
-JupyterLab afterwards; the run store lives there too, so a second ``make demo`` re-uses every
-teacher sample already made.
+JupyterLab afterwards. The run goes to the one run folder every front end reads
+(:mod:`jupyter_distill.runfolder`: ``$JUPYTER_DISTILL_WORKDIR``, else ``.distill`` here), so
+JupyterLab started in the same folder lists it in the Distill panel, and a second ``make demo``
+re-uses every teacher sample already made.
 
 The kernel is this interpreter: a ``jupyter-distill`` kernelspec pointing at ``sys.executable``
 is installed into ``sys.prefix`` (the venv) when missing or stale, so nothing outside the venv
 changes and a machine-wide ``python3`` kernel cannot be picked by accident.
 
-    python -m jupyter_distill.demo [--quick] [--notebook notebooks/quickstart.ipynb] [--out .demo]
+    python -m jupyter_distill.demo [--quick] [--notebook notebooks/quickstart.ipynb] [--out .demo] [--workdir .distill]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 from jupyter_distill.errors import DistillError
 from jupyter_distill.events import ConsoleRenderer, Emit, Event
+from jupyter_distill.runfolder import RUN_FOLDER_ENV, resolve_run_folder
 
 KERNEL_NAME = "jupyter-distill"
 ANSWER_TAG = "jd-answer"
@@ -200,7 +203,7 @@ def run_numbers(workdir: Path, run: str = RUN_NAME) -> dict[str, Any]:
     if record is None:
         raise DemoError(
             f"the notebook finished but the store {str(workdir)!r} has no run {run!r}. "
-            "Fix: check that the notebook's WORKDIR follows JD_WORKDIR.",
+            f"Fix: check that the notebook leaves the run folder to ${RUN_FOLDER_ENV} (no workdir of its own).",
             field="workdir",
             value=str(workdir),
         )
@@ -239,15 +242,21 @@ def report(record: dict[str, Any], answer: str, seconds: float, executed: Path) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jupyter_distill.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--notebook", type=Path, default=None, help="notebook to run (default: the quickstart)")
-    parser.add_argument("--out", type=Path, default=Path(".demo"), help="folder for the executed copy and the store")
+    parser.add_argument("--out", type=Path, default=Path(".demo"), help="folder for the executed notebook")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help=f"run folder (default: ${RUN_FOLDER_ENV}, else .distill: the folder the JupyterLab panel shows)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings (JD_QUICK=1): minutes, not quality")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
     args = parser.parse_args(argv)
     try:
         notebook = args.notebook or find_notebook()
         out = args.out.resolve()
-        workdir = out / "distill"
-        os.environ["JD_WORKDIR"] = str(workdir)  # the kernel inherits the environment
+        workdir = resolve_run_folder(args.workdir)
+        os.environ[RUN_FOLDER_ENV] = str(workdir)  # the kernel inherits the environment
         if args.quick:
             os.environ["JD_QUICK"] = "1"
         kernel = ensure_kernelspec()

@@ -29,6 +29,10 @@ EventKind = Literal[
 logger = logging.getLogger(__name__)
 
 PHASES: tuple[str, ...] = ("sampling", "judging", "review", "training", "eval", "export", "alias")
+#: ``data["stage"]`` values of ``progress`` events that prepare a phase's counted work (loading the
+#: student, caching reference log-probs): their current/total count the preparation, not the phase.
+PREPARATION_STAGES = frozenset({"prepare", "reference"})
+STAGE_TEXT_CHARS = 80  # how much of a progress message a one-line display shows
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,25 @@ class Event:
 
 
 Emit = Callable[[Event], None]
+
+
+def is_preparation(event: Event) -> bool:
+    """A ``progress`` event about a phase's preparation: its numbers must not move the phase's bar."""
+    return event.kind == "progress" and event.data.get("stage") in PREPARATION_STAGES
+
+
+def stage_text(event: Event, *, label: str | None = None) -> str:
+    """One short line for what a progress event is doing: ``preparing: reference log-probs 8/13``,
+    ``quantizing to q4_k_m``, or ``student_before 3/10`` (``label`` replaces the message)."""
+    text = label if label is not None else event.message
+    text = " ".join(text.split())
+    if len(text) > STAGE_TEXT_CHARS:
+        text = text[: STAGE_TEXT_CHARS - 1].rstrip() + "…"
+    if is_preparation(event) and event.current is not None and event.total:
+        text = f"{text} {event.current}/{event.total}"
+    if is_preparation(event):
+        text = f"preparing: {text}" if text else "preparing"
+    return text
 
 
 def no_emit(event: Event) -> None:
@@ -125,7 +148,12 @@ def fan_out(sinks: Iterable[Emit | None], *, announce_failures: bool = False) ->
 
 
 class ConsoleRenderer:
-    """Draws one tqdm bar per phase on stderr; used when no notebook front end is attached."""
+    """Draws one tqdm bar per phase on stderr; used when no notebook front end is attached.
+
+    A phase's bar moves only with its own counted work: preparation events show as a note beside
+    it, and events of a phase that has no bar (the held-out evaluation that runs inside training
+    and export) are left out.
+    """
 
     def __init__(self, stream: TextIO | None = None, min_interval: float = 0.5):
         self._stream = stream or sys.stderr
@@ -145,6 +173,10 @@ class ConsoleRenderer:
                 )
             elif event.kind == "progress" and phase in self._bars:
                 bar = self._bars[phase]
+                if is_preparation(event):  # the bar counts the phase's work, not its preparation
+                    bar.set_postfix_str(stage_text(event), refresh=False)
+                    bar.refresh()
+                    return
                 if event.total is not None and bar.total != event.total:
                     bar.total = event.total
                 if event.current is not None:
@@ -152,6 +184,8 @@ class ConsoleRenderer:
                 postfix = {k: v for k, v in event.data.items() if isinstance(v, int | float | str)}
                 if postfix:
                     bar.set_postfix(postfix, refresh=False)
+                elif event.message:  # a named step (export: merge, f16, quantize, check)
+                    bar.set_postfix_str(stage_text(event), refresh=False)
                 bar.refresh()
             elif event.kind == "metric" and phase in self._bars:
                 shown = {k: round(v, 4) for k, v in event.data.items() if isinstance(v, float)}

@@ -61,6 +61,15 @@ class RunState:
         return self.cost + self.judge_cost
 
 
+def resume_hint(name: str) -> str:
+    """How to continue a stopped or failed run, in the notebook's own syntax first.
+
+    Most runs are started from a ``%%distill`` cell, so the hint a user can paste is the magic;
+    the Python form follows for scripts. Both reuse every sample and judgment already paid for.
+    """
+    return f"Resume: `%distill resume {name}` (Python: call distill(..., name={name!r}) again)."
+
+
 def default_run_name(config: DistillConfig) -> str:
     """A stable name from what defines the run, so calling ``distill()`` again resumes it."""
     public = config.to_public_dict()
@@ -244,14 +253,14 @@ class Run:
 
     def _phase(self, name: str, work: Callable[[], Any]) -> Any:
         if self._stop.is_set():
-            raise RunStopped(f"run {self.name!r} stopped before {name}. Resume with resume=True / %distill resume.")
+            raise RunStopped(f"run {self.name!r} stopped before {name}. {resume_hint(self.name)}")
         self.state.phase = name
         self.store.update_run(self.name, phase=name)
         self._announce(Event("phase_start", run=self.name, phase=name))
         started = time.time()
         result = work()
         if self._stop.is_set():
-            raise RunStopped(f"run {self.name!r} stopped during {name}. Resume with resume=True / %distill resume.")
+            raise RunStopped(f"run {self.name!r} stopped during {name}. {resume_hint(self.name)}")
         self.state.phases_done.append(name)
         self._announce(Event("phase_end", run=self.name, phase=name, data={"seconds": round(time.time() - started, 2)}))
         return result
@@ -411,6 +420,7 @@ class Run:
         from jupyter_distill.train.trainer import BondTrainer, TrainPair, TrainSettings
 
         config = self.config
+        self._preparing("loading the student")
         settings = TrainSettings.from_config(config)
         student = load_student(
             config.student, device=config.device, chat_template=config.chat_template,
@@ -423,6 +433,7 @@ class Run:
             student, examples, settings, output_dir=output_dir, store=self.store, run_id=self.name,
             emit=self.emit, stop=self._stop, engine=config.engine,
         )  # fmt: skip
+        self._preparing("measuring the student before training")
         before = self._evaluate_student(student, label="student_before")
         try:
             result = trainer.train(resume=self.resume)
@@ -442,12 +453,16 @@ class Run:
             )
             result = trainer.train(resume=False)
         if result.stopped:
-            raise RunStopped(f"run {self.name!r} stopped at step {result.steps_done}. Resume with resume=True.")
+            raise RunStopped(f"run {self.name!r} stopped at step {result.steps_done}. {resume_hint(self.name)}")
         self.state.summary.update({"steps": result.steps_done, "engine": result.engine})
         if result.engine_reason:
             self.emit(Event("warning", run=self.name, phase="training", message=result.engine_reason))
         self.store.put_artifact(self.name, "adapter", result.adapter_dir)
         return {"student": student, "result": result, "before": before}
+
+    def _preparing(self, what: str) -> None:
+        """Tell front ends the training phase is still preparing (its step count has not begun)."""
+        self.emit(Event("progress", run=self.name, phase="training", message=what, data={"stage": "prepare"}))
 
     def _evaluate_student(self, student: Any, label: str, respond: Any = None) -> Any:
         from jupyter_distill.evaluate import HFResponder, evaluate
@@ -477,7 +492,7 @@ class Run:
             )  # fmt: skip
         summary = evaluate(self.store, self.name, heldout, respond, score, label, emit=self.emit, stop=self._stop)
         if self._stop.is_set():  # a partial evaluation is no result: the resumed run evaluates again
-            raise RunStopped(f"run {self.name!r} stopped during evaluation ({label}). Resume with resume=True.")
+            raise RunStopped(f"run {self.name!r} stopped during evaluation ({label}). {resume_hint(self.name)}")
         if judge_id:
             self.store.update_run(self.name, summary={f"eval_judge/{label}": judge_id})
         self.state.summary[label] = _summary_dict(summary)
@@ -555,7 +570,7 @@ class Run:
                 stop=self._stop,
             )
         except ExportStopped as exc:
-            raise RunStopped(f"run {self.name!r} stopped during export ({exc}). Resume with resume=True.") from None
+            raise RunStopped(f"run {self.name!r} stopped during export ({exc}). {resume_hint(self.name)}") from None
         self.state.summary["gguf"] = str(result.gguf)
         self.state.summary["agreement"] = result.agreement
         self._measure_served(result)
@@ -765,6 +780,7 @@ __all__ = [
     "RunStopped",
     "default_run_name",
     "distill",
+    "resume_hint",
     "run_async_safely",
     "validate_before_requests",
 ]

@@ -266,11 +266,12 @@ def test_toolbar_button_inserts_a_distill_template(lab: Lab, page: Any) -> None:
     page.locator('.jp-Distill-card[data-run-id="tickets"]').wait_for(state="visible")
     page.locator(".jp-NotebookPanel-toolbar .jp-Distill-toolbar-button").first.click()
     cells = page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor")
-    page.wait_for_function("() => document.querySelectorAll('.jp-Notebook .jp-Cell').length === 3")
-    sources = [cells.nth(i).inner_text() for i in range(3)]
+    page.wait_for_function("() => document.querySelectorAll('.jp-Notebook .jp-Cell').length === 4")
+    sources = [cells.nth(i).inner_text() for i in range(4)]
     assert sources[1].strip() == "%load_ext jupyter_distill"
-    assert sources[2].startswith("%%distill my-run")
-    assert "teacher: local:smollm2-135m" in sources[2]
+    assert "rows = make_extraction_rows(" in sources[2]  # the setup cell: data and judge in the kernel
+    assert sources[3].startswith("%%distill my-first-run")
+    assert "judge: $verify" in sources[3] and "teacher: local:smollm2-135m" in sources[3]
 
 
 def test_review_widget_keyboard_decision_reaches_the_store(lab: Lab, page: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 from pathlib import Path
@@ -85,7 +86,7 @@ def test_finished_run_fills_every_panel() -> None:
         assert f"✓ {phase}" in dashboard.timeline.value
     assert "5/5" in dashboard.phase_texts["training"].value
     assert "requests 16" in dashboard.stats.value  # the summary's count wins at the end
-    assert "teacher cost $0.0400" in dashboard.stats.value
+    assert "teacher cost $0.0400" in html.unescape(dashboard.stats.value)
     assert "loss 0.6" in dashboard.stats.value and "step 5/5" in dashboard.stats.value
     assert ">done<" in dashboard.header.value
     assert dashboard.stop_button.disabled and dashboard.stop_button.description == "Done"
@@ -289,3 +290,39 @@ def test_sink_is_cheap_and_thread_safe() -> None:
         t.join()
     assert time.monotonic() - started < 5.0
     assert dashboard.state.events == 4001
+
+
+def test_dollar_signs_stay_literal_in_every_html_output() -> None:
+    """JupyterLab typesets ``$...$`` in HTML outputs and HTML widgets: every one carries MathJax's
+    ignore classes inside the typeset element, and no raw ``$`` is left in its source."""
+    from jupyter_distill.notebook.htmltext import NO_MATH_CLASSES
+
+    dashboard = RunDashboard("r", min_interval=0.05)
+    for event in full_run_events():
+        dashboard.sink(event)
+    dashboard.sink(Event("warning", run="r", message="budget $5 of $10 used"))
+    assert dashboard.wait_rendered(5.0)
+    outputs = {
+        "stats": dashboard.stats.value,
+        "messages": dashboard.messages.value,
+        "header": dashboard.header.value,
+        "timeline": dashboard.timeline.value,
+        "card": dashboard.summary_card.value,
+        "bundle": dashboard._repr_mimebundle_()["text/html"],
+        "live fallback": RunDashboard("x").fallback_html(),
+    }
+    for name, value in outputs.items():
+        assert "$" not in value, name
+        assert f"class='{NO_MATH_CLASSES}" in value or f" {NO_MATH_CLASSES}'" in value, name
+    assert "total $0.0400" in html.unescape(outputs["stats"])
+    assert "budget $5 of $10 used" in html.unescape(outputs["messages"])
+    assert "teacher $" in html.unescape(outputs["card"])  # cost per 1k calls
+
+
+def test_stopped_and_failed_cards_say_how_to_resume_in_the_magic_syntax() -> None:
+    stopped = RunSummary(run={"id": "tickets", "status": "stopped", "summary": {}})
+    assert "%distill resume tickets" in repr(stopped) and "%distill resume tickets" in stopped.html()
+    failed = RunSummary(run={"id": "tickets", "status": "failed", "summary": {"error": "teacher down"}})
+    assert "then %distill resume tickets" in repr(failed)
+    done = RunSummary(run={"id": "tickets", "status": "done", "summary": {}})
+    assert "resume" not in repr(done)

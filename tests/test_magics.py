@@ -416,3 +416,119 @@ def test_ipython_config_file_settings_apply_at_load(shell: InteractiveShell, tmp
         shell.config = saved
         shell.run_line_magic("reload_ext", "jupyter_distill")
     assert next(c for c in shell.configurables if isinstance(c, DistillMagics)).show_console is False
+
+
+# ------------------------------------------------------------------ honest states
+def test_missing_dataset_path_fails_the_cell_before_any_dashboard(
+    magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, tmp_path: Path, capsys: Any
+) -> None:
+    from jupyter_distill.errors import DatasetError
+
+    result = run_cell(shell, "%%distill typo\ndataset: data/no-such-file.jsonl\n")
+    error = result.error_in_exec
+    assert isinstance(error, DatasetError)  # a cell error: "Run all" stops here
+    assert error.field == "dataset" and error.value == "data/no-such-file.jsonl"
+    assert "does not exist" in str(error) and str(Path.cwd() / "data" / "no-such-file.jsonl") in str(error)
+    assert error._render_traceback_()  # shown as its message, without a traceback
+    assert magics.runs == {} and magics.dashboards == {}  # no run started, no dashboard drawn
+    assert "RunDashboard" not in capsys.readouterr().out
+
+    folder = tmp_path / "a-folder.jsonl"
+    folder.mkdir()
+    result = run_cell(shell, f"%%distill typo\ndataset: {folder}\n")
+    assert isinstance(result.error_in_exec, DatasetError) and "is not a file" in str(result.error_in_exec)
+    assert magics.dashboards == {}
+
+
+def test_stop_notice_names_the_resume_magic(
+    magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, dataset: Path, monkeypatch: Any
+) -> None:
+    from jupyter_distill.pipeline import resume_hint
+
+    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "20")
+    monkeypatch.setenv("FAKE_STEPS", "200")
+    shell.run_cell_magic("distill", "halt", f"dataset: {dataset}\n")
+    notice = shell.run_line_magic("distill", "stop halt")
+    assert "`%distill resume halt`" in repr(notice)
+    summary = shell.run_line_magic("distill", "wait halt --timeout 10")
+    assert summary.status == "stopped"
+    assert "`%distill resume halt`" in resume_hint("halt")
+
+
+def _template(name: str) -> str:
+    """A string constant of the lab extension (the cells its "Insert %%distill cell" command adds)."""
+    import re
+
+    source = (Path(__file__).resolve().parents[1] / "labextension" / "src" / "format.ts").read_text()
+    match = re.search(rf"export const {name} = `([^`]*)`;", source)
+    assert match is not None, f"{name} is not a plain template literal in format.ts"
+    assert "${" not in match.group(1)  # no interpolation: the text is what the user gets
+    return match.group(1)
+
+
+def test_inserted_template_runs_as_inserted(
+    magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """The lab extension's setup and %%distill cells, run in a kernel as the command inserts them."""
+    from jupyter_distill.data import load_dataset
+    from jupyter_distill.examples import verify_extraction
+
+    monkeypatch.chdir(tmp_path)  # a notebook anywhere: the template needs no file next to it
+    setup = run_cell(shell, _template("DISTILL_SETUP_TEMPLATE"))
+    assert setup.error_in_exec is None
+    cell = _template("DISTILL_TEMPLATE")
+    assert cell.startswith("%%distill my-first-run\n")
+    result = run_cell(shell, cell)
+    assert result.error_in_exec is None
+    config = magics.configs["my-first-run"]
+    assert config.judge is verify_extraction
+    assert config.teacher == "local:smollm2-135m" and config.student == "smollm2-135m"
+    assert config.steps <= 30 and config.n_samples <= 4 and config.max_tokens <= 64  # small defaults
+    assert 10 <= len(load_dataset(config.dataset)) <= 32
+    summary = shell.run_line_magic("distill", "wait my-first-run --timeout 30")
+    assert summary.status == "done"
+
+
+def test_runs_aliases_and_notices_render_as_tables_not_json(
+    magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, dataset: Path
+) -> None:
+    """JupyterLab prefers application/json to HTML (a collapsed JSON tree): the bundles hold a table
+    and its text; the records stay on ``payload`` for code."""
+    from jupyter_distill.notebook.htmltext import NO_MATH_CLASSES
+    from jupyter_distill.notebook.magics import Notice
+
+    shell.run_cell_magic("distill", "tab --wait", f"dataset: {dataset}\n")
+    for line in ("runs", "aliases"):
+        table = shell.run_line_magic("distill", line)
+        bundle = table._repr_mimebundle_()
+        assert set(bundle) == {"text/plain", "text/html"}, line
+        assert NO_MATH_CLASSES in bundle["text/html"], line
+    runs = shell.run_line_magic("distill", "runs")
+    html_table = runs._repr_mimebundle_()["text/html"]
+    assert "<table>" in html_table and "<th style='text-align:left'>status</th>" in html_table
+    assert "<td style='text-align:left'>tab</td>" in html_table
+    assert runs.payload[0]["id"] == "tab"  # the raw records, for code
+
+    priced = Table(title="costs", columns=["what", "usd"], rows=[["teacher", "$0.25"], ["judge", "$0.50"]])
+    html_priced = priced._repr_mimebundle_()["text/html"]
+    assert "$" not in html_priced and "&#36;0.25" in html_priced  # no $...$ pair for MathJax to typeset
+    assert "$0.25" in repr(priced)  # the text form is untouched
+    notice = Notice("spent $1 of $2")._repr_mimebundle_()
+    assert "$" not in notice["text/html"] and notice["text/plain"] == "spent $1 of $2"
+
+
+def test_python_api_review_run_in_a_kernel_refuses_a_missing_dataset_before_its_dashboard(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import jupyter_distill as jd
+    from jupyter_distill import api
+    from jupyter_distill.errors import DatasetError
+    from jupyter_distill.notebook.dashboard import RunDashboard
+
+    drawn: list[RunDashboard] = []
+    monkeypatch.setattr(api, "_in_kernel", lambda: True)
+    monkeypatch.setattr(RunDashboard, "display", lambda self: drawn.append(self))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError, match="does not exist"):
+        jd.distill(dataset="gone.jsonl", review=True, workdir=str(tmp_path / "wd"))
+    assert drawn == []

@@ -35,6 +35,8 @@ def shell() -> Iterator[InteractiveShell]:
 @pytest.fixture
 def magics(shell: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DistillMagics:
     monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)  # the cells name data.jsonl: %%distill refuses a dataset path that is not there
+    (tmp_path / "data.jsonl").write_text('{"prompt": "a"}\n')
     m = next(c for c in shell.configurables if isinstance(c, DistillMagics))
     shell.run_line_magic("config", f"DistillMagics.workdir = {str(tmp_path / 'wd')!r}")
     shell.run_line_magic("config", "DistillMagics.refresh_interval = 0.05")

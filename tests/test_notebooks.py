@@ -141,7 +141,7 @@ def test_demo_follower_turns_store_rows_into_phase_progress(tmp_path: Path) -> N
 def quick_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("JD_QUICK", "1")
     monkeypatch.setenv("JD_HEADLESS", "1")
-    monkeypatch.setenv("JD_WORKDIR", str(tmp_path / "wd"))
+    monkeypatch.setenv("JUPYTER_DISTILL_WORKDIR", str(tmp_path / "wd"))
     monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
     return tmp_path

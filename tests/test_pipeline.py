@@ -8,7 +8,9 @@ from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.errors import ConfigError, DatasetError, PolicyError, ReviewError
+from jupyter_distill.events import is_preparation
 from jupyter_distill.judges import exact_match
+from jupyter_distill.notebook.dashboard import DashboardState
 from jupyter_distill.store import RunStore
 
 
@@ -51,6 +53,15 @@ def test_distill_end_to_end_then_rerun_pays_nothing(tmp_path, monkeypatch, opena
 
     phases = [e.phase for e in events if e.kind == "phase_end"]
     assert phases == ["sampling", "judging", "review", "training", "eval", "export", "alias"]
+    # progress tells the truth on the real event stream: training prepares before it counts steps,
+    # and the evaluations inside training and export move neither the eval bar nor the step counter
+    preparing = [e.message for e in events if e.phase == "training" and is_preparation(e)]
+    assert preparing[:2] == ["loading the student", "measuring the student before training"]
+    state = DashboardState(run="numbers")
+    for event in list(events):
+        state.apply(event)
+    assert state.step == 3 and all(p.status == "done" for p in state.phases.values())
+    assert state.phases["eval"].current == 2 and state.phases["training"].current == 3
     assert openai_server.requests_total > 0
     store = RunStore(tmp_path / "wd")
     run = store.get_run("numbers")

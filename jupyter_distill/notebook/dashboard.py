@@ -22,7 +22,6 @@ shape is :meth:`RunSummary.to_json`.
 from __future__ import annotations
 
 import copy
-import html
 import json
 import math
 import threading
@@ -34,7 +33,8 @@ from typing import Any
 import ipywidgets as widgets
 
 from jupyter_distill.errors import DistillError
-from jupyter_distill.events import PHASES, Event
+from jupyter_distill.events import PHASES, Event, is_preparation, stage_text
+from jupyter_distill.notebook.htmltext import no_math, text
 from jupyter_distill.store import RunStore
 
 RUN_MIME_TYPE = "application/vnd.jupyter.distill.run+json"
@@ -50,6 +50,9 @@ PHASE_TITLES: dict[str, str] = {
 }
 MAX_SERIES_POINTS = 4000  # per metric; older points are thinned, the curve keeps its shape
 MAX_MESSAGES = 20
+#: Phases whose steps differ too much in length for a rate to predict the rest (export: merge,
+#: f16, quantize, check): they show the step and the elapsed time, no ETA.
+NO_ETA_PHASES = frozenset({"export", "alias"})
 TERMINAL_STATUSES = frozenset({"done", "failed", "stopped"})
 _PLOT_EVENT_KINDS = frozenset({"metric", "phase_end", "run_end", "error"})
 _STATUS_COLOURS = {
@@ -79,6 +82,10 @@ class PhaseProgress:
     started: float | None = None
     ended: float | None = None
     message: str = ""
+    stage: str = ""  # what the phase is doing now, when it is not its counted work (preparing, a named step)
+    preparing: bool = False  # counted work has not begun: no ETA
+    rate_time: float | None = None  # ETA is measured from here (after preparation), else from started
+    rate_units: int = 0  # units done at rate_time
 
     @property
     def fraction(self) -> float:
@@ -95,13 +102,18 @@ class PhaseProgress:
         return (self.ended if self.ended is not None else now) - self.started
 
     def eta(self, now: float) -> float | None:
-        """Seconds left at the rate so far; None before the first unit or without a total."""
-        if self.status != "active" or not self.total or not self.current or self.started is None:
+        """Seconds left at the rate of the counted work so far (preparation time excluded); None while
+        preparing, before the first unit, or without a total."""
+        if self.status != "active" or self.preparing or not self.total or not self.current:
             return None
-        elapsed = now - self.started
+        since = self.rate_time if self.rate_time is not None else self.started
+        done = self.current - (self.rate_units if self.rate_time is not None else 0)
+        if since is None or done <= 0:
+            return None
+        elapsed = now - since
         if elapsed <= 0:
             return None
-        return max(0.0, (self.total - self.current) * elapsed / self.current)
+        return max(0.0, (self.total - self.current) * elapsed / done)
 
 
 @dataclass
@@ -144,19 +156,12 @@ class DashboardState:
             progress.ended = None
             progress.total = event.total
             progress.current = 0 if event.total else None
+            progress.stage, progress.preparing, progress.rate_time, progress.rate_units = "", False, None, 0
             if self.status in ("created", "waiting-review"):
                 self.status = "running"
         elif event.kind == "progress":
             if progress is not None:
-                if event.total is not None:
-                    progress.total = event.total
-                if event.current is not None:
-                    progress.current = event.current
-                if event.message:
-                    progress.message = event.message
-                if phase == "review" and "waiting" in event.message:
-                    progress.status = "waiting"
-                    self.status = "waiting-review"
+                self._progress(event, phase, progress)
             if "requests" in event.data:
                 self.requests = int(event.data["requests"])
             if "cost" in event.data:
@@ -169,6 +174,7 @@ class DashboardState:
         elif event.kind == "phase_end" and progress is not None:
             progress.status = "done"
             progress.ended = event.time
+            progress.stage, progress.preparing = "", False
             if progress.total:
                 progress.current = progress.total
             if self.status == "waiting-review":
@@ -197,9 +203,44 @@ class DashboardState:
                 if "judge_cost" in self.summary:
                     self.judge_cost = float(self.summary["judge_cost"] or 0.0)
 
+    def _progress(self, event: Event, phase: str | None, progress: PhaseProgress) -> None:
+        """A progress event moves its own phase's bar, and only while that phase runs.
+
+        Two kinds of event must not: a phase's preparation (loading the student, reference
+        log-probs: its count is not the phase's work) shows as the phase's stage; and an event of
+        a phase that is not running (the held-out evaluation inside training, before the eval
+        phase, and inside export, after it) shows as the stage of the phase that is running.
+        """
+        if is_preparation(event):
+            progress.stage = stage_text(event)
+            progress.preparing = True
+            return
+        if phase != self.phase and progress.status != "active":
+            host = self.phases.get(self.phase) if self.phase else None
+            if host is not None and host.status == "active":
+                count = f" {event.current}/{event.total}" if event.current is not None and event.total else ""
+                label = stage_text(event, label=(event.message or str(phase))) + count
+                host.stage = f"preparing: {label}" if host.preparing else label
+            return
+        if progress.preparing and (event.current is not None or event.step is not None):
+            progress.preparing = False  # counted work begins: measure its rate from here
+            progress.rate_time, progress.rate_units = event.time, int(event.current or 0)
+        if event.total is not None:
+            progress.total = event.total
+        if event.current is not None:
+            progress.current = event.current
+        if event.message:
+            progress.message = event.message
+            progress.stage = stage_text(event)
+        elif event.step is not None:
+            progress.stage = ""  # a training step: the count says it all
+        if phase == "review" and "waiting" in event.message:
+            progress.status = "waiting"
+            self.status = "waiting-review"
+
     def _metric(self, event: Event) -> None:
-        if event.step is not None:
-            self.step = event.step
+        if event.step is not None and event.phase in (None, "training"):
+            self.step = event.step  # evaluation metrics carry the step they belong to, not a new one
         for name, value in event.data.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 continue
@@ -402,6 +443,10 @@ class RunSummary:
             rows.append((kind, str(artifact["path"])))
         if self.alias:
             rows.append(("alias", self.alias))
+        if self.status == "stopped":
+            rows.append(("resume", f"%distill resume {self.name}"))
+        elif self.status == "failed":
+            rows.append(("next", f"fix the error, then %distill resume {self.name} (paid samples are reused)"))
         return rows
 
     def __repr__(self) -> str:
@@ -417,20 +462,20 @@ class RunSummary:
             {"done": "done", "failed": "failed", "stopped": "stopped"}.get(self.status, "active"), "#1976d2"
         )
         rows = "".join(
-            f"<tr><th style='text-align:left;padding-right:1em;vertical-align:top'>{html.escape(k)}</th>"
+            f"<tr><th style='text-align:left;padding-right:1em;vertical-align:top'>{text(k)}</th>"
             f"<td style='text-align:left'>{_html_value(k, v)}</td></tr>"
             for k, v in self._rows()
         )
         snippet = self.snippet()
         code = (
-            f"<pre style='background:#f5f5f5;padding:6px;margin:6px 0 0 0'>{html.escape(snippet)}</pre>"
+            f"<pre style='background:#f5f5f5;padding:6px;margin:6px 0 0 0'>{text(snippet)}</pre>"
             if snippet and self.status == "done"
             else ""
         )
-        return (
-            f"<div class='jd-run-card' style='border-left:4px solid {colour};padding:4px 10px'>"
-            f"<b>jupyter-distill run {html.escape(self.name)}</b>"
-            f"<table style='margin-top:4px'>{rows}</table>{code}</div>"
+        return no_math(
+            f"<b>jupyter-distill run {text(self.name)}</b><table style='margin-top:4px'>{rows}</table>{code}",
+            css_class="jd-run-card",
+            style=f"border-left:4px solid {colour};padding:4px 10px",
         )
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
@@ -443,8 +488,8 @@ def _rate(value: float | None) -> str:
 
 def _html_value(key: str, value: str) -> str:
     if key in ("adapter", "gguf", "merged", "f16_gguf", "card") or "/" in value:
-        return f"<code>{html.escape(value)}</code>"
-    return html.escape(value)
+        return f"<code>{text(value)}</code>"
+    return text(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,9 +535,9 @@ class RunDashboard:
         for phase in PHASES:
             label = widgets.HTML(layout=widgets.Layout(width="90px"))
             bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="260px"))
-            text = widgets.Label(layout=widgets.Layout(width="auto"))
-            self.phase_labels[phase], self.phase_bars[phase], self.phase_texts[phase] = label, bar, text
-            rows.append(widgets.HBox([label, bar, text]))
+            detail = widgets.Label(layout=widgets.Layout(width="auto"))
+            self.phase_labels[phase], self.phase_bars[phase], self.phase_texts[phase] = label, bar, detail
+            rows.append(widgets.HBox([label, bar, detail]))
         self.phase_box = widgets.VBox(rows)
         self.stats = widgets.HTML()
         self.plot = _LossPlot()
@@ -613,9 +658,9 @@ class RunDashboard:
             {"running": "active", "waiting-review": "waiting", "created": "pending"}.get(s.status, s.status), "#1976d2"
         )
         elapsed = f" · {_clock((s.ended or now) - s.started)}" if s.started else ""
-        self.header.value = (
-            f"<b>jupyter-distill</b> run <code>{html.escape(s.run)}</code> "
-            f"<span style='color:{status_colour};font-weight:bold'>{html.escape(s.status)}</span>{elapsed}"
+        self.header.value = no_math(
+            f"<b>jupyter-distill</b> run <code>{text(s.run)}</code> "
+            f"<span style='color:{status_colour};font-weight:bold'>{text(s.status)}</span>{elapsed}"
         )
         self.timeline.value = _timeline_html(s)
         for phase in PHASES:
@@ -625,15 +670,21 @@ class RunDashboard:
             bar = self.phase_bars[phase]
             bar.value = p.fraction
             bar.bar_style = {"done": "success", "failed": "danger", "stopped": "warning"}.get(p.status, "info")
-            self.phase_texts[phase].value = _phase_text(p, now)
+            self.phase_texts[phase].value = _phase_text(p, now, with_eta=phase not in NO_ETA_PHASES)
         self.stats.value = _stats_html(s)
         points = len(s.series.get("loss", ()))
         if points != self._plotted_points:
             self.plot.update(s.series)
             self._plotted_points = points
-        self.messages.value = "".join(
-            f"<div style='color:{'#c62828' if kind == 'error' else '#ef6c00'}'>{kind}: {html.escape(text)}</div>"
-            for kind, text in s.messages
+        self.messages.value = (
+            no_math(
+                "".join(
+                    f"<div style='color:{'#c62828' if kind == 'error' else '#ef6c00'}'>{kind}: {text(message)}</div>"
+                    for kind, message in s.messages
+                )
+            )
+            if s.messages
+            else ""
         )
         if s.terminal:
             self.stop_button.disabled = True
@@ -707,9 +758,10 @@ class RunDashboard:
             return self.summary.html()
         with self._lock:
             s = copy.deepcopy(self.state)
-        return (
-            f"<div class='jd-run-live'>{_timeline_html(s)}{_stats_html(s)}"
-            "<div style='color:#757575'>(live dashboard: needs a running kernel)</div></div>"
+        return no_math(
+            f"{_timeline_html(s)}{_stats_html(s)}"
+            "<div style='color:#757575'>(live dashboard: needs a running kernel)</div>",
+            css_class="jd-run-live",
         )
 
     def __repr__(self) -> str:
@@ -747,14 +799,16 @@ def _clock(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _phase_text(p: PhaseProgress, now: float) -> str:
+def _phase_text(p: PhaseProgress, now: float, *, with_eta: bool = True) -> str:
     if p.status == "pending":
         return ""
     parts = []
     if p.current is not None and p.total:
         parts.append(f"{p.current}/{p.total}")
+    if p.stage and p.status == "active":
+        parts.append(p.stage)
     parts.append(_clock(p.elapsed(now)))
-    eta = p.eta(now)
+    eta = p.eta(now) if with_eta else None
     if eta is not None:
         parts.append(f"ETA {_clock(eta)}")
     if p.status == "waiting":
@@ -774,7 +828,7 @@ def _timeline_html(s: DashboardState) -> str:
             f"<span class='jd-phase jd-{status}' data-phase='{phase}' style='color:{colour};margin-right:2px'>"
             f"{mark} {PHASE_TITLES[phase]}</span>"
         )
-    return "<div class='jd-timeline'>" + " → ".join(cells) + "</div>"
+    return no_math(" → ".join(cells), css_class="jd-timeline")
 
 
 def _stats_html(s: DashboardState) -> str:
@@ -790,7 +844,7 @@ def _stats_html(s: DashboardState) -> str:
     for name in ("loss", "nll", "pref", "kl", "lr"):
         if name in s.latest:
             parts.append(f"{name} {s.latest[name]:.4g}")
-    return "<div class='jd-stats'>" + " · ".join(parts) + "</div>"
+    return no_math(" · ".join(text(part) for part in parts), css_class="jd-stats")
 
 
 class _LossPlot:

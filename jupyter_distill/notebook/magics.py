@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import html
 import json
 import re
 import shlex
@@ -48,12 +47,16 @@ from typing import Any, Literal, Union
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 from traitlets import Bool, Float, Unicode, validate
+from traitlets import default as trait_default
 
 from jupyter_distill.config import DistillConfig, parse_yaml_mapping
+from jupyter_distill.data import check_source
 from jupyter_distill.errors import ConfigError, DistillError, ExportError
 from jupyter_distill.events import PHASES
 from jupyter_distill.notebook.dashboard import RunDashboard, RunSummary, UnknownRunError
 from jupyter_distill.quant_types import DEFAULT_QUANTIZE, QUANTIZE_TYPES
+from jupyter_distill.notebook.htmltext import no_math, text
+from jupyter_distill.runfolder import run_folder
 from jupyter_distill.store import RunStore
 
 _VARIABLE = re.compile(r"^\$([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
@@ -353,8 +356,7 @@ class Table:
     columns: list[str]
     rows: list[list[Any]]
     empty: str = "(none)"
-    mime: str | None = None
-    payload: Any = None
+    payload: Any = None  # the raw records, for code (`runs = %distill runs; runs.payload`); never displayed
 
     def __repr__(self) -> str:
         if not self.rows:
@@ -365,22 +367,21 @@ class Table:
         return "\n".join([self.title, *lines])
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """A table in HTML and text only: JupyterLab prefers ``application/json`` to HTML (it would show
+        a collapsed JSON tree), so the raw records stay in :attr:`payload` and out of the bundle."""
         if self.rows:
-            head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
+            head = "".join(f"<th style='text-align:left'>{text(c)}</th>" for c in self.columns)
             body = "".join(
-                "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                "<tr>" + "".join(f"<td style='text-align:left'>{text(v)}</td>" for v in row) + "</tr>"
                 for row in self.rows
             )
             table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         else:
-            table = f"<i>{html.escape(self.empty)}</i>"
-        bundle: dict[str, Any] = {
+            table = f"<i>{text(self.empty)}</i>"
+        return {
             "text/plain": repr(self),
-            "text/html": f"<div><b>{html.escape(self.title)}</b>{table}</div>",
+            "text/html": no_math(f"<b>{text(self.title)}</b>{table}", css_class="jd-table"),
         }
-        if self.mime and self.payload is not None:
-            bundle[self.mime] = self.payload
-        return bundle
 
 
 @dataclass
@@ -393,7 +394,7 @@ class Notice:
         return self.text
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return {"text/plain": self.text, "text/html": f"<div class='jd-notice'>{html.escape(self.text)}</div>"}
+        return {"text/plain": self.text, "text/html": no_math(text(self.text), css_class="jd-notice")}
 
 
 def _workdir_key(workdir: str | Path) -> str:
@@ -410,8 +411,8 @@ def _review_pending(run: Any) -> bool:
 
 def _clean_traceback(exc: DistillError) -> DistillError:
     """Let IPython show only ``Type: message`` for a user error (it honours ``_render_traceback_``)."""
-    text = f"{type(exc).__name__}: {exc}"
-    exc._render_traceback_ = lambda: [f"\x1b[0;31m{text}\x1b[0m"]  # type: ignore[attr-defined]
+    line = f"{type(exc).__name__}: {exc}"
+    exc._render_traceback_ = lambda: [f"\x1b[0;31m{line}\x1b[0m"]  # type: ignore[attr-defined]
     return exc
 
 
@@ -422,7 +423,10 @@ def _clean_traceback(exc: DistillError) -> DistillError:
 class DistillMagics(Magics):
     """``%%distill`` / ``%distill``. Settings: ``%config DistillMagics.<name> = value``."""
 
-    workdir = Unicode(".distill", help="Folder of the run store (runs.db) and run artifacts.").tag(config=True)
+    workdir = Unicode(
+        help="Folder of the run store (runs.db) and run artifacts. Default: $JUPYTER_DISTILL_WORKDIR (in "
+        "JupyterLab, the folder the Distill panel shows), else '.distill'."
+    ).tag(config=True)
     default_teacher = Unicode(
         "local:smollm2-135m", help="Teacher used when neither the cell body nor a flag names one."
     ).tag(config=True)
@@ -433,6 +437,10 @@ class DistillMagics(Magics):
         False, help="Also draw tqdm progress bars on stderr (always on outside a notebook kernel)."
     ).tag(config=True)
     refresh_interval = Float(0.3, help="Seconds between dashboard redraws (0.05-5).").tag(config=True)
+
+    @trait_default("workdir")
+    def _default_workdir(self) -> str:
+        return run_folder()
 
     @validate("refresh_interval")
     def _check_interval(self, proposal: Any) -> float:
@@ -580,6 +588,9 @@ class DistillMagics(Magics):
                 field="name",
                 value=name,
             )
+        # A dataset path that is not there fails the cell now, so "Run all" stops here, instead of
+        # a dashboard that turns "failed" in the background while the next cells run.
+        check_source(config.dataset)
         dashboard = RunDashboard(name, min_interval=self.refresh_interval)
         run = Run(config, review_handler=lambda r: self._show_review(r, dashboard), resume=resume)
         with self._stores_lock:
@@ -662,7 +673,8 @@ class DistillMagics(Magics):
         for name in targets:
             self.runs[name].stop()
         names = ", ".join(repr(n) for n in targets)
-        return Notice(f"stopping {names}: each ends within one request or training step. Resume: %distill resume NAME")
+        hints = " ".join(f"`%distill resume {n}`" for n in targets)
+        return Notice(f"stopping {names}: each ends within one request or training step. Resume: {hints}")
 
     def handle_wait(self, command: WaitCommand) -> RunSummary:
         """Block until the run ends; the summary card (or the run's error, cleanly) is the result."""
@@ -774,7 +786,6 @@ class DistillMagics(Magics):
             columns=["name", "status", "phase", "teacher", "student", "pass@1 after", "alias"],
             rows=rows,
             empty="no runs yet: start one with a %%distill cell",
-            mime="application/json",
             payload=json.loads(json.dumps(runs, default=str)),
         )
 
@@ -791,7 +802,6 @@ class DistillMagics(Magics):
             columns=["alias", "backend", "model"],
             rows=rows,
             empty="no aliases yet: set one with `alias:` in a %%distill cell or student.deploy(name)",
-            mime="application/json",
             payload=json.loads(json.dumps(aliases, default=str)),
         )
 

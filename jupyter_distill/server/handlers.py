@@ -40,6 +40,7 @@ from traitlets.config import Configurable
 
 from jupyter_distill.config import RUN_NAME_PATTERN
 from jupyter_distill.errors import DistillError
+from jupyter_distill.runfolder import resolve_run_folder
 from jupyter_distill.server.public import public_message
 from jupyter_distill.server.summary import run_detail, run_summary
 from jupyter_distill.server.worker import ModelWorkers, WorkerCrashed, WorkerError
@@ -63,7 +64,8 @@ class DistillServer(Configurable):
     workdir = Unicode(
         "",
         config=True,
-        help="Run store folder the panel shows. Relative paths are resolved against the server's root_dir. "
+        help="Run folder the panel shows and the kernels this server starts write to (exported to them as "
+        "$JUPYTER_DISTILL_WORKDIR). Relative paths are resolved against the server's root_dir. "
         "Empty: $JUPYTER_DISTILL_WORKDIR, else '.distill'.",
     )
     poll_interval = Float(
@@ -80,12 +82,9 @@ class DistillServer(Configurable):
     )
 
     def resolve_workdir(self, root_dir: str | os.PathLike[str]) -> Path:
-        """The absolute workdir: the trait, else the environment, else ``.distill`` under root_dir."""
-        raw = self.workdir or os.environ.get("JUPYTER_DISTILL_WORKDIR") or ".distill"
-        path = Path(raw).expanduser()
-        if not path.is_absolute():
-            path = Path(root_dir).expanduser() / path
-        return path.resolve()
+        """The absolute workdir: the trait, else the run-folder setting (:mod:`jupyter_distill.runfolder`),
+        relative to root_dir."""
+        return resolve_run_folder(self.workdir or None, root_dir)
 
 
 class DistillContext:

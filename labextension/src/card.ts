@@ -9,6 +9,7 @@ import {
   formatPercent,
   passRateLine,
   progressLabel,
+  resumeHint,
   sparklinePath,
   timeAgo
 } from './format';
@@ -120,6 +121,10 @@ export function runCard(run: IRunSummary, nowMs: number = Date.now()): HTMLEleme
   }
   if (run.updated_at !== null) {
     fact('updated', timeAgo(run.updated_at, nowMs));
+  }
+  const hint = resumeHint(run);
+  if (hint !== null) {
+    fact('resume', hint);
   }
   card.appendChild(table);
   if (run.error) {

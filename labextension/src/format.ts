@@ -9,6 +9,14 @@
 /** The MIME type run summaries are published under (see jupyter_distill/server/summary.py). */
 export const RUN_MIME_TYPE = 'application/vnd.jupyter.distill.run+json';
 
+/**
+ * Rank of the run card renderer. JupyterLab renders the MIME type of an output whose renderer
+ * has the lowest rank; on a tie the renderer registered first wins, and JupyterLab registers its
+ * own (text/html at 50) before any extension's. So the card must rank strictly below HTML, or the
+ * HTML fallback of the same bundle is what users see. Like JupyterLab's JSON viewer, it takes 0.
+ */
+export const RUN_RENDERER_RANK = 0;
+
 /** Pipeline phases in order; mirrors jupyter_distill.events.PHASES. */
 export const PHASES = [
   'sampling',
@@ -217,6 +225,26 @@ export function parseRunList(value: unknown): IRunList {
   };
 }
 
+/** How to continue a stopped or failed run, in the magic's own syntax; null for other states. */
+export function resumeHint(run: IRunSummary): string | null {
+  if (run.status === 'stopped') {
+    return `%distill resume ${run.id}`;
+  }
+  if (run.status === 'failed') {
+    return `fix the error, then %distill resume ${run.id}`;
+  }
+  return null;
+}
+
+/** What the panel says when its run folder holds no run yet: which folder, and how runs get there. */
+export function emptyRunsMessage(workdir: string): string {
+  const where = workdir ? ` in ${workdir}` : '';
+  return (
+    `No runs yet${where}. Runs of %%distill cells in this server's notebooks land here: ` +
+    'insert one from the toolbar. Another folder: set JUPYTER_DISTILL_WORKDIR before starting JupyterLab.'
+  );
+}
+
 /** The aliases endpoint's reply. */
 export function parseAliases(value: unknown): IAlias[] {
   const record = isRecord(value) ? value : {};
@@ -341,16 +369,37 @@ export function sparklinePath(
     .join(' ');
 }
 
-/** The cell the "Insert %%distill cell" command adds: every key the pipeline needs, offline defaults. */
-export const DISTILL_TEMPLATE = `%%distill my-run
-dataset: data/prompts.jsonl
-teacher: local:smollm2-135m
-student: smollm2-135m
-n_samples: 4
-top_k: 2
-steps: 60
-quantize: q4_k_m
-alias: my-student`;
+/**
+ * The cells the "Insert %%distill cell" command adds: a setup cell that builds a small dataset
+ * and its verifier in the kernel, then a `%%distill` cell that reads them through `$name`.
+ * Together they are a run that works as inserted: offline (no API key, no GPU), a dataset that
+ * ships inside the Python package (so it does not depend on the notebook's folder), a judge,
+ * and small settings. tests/test_magics.py runs both cells in a kernel, so they cannot rot.
+ * Neither may contain a backtick or a dollar sign followed by a brace (template literals).
+ */
+export const DISTILL_SETUP_TEMPLATE = `# Data and judge for the %%distill cell below. This small task ships with jupyter-distill:
+# sentences from which to extract a person's name, age and city as JSON, and a verifier
+# that scores an answer from 0 to 1. Use your own instead: a list of dicts with a "prompt"
+# (or a file path such as data.jsonl in the cell below) and any function (row, answer) -> score.
+from jupyter_distill.examples import make_extraction_rows, verify_extraction
+
+rows = make_extraction_rows(24)  # [{"prompt": ..., "expected": {...}}, ...]
+verify = verify_extraction`;
+
+export const DISTILL_TEMPLATE = `%%distill my-first-run
+# One small run: no API key, no GPU. Flags on the first line (--steps 40) override these keys,
+# and key: $name reads a variable of the kernel (defined in the cell above).
+dataset: $rows               # the prompts (here: from the cell above)
+judge: $verify               # scores each teacher answer; the best ones are trained on
+teacher: local:smollm2-135m  # answers every prompt n_samples times (llama.cpp, on the CPU)
+student: smollm2-135m        # the model that learns to answer like the teacher's best
+n_samples: 4                 # teacher answers per prompt
+top_k: 2                     # best answers kept per prompt
+steps: 20                    # training steps
+max_tokens: 64               # answer length
+heldout_fraction: 0.4        # prompts kept aside to measure pass@1 before and after
+quantize: q4_k_m             # export a GGUF for llama.cpp; none skips the export
+# alias: my-student          # uncomment to serve it as jd.completion(model="my-student")`;
 
 /** The magics must be loaded once per kernel before a %%distill cell runs. */
 export const LOAD_EXT_LINE = '%load_ext jupyter_distill';
@@ -360,4 +409,10 @@ export function needsLoadExt(cellSources: string[]): boolean {
   return !cellSources.some(source =>
     source.split('\n').some(line => line.trim() === LOAD_EXT_LINE)
   );
+}
+
+/** The sources of the cells to insert, given the notebook's code cells: load_ext when needed. */
+export function templateCells(cellSources: string[]): string[] {
+  const cells = [DISTILL_SETUP_TEMPLATE, DISTILL_TEMPLATE];
+  return needsLoadExt(cellSources) ? [LOAD_EXT_LINE, ...cells] : cells;
 }

@@ -14,7 +14,7 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import iconSvg from '../style/icon.svg';
-import { DISTILL_TEMPLATE, LOAD_EXT_LINE, needsLoadExt } from './format';
+import { templateCells } from './format';
 import { DistillPanel } from './panel';
 
 export const PANEL_ID = 'jupyter-distill-panel';
@@ -27,8 +27,9 @@ export namespace CommandIDs {
 export const distillIcon = new LabIcon({ name: 'jupyter-distill:icon', svgstr: iconSvg });
 
 /**
- * Insert a `%%distill` template below the active cell (or into the notebook's only empty
- * cell), preceded by `%load_ext jupyter_distill` when no cell loads it yet.
+ * Insert the `%%distill` example (a setup cell, then the `%%distill` cell) below the active
+ * cell (or into the notebook's only empty cell), preceded by `%load_ext jupyter_distill` when
+ * no cell loads it yet.
  */
 export function insertTemplate(panel: NotebookPanel): void {
   const notebook = panel.content;
@@ -38,7 +39,7 @@ export function insertTemplate(panel: NotebookPanel): void {
   }
   const cells = Array.from(model.cells);
   const codeSources = cells.filter(cell => cell.type === 'code').map(cell => cell.sharedModel.getSource());
-  const sources = needsLoadExt(codeSources) ? [LOAD_EXT_LINE, DISTILL_TEMPLATE] : [DISTILL_TEMPLATE];
+  const sources = templateCells(codeSources);
   const onlyCellEmpty = cells.length === 1 && cells[0].sharedModel.getSource().trim() === '';
   const at = onlyCellEmpty ? 0 : notebook.activeCellIndex + 1;
   model.sharedModel.transact(() => {

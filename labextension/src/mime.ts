@@ -8,7 +8,7 @@ import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
 import { Widget } from '@lumino/widgets';
 
 import { runCard } from './card';
-import { RUN_MIME_TYPE, parseRunSummary } from './format';
+import { RUN_MIME_TYPE, RUN_RENDERER_RANK, parseRunSummary } from './format';
 
 export class RunCardRenderer extends Widget implements IRenderMime.IRenderer {
   constructor(options: IRenderMime.IRendererOptions) {
@@ -43,7 +43,7 @@ const extension: IRenderMime.IExtension = {
   id: 'jupyter-distill:run-renderer',
   description: 'Renders jupyter-distill run summaries as cards, with or without a kernel.',
   rendererFactory,
-  rank: 50,
+  rank: RUN_RENDERER_RANK,
   dataType: 'json'
 };
 

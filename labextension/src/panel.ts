@@ -10,7 +10,7 @@ import { Widget } from '@lumino/widgets';
 import { Message } from '@lumino/messaging';
 
 import { runRow } from './card';
-import { IAlias, IRunList, parseAliases, parseRunList } from './format';
+import { IAlias, IRunList, emptyRunsMessage, parseAliases, parseRunList } from './format';
 import { requestAPI } from './request';
 
 /** Seconds between refreshes when no run is live: finished runs change only when a new one starts. */
@@ -99,9 +99,10 @@ export class DistillPanel extends Widget {
 
   private _renderRuns(list: IRunList): void {
     this._workdir.textContent = list.workdir;
-    this._workdir.title = `run store: ${list.workdir}`;
+    this._workdir.title =
+      `run folder: ${list.workdir} ` + '(set by JUPYTER_DISTILL_WORKDIR or c.DistillServer.workdir)';
     if (list.runs.length === 0) {
-      this._runs.replaceChildren(message('No runs yet. Insert a %%distill cell to start one.'));
+      this._runs.replaceChildren(message(emptyRunsMessage(list.workdir)));
       return;
     }
     const ul = document.createElement('ul');

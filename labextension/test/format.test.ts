@@ -1,4 +1,8 @@
+import * as fs from 'fs';
+import * as path from 'path';
+
 import {
+  DISTILL_SETUP_TEMPLATE,
   DISTILL_TEMPLATE,
   formatCost,
   formatPercent,
@@ -7,9 +11,13 @@ import {
   parseRunList,
   parseRunSummary,
   parseSeries,
+  RUN_RENDERER_RANK,
+  emptyRunsMessage,
   passRateLine,
   progressLabel,
+  resumeHint,
   sparklinePath,
+  templateCells,
   timeAgo
 } from '../src/format';
 
@@ -258,9 +266,82 @@ describe('template', () => {
     }
   });
 
+  it('is a runnable example: data and judge from the setup cell, small settings', () => {
+    const lines = DISTILL_TEMPLATE.split('\n');
+    const value = (key: string): string | undefined =>
+      lines
+        .find(line => line.startsWith(`${key}:`))
+        ?.slice(key.length + 1)
+        .split('#')[0]
+        .trim();
+    expect(value('dataset')).toBe('$rows');
+    expect(value('judge')).toBe('$verify');
+    expect(Number(value('steps'))).toBeLessThanOrEqual(30);
+    expect(DISTILL_SETUP_TEMPLATE).toMatch(/^rows = /m);
+    expect(DISTILL_SETUP_TEMPLATE).toMatch(/^verify = /m);
+    expect(DISTILL_TEMPLATE).not.toMatch(/prompts\.jsonl/);
+  });
+
+  it('inserts load_ext, the setup cell and the %%distill cell in that order', () => {
+    expect(templateCells([])).toEqual(['%load_ext jupyter_distill', DISTILL_SETUP_TEMPLATE, DISTILL_TEMPLATE]);
+    expect(templateCells(['%load_ext jupyter_distill'])).toEqual([DISTILL_SETUP_TEMPLATE, DISTILL_TEMPLATE]);
+  });
+
   it('asks for %load_ext only when no cell loads it', () => {
     expect(needsLoadExt([])).toBe(true);
     expect(needsLoadExt(['import os', '%load_ext  other'])).toBe(true);
     expect(needsLoadExt(['x = 1\n%load_ext jupyter_distill\n'])).toBe(false);
+  });
+});
+
+describe('resume hint', () => {
+  it('uses the magic for stopped and failed runs only', () => {
+    const run = parseRunSummary({ ...liveRun, status: 'stopped' })!;
+    expect(resumeHint(run)).toBe('%distill resume tickets');
+    expect(resumeHint({ ...run, status: 'failed' })).toBe('fix the error, then %distill resume tickets');
+    expect(resumeHint({ ...run, status: 'done' })).toBeNull();
+    expect(resumeHint({ ...run, status: 'running' })).toBeNull();
+  });
+});
+
+describe('empty run list', () => {
+  it('names the folder the panel reads and the setting that moves it', () => {
+    const text = emptyRunsMessage('/home/me/project/.distill');
+    expect(text).toContain('No runs yet in /home/me/project/.distill.');
+    expect(text).toContain('JUPYTER_DISTILL_WORKDIR');
+    expect(emptyRunsMessage('')).toMatch(/^No runs yet\. /);
+  });
+});
+
+describe('run card renderer rank', () => {
+  /** The default ranks of JupyterLab's own renderers, read from the installed @jupyterlab/rendermime. */
+  function builtInRanks(): Map<string, number> {
+    const file = path.join(
+      __dirname,
+      '..',
+      'node_modules',
+      '@jupyterlab',
+      'rendermime',
+      'lib',
+      'factories.js'
+    );
+    const source = fs.readFileSync(file, 'utf8');
+    const ranks = new Map<string, number>();
+    const factory = /mimeTypes:\s*\[([^\]]*)\][\s\S]*?defaultRank:\s*(\d+)/g;
+    for (const match of source.matchAll(factory)) {
+      for (const mime of match[1].matchAll(/'([^']+)'/g)) {
+        ranks.set(mime[1], Number(match[2]));
+      }
+    }
+    return ranks;
+  }
+
+  it('ranks below every built-in renderer, so the card wins over the HTML fallback', () => {
+    const ranks = builtInRanks();
+    expect(ranks.get('text/html')).toBeDefined();
+    expect(ranks.get('text/plain')).toBeDefined();
+    for (const [mime, rank] of ranks) {
+      expect([mime, RUN_RENDERER_RANK < rank]).toEqual([mime, true]);
+    }
   });
 });
