@@ -54,8 +54,8 @@ from jupyter_distill.data import check_source
 from jupyter_distill.errors import ConfigError, DistillError, ExportError
 from jupyter_distill.events import PHASES
 from jupyter_distill.notebook.dashboard import RunDashboard, RunSummary, UnknownRunError
-from jupyter_distill.quant_types import DEFAULT_QUANTIZE, QUANTIZE_TYPES
 from jupyter_distill.notebook.htmltext import no_math, text
+from jupyter_distill.quant_types import DEFAULT_QUANTIZE, QUANTIZE_TYPES
 from jupyter_distill.runfolder import run_folder
 from jupyter_distill.store import RunStore
 
