@@ -241,6 +241,7 @@ def test_the_dashboard_keeps_teacher_and_judge_cost_apart():
     state.apply(Event("phase_start", phase="judging", run="r"))
     state.apply(Event("progress", phase="judging", run="r", data={"cost": 0.01}))
     html = _stats_html(state)
+    html = html.replace("&#36;", "$")  # dollar signs are escaped so MathJax leaves them alone
     assert "teacher cost $0.0400" in html and "judge cost $0.0100" in html and "total $0.0500" in html
 
 
