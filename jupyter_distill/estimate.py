@@ -222,10 +222,7 @@ def _student_params_m(student: str) -> float:
         return STUDENT_MODEL_MAP[student].params_m
     path = Path(student)
     if path.is_dir() and (path / "config.json").is_file():
-        cfg = json.loads((path / "config.json").read_text())
-        hidden, layers = cfg.get("hidden_size", 0), cfg.get("num_hidden_layers", 0)
-        ffn, vocab = cfg.get("intermediate_size", 4 * hidden), cfg.get("vocab_size", 32000)
-        return (layers * (4 * hidden * hidden + 3 * hidden * ffn) + vocab * hidden) / 1e6
+        return shape_from_config(json.loads((path / "config.json").read_text())).params / 1e6
     if path.is_file() and path.suffix == ".gguf":
         return path.stat().st_size / 1e6 * 1.6  # ~5 bits per parameter in typical quantized files
     return 0.0

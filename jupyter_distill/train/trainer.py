@@ -375,11 +375,6 @@ class BondTrainer:
     def _pairs_hash(self, examples: Sequence[TokenizedPair]) -> str:
         return content_hash("pairs", [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples])
 
-    def _build_model(self, engine: StepEngine) -> Any:
-        model = attach_lora(self.student, self.settings)
-        self.model = model
-        return model
-
     # ------------------------------------------------------------------ checkpoints
     def _save_adapter(self, model: Any, folder: Path) -> None:
         tmp = _tmp_dir(folder)
@@ -432,7 +427,8 @@ class BondTrainer:
             engine, reason = select_engine(self.student.info.device, self.engine_choice, **options)
         else:
             engine, reason = self.engine_choice, f"engine object {type(self.engine_choice).__name__} passed in"
-        model = self._build_model(engine)
+        model = attach_lora(self.student, self.settings)
+        self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, s.warmup, s.steps))
