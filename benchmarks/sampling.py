@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from jupyter_distill.data import load_dataset  # noqa: E402
-from jupyter_distill.sampling import sample  # noqa: E402
-from jupyter_distill.store import RunStore  # noqa: E402
+from jupyter_distill.core.data import load_dataset  # noqa: E402
+from jupyter_distill.core.store import RunStore  # noqa: E402
+from jupyter_distill.sampling.stage import sample  # noqa: E402
 from jupyter_distill.teachers import load_teacher  # noqa: E402
 
 

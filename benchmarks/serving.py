@@ -27,8 +27,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jupyter_distill import models, registry, serving  # noqa: E402
-from jupyter_distill.export import export_gguf  # noqa: E402
+from jupyter_distill.core import models  # noqa: E402
+from jupyter_distill.export.gguf_export import export_gguf  # noqa: E402
+from jupyter_distill.serving import registry  # noqa: E402
+from jupyter_distill.serving import student as serving  # noqa: E402
 
 CARD = {"name": "smollm2-135m", "student": "smollm2-135m", "dataset": "none: benchmark re-export of the base model"}
 PROMPTS = [

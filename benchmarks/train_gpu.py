@@ -618,7 +618,7 @@ BENCH_TEMPLATE = "{% for m in messages %}{{ m['content'] }} w1 {% endfor %}{% if
 
 
 def shape_of(shape: str) -> Any:
-    from jupyter_distill.models import ModelShape
+    from jupyter_distill.core.models import ModelShape
 
     d = SHAPES[shape]
     return ModelShape(

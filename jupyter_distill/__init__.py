@@ -8,36 +8,44 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from jupyter_distill import _moved
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
     "distill": "jupyter_distill.api",
-    "Run": "jupyter_distill.pipeline",
-    "estimate": "jupyter_distill.estimate",
-    "completion": "jupyter_distill.serving",
-    "Student": "jupyter_distill.serving",
-    "set_alias": "jupyter_distill.registry",
-    "list_aliases": "jupyter_distill.registry",
-    "unset_alias": "jupyter_distill.registry",
-    "get_alias": "jupyter_distill.registry",
-    "DistillConfig": "jupyter_distill.config",
-    "DistillError": "jupyter_distill.errors",
+    "Run": "jupyter_distill.pipeline.run",
+    "estimate": "jupyter_distill.pipeline.estimate",
+    "completion": "jupyter_distill.serving.student",
+    "Student": "jupyter_distill.serving.student",
+    "set_alias": "jupyter_distill.serving.registry",
+    "list_aliases": "jupyter_distill.serving.registry",
+    "unset_alias": "jupyter_distill.serving.registry",
+    "get_alias": "jupyter_distill.serving.registry",
+    "DistillConfig": "jupyter_distill.core.config",
+    "DistillError": "jupyter_distill.core.errors",
 }
 
-# submodules reachable as attributes (``jd.judges.json_valid()``), imported on first use
-_SUBMODULES = frozenset({"judges", "examples", "models"})
+# modules reachable as attributes (``jd.judges.json_valid()``), imported on first use
+_SUBMODULES = {
+    "judges": "jupyter_distill.judging",
+    "examples": "jupyter_distill.core.examples",
+    "models": "jupyter_distill.core.models",
+}
+
+_moved.install()  # old flat module paths (``jupyter_distill.store``) still import, with a warning
 
 if TYPE_CHECKING:  # pragma: no cover
-    from jupyter_distill.config import DistillConfig as DistillConfig
-    from jupyter_distill.errors import DistillError as DistillError
+    from jupyter_distill.core.config import DistillConfig as DistillConfig
+    from jupyter_distill.core.errors import DistillError as DistillError
 
 
 def __getattr__(name: str) -> Any:
     import importlib
 
     if name in _SUBMODULES:
-        return importlib.import_module(f"jupyter_distill.{name}")
+        return importlib.import_module(_SUBMODULES[name])
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'jupyter_distill' has no attribute {name!r}")

@@ -6,7 +6,7 @@ pauses for review cannot block the cell that started it: while a cell runs, the 
 no widget messages, so the "train" button could never reach the waiting run. So in a Jupyter
 kernel ``review=True`` runs the pipeline in a background thread under a run dashboard (the
 ``%%distill`` view), puts the review widget into that dashboard when the run pauses, and returns
-the :class:`~jupyter_distill.pipeline.Run` at once; ``run.wait()`` (in a later cell) or
+the :class:`~jupyter_distill.pipeline.run.Run` at once; ``run.wait()`` (in a later cell) or
 ``run.result`` gives the Student after training. Anywhere else the call is synchronous and
 ``review=True`` raises a ``ReviewError`` that says how to review.
 """
@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.data import check_source
-from jupyter_distill.pipeline import Run
-from jupyter_distill.pipeline import distill as _pipeline_distill
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.data import check_source
+from jupyter_distill.pipeline.run import Run
+from jupyter_distill.pipeline.run import distill as _pipeline_distill
 
 
 def distill(*args: Any, **kwargs: Any) -> Any:
-    """Distil a student from a teacher; see :func:`jupyter_distill.pipeline.distill` for every argument.
+    """Distil a student from a teacher; see :func:`jupyter_distill.pipeline.run.distill` for every argument.
 
     Returns the Student, except with ``review=True`` inside a Jupyter kernel, where it returns
     the running :class:`Run` at once (see the module docstring).

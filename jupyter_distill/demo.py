@@ -4,7 +4,7 @@ Why a notebook and not a script: the quickstart *is* the product's face, so the 
 notebook path end to end (magics, background run, dashboard, alias) exactly as a user runs it.
 The executed copy is saved under ``.demo/`` (git-ignored) so its outputs can be opened in
 JupyterLab afterwards. The run goes to the one run folder every front end reads
-(:mod:`jupyter_distill.runfolder`: ``$JUPYTER_DISTILL_WORKDIR``, else ``.distill`` here), so
+(:mod:`jupyter_distill.core.runfolder`: ``$JUPYTER_DISTILL_WORKDIR``, else ``.distill`` here), so
 JupyterLab started in the same folder lists it in the Distill panel, and a second ``make demo``
 re-uses every teacher sample already made.
 
@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.errors import DistillError
-from jupyter_distill.events import ConsoleRenderer, Emit, Event
-from jupyter_distill.runfolder import RUN_FOLDER_ENV, resolve_run_folder
+from jupyter_distill.core.errors import DistillError
+from jupyter_distill.core.events import ConsoleRenderer, Emit, Event
+from jupyter_distill.core.runfolder import RUN_FOLDER_ENV, resolve_run_folder
 
 KERNEL_NAME = "jupyter-distill"
 ANSWER_TAG = "jd-answer"
@@ -88,7 +88,7 @@ class RunFollower:
 
     The kernel writes the run store; this thread reads it once a ``interval`` (the same read model
     the JupyterLab panel polls: phase, counted work and the training loss) and turns what changed
-    into :class:`~jupyter_distill.events.Event` s for the pipeline's own :class:`ConsoleRenderer`,
+    into :class:`~jupyter_distill.core.events.Event` s for the pipeline's own :class:`ConsoleRenderer`,
     so ``make demo`` shows one bar per phase with elapsed time and ETA, as ``jd.distill`` does in a
     terminal. Phases without a count (judging, evaluation, export) show elapsed time only.
     """
@@ -127,8 +127,8 @@ class RunFollower:
 
     def poll(self) -> None:
         """Read the run's state once and emit what changed since the last read."""
+        from jupyter_distill.core.store import RunStore
         from jupyter_distill.server.summary import loss_series, progress
-        from jupyter_distill.store import RunStore
 
         if not (self.workdir / "runs.db").is_file():
             return
@@ -197,7 +197,7 @@ def tagged_text(nb: Any, tag: str) -> str:
 
 def run_numbers(workdir: Path, run: str = RUN_NAME) -> dict[str, Any]:
     """The run's summary from the store the notebook wrote."""
-    from jupyter_distill.store import RunStore
+    from jupyter_distill.core.store import RunStore
 
     record = RunStore(workdir).get_run(run)
     if record is None:

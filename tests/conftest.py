@@ -33,7 +33,7 @@ def _hermetic_run_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test starts without a run-folder setting in the environment and ends with the one it
     found: the server extension exports its run folder into ``os.environ`` for its kernels, and an
     in-process server must not move the next test's default run folder."""
-    from jupyter_distill.runfolder import DEPRECATED_RUN_FOLDER_ENVS, RUN_FOLDER_ENV
+    from jupyter_distill.core.runfolder import DEPRECATED_RUN_FOLDER_ENVS, RUN_FOLDER_ENV
 
     for name in (RUN_FOLDER_ENV, *DEPRECATED_RUN_FOLDER_ENVS):
         monkeypatch.delenv(name, raising=False)

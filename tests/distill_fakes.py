@@ -16,8 +16,8 @@ import os
 import time
 from typing import Any
 
-from jupyter_distill.events import PHASES, Event
-from jupyter_distill.store import PromptRecord
+from jupyter_distill.core.events import PHASES, Event
+from jupyter_distill.core.store import PromptRecord
 
 FAKE_SUMMARY = {
     "prompts": 10,
@@ -94,7 +94,7 @@ def fake_run(self: Any) -> Any:
                       data={"requests": 16 * i, "cost": 0.0} if phase == "sampling" else {})
             )  # fmt: skip
 
-    from jupyter_distill.pipeline import RunStopped
+    from jupyter_distill.pipeline.run import RunStopped
 
     try:
         for phase in PHASES:
@@ -116,6 +116,6 @@ def fake_run(self: Any) -> Any:
 
 def install() -> None:
     """Patch ``Run.run`` in this process (a kernel started by a test calls this)."""
-    from jupyter_distill import pipeline
+    from jupyter_distill.pipeline import run as pipeline
 
     pipeline.Run.run = fake_run  # type: ignore[method-assign]

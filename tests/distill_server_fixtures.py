@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jupyter_distill.hashing import content_hash
-from jupyter_distill.store import PromptRecord, RunStore, SampleRecord
+from jupyter_distill.core.hashing import content_hash
+from jupyter_distill.core.store import PromptRecord, RunStore, SampleRecord
 
 
 def fixture_prompts() -> list[PromptRecord]:

@@ -13,10 +13,11 @@ import pytest
 import torch
 from tiny_models import CHECK_PROMPTS, TINY_ARCHITECTURES, build_tiny_arch
 
-from jupyter_distill import registry, runtime
-from jupyter_distill.export import SUPPORTED_ARCHITECTURES, export_gguf
-from jupyter_distill.models import CHAT_TEMPLATES, STUDENT_MODEL_MAP
-from jupyter_distill.serving import completion
+from jupyter_distill.core import runtime
+from jupyter_distill.core.models import CHAT_TEMPLATES, STUDENT_MODEL_MAP
+from jupyter_distill.export.gguf_export import SUPPORTED_ARCHITECTURES, export_gguf
+from jupyter_distill.serving import registry
+from jupyter_distill.serving.student import completion
 from jupyter_distill.train.student import load_student
 from jupyter_distill.train.trainer import BondTrainer, TrainPair, TrainSettings
 
@@ -179,7 +180,7 @@ def _tiny_lora_model(arch: str) -> Any:
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
 def test_fast_path_states_the_truth_per_architecture(arch: str) -> None:
     """The fast engine's choice for each architecture is the one it says, and its loss is the plain engine's."""
-    from jupyter_distill.errors import TrainingError
+    from jupyter_distill.core.errors import TrainingError
     from jupyter_distill.train import fast
     from jupyter_distill.train.engines import PlainEngine, TokenizedPair
 

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 import jupyter_distill as jd
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.errors import (
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.errors import (
     AliasError,
     ConfigError,
     DatasetError,
@@ -36,12 +36,12 @@ from jupyter_distill.errors import (
     TeacherError,
     TrainingError,
 )
-from jupyter_distill.evaluate import evaluate
-from jupyter_distill.export import export_gguf, merge_lora, validate_quantize
-from jupyter_distill.judges import LLMJudge, exact_match, json_valid, load_judge, regex, verifier
-from jupyter_distill.registry import get_alias, set_alias, unset_alias
-from jupyter_distill.review import ReviewSession
-from jupyter_distill.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.evaluation.heldout import evaluate
+from jupyter_distill.export.gguf_export import export_gguf, merge_lora, validate_quantize
+from jupyter_distill.judging.judges import LLMJudge, exact_match, json_valid, load_judge, regex, verifier
+from jupyter_distill.judging.review import ReviewSession
+from jupyter_distill.serving.registry import get_alias, set_alias, unset_alias
 from jupyter_distill.teachers import load_teacher
 from jupyter_distill.train.student import load_student
 from jupyter_distill.train.trainer import TrainSettings

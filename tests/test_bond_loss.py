@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from jupyter_distill.errors import TrainingError
+from jupyter_distill.core.errors import TrainingError
 from jupyter_distill.train.bond import bond_loss, bond_loss_reference
 
 

@@ -23,8 +23,8 @@ import httpx
 import pytest
 from distill_server_fixtures import build_fixture_store, fixture_prompts, sample_key
 
-from jupyter_distill import registry
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.serving import registry
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -114,7 +114,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             notebook(
                 [
                     code_cell(
-                        "from jupyter_distill.store import RunStore\n"
+                        "from jupyter_distill.core.store import RunStore\n"
                         "from jupyter_distill.notebook.review_widget import ReviewWidget\n"
                         "ReviewWidget(RunStore('.distill'), 'tickets')"
                     )

@@ -11,8 +11,8 @@ import pytest
 from tiny_models import build_tiny_arch
 
 import jupyter_distill as jd
-from jupyter_distill import models
-from jupyter_distill.errors import ConfigError, ExportError
+from jupyter_distill.core import models
+from jupyter_distill.core.errors import ConfigError, ExportError
 from jupyter_distill.train.student import load_student, student_preflight
 
 OVERRIDE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
@@ -114,12 +114,13 @@ def test_quantization_cost_is_reported_with_the_type_that_keeps_it(tmp_path: Pat
     """More than 5 points lost by the served file: the summary says so and names q8_0, which keeps it."""
     from types import SimpleNamespace
 
-    from jupyter_distill import evaluate, pipeline
-    from jupyter_distill.export import ExportResult
+    from jupyter_distill.evaluation import heldout as evaluate
+    from jupyter_distill.export.gguf_export import ExportResult
+    from jupyter_distill.pipeline import run as pipeline
 
     rates = {"model.q4_k_m.gguf": 0.5, "served-check.q8_0.gguf": 0.95, "model.f16.gguf": 1.0}
     monkeypatch.setattr(evaluate, "llama_responder", lambda path, max_tokens: Path(path).name)
-    monkeypatch.setattr("jupyter_distill.export.quantize_gguf", lambda src, dst, q: Path(dst))
+    monkeypatch.setattr("jupyter_distill.export.gguf_export.quantize_gguf", lambda src, dst, q: Path(dst))
     events: list = []
 
     def fake_eval(student, label, respond):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from jupyter_distill.config import QUANTIZE_TYPES, DistillConfig
-from jupyter_distill.errors import ConfigError, DistillError
+from jupyter_distill.core.config import QUANTIZE_TYPES, DistillConfig
+from jupyter_distill.core.errors import ConfigError, DistillError
 
 
 def test_defaults_match_the_public_api():
@@ -48,7 +48,7 @@ def test_unknown_quantize_lists_valid_types():
 
 
 def test_every_quantize_type_the_export_makes_is_accepted_by_the_config(capsys):
-    from jupyter_distill.export import QUANT_TYPES, validate_quantize
+    from jupyter_distill.export.gguf_export import QUANT_TYPES, validate_quantize
     from jupyter_distill.notebook.magics import parse_line
 
     assert set(QUANTIZE_TYPES) == set(QUANT_TYPES) and "q6_k" in QUANTIZE_TYPES

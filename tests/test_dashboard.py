@@ -12,8 +12,8 @@ import ipywidgets as widgets
 import pytest
 from distill_fakes import FAKE_SUMMARY, fake_run
 
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.events import PHASES, Event
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.events import PHASES, Event
 from jupyter_distill.notebook.dashboard import (
     RUN_MIME_TYPE,
     DashboardState,
@@ -257,7 +257,7 @@ def test_no_output_widgets_are_written_from_threads() -> None:
 
 
 def test_attached_to_a_real_run_reads_artifacts_from_the_store(tmp_path: Path, monkeypatch: Any) -> None:
-    from jupyter_distill import pipeline
+    from jupyter_distill.pipeline import run as pipeline
 
     monkeypatch.setattr(pipeline.Run, "run", fake_run)
     monkeypatch.setenv("FAKE_TRAIN_SECONDS", "0")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from jupyter_distill.data import load_dataset, split
-from jupyter_distill.errors import DatasetError
+from jupyter_distill.core.data import load_dataset, split
+from jupyter_distill.core.errors import DatasetError
 
 
 def rows(n):

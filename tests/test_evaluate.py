@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from jupyter_distill.errors import TrainingError
-from jupyter_distill.evaluate import HFResponder, evaluate, evaluate_best_of_n
-from jupyter_distill.events import Event
-from jupyter_distill.examples import make_extraction_rows, parse_json_object, verify_extraction
-from jupyter_distill.store import PromptRecord, RunStore
+from jupyter_distill.core.errors import TrainingError
+from jupyter_distill.core.events import Event
+from jupyter_distill.core.examples import make_extraction_rows, parse_json_object, verify_extraction
+from jupyter_distill.core.store import PromptRecord, RunStore
+from jupyter_distill.evaluation.heldout import HFResponder, evaluate, evaluate_best_of_n
 
 
 def _prompts(n: int) -> list[PromptRecord]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jupyter_distill.errors import TrainingError
+from jupyter_distill.core.errors import TrainingError
 from jupyter_distill.train import fast
 from jupyter_distill.train.choice import select_engine
 from jupyter_distill.train.chunked import (

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from jupyter_distill.config import RUN_NAME_PATTERN, DistillConfig
-from jupyter_distill.data import load_dataset
-from jupyter_distill.errors import ConfigError, DatasetError, DistillError
-from jupyter_distill.hashing import content_hash
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.config import RUN_NAME_PATTERN, DistillConfig
+from jupyter_distill.core.data import load_dataset
+from jupyter_distill.core.errors import ConfigError, DatasetError, DistillError
+from jupyter_distill.core.hashing import content_hash
+from jupyter_distill.core.store import RunStore
 
 MAX_MESSAGE = 1000  # characters: an error names the field, the value (shortened) and the fix
 MAX_PEAK_MB = 100  # per fuzz case: far above any small input, far below an alias bomb's expansion

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from jupyter_distill import registry
-from jupyter_distill.errors import AliasError
+from jupyter_distill.core.errors import AliasError
+from jupyter_distill.serving import registry
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 

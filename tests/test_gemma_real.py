@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import jupyter_distill as jd
-from jupyter_distill import runtime
-from jupyter_distill.judges import exact_match
-from jupyter_distill.models import CHAT_TEMPLATES
-from jupyter_distill.store import RunStore
+from jupyter_distill.core import runtime
+from jupyter_distill.core.models import CHAT_TEMPLATES
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.judging.judges import exact_match
 
 pytestmark = [
     pytest.mark.slow,

@@ -8,10 +8,12 @@ import threading
 
 import pytest
 
-from jupyter_distill.errors import BudgetExceeded, JudgeError
-from jupyter_distill.events import Event
-from jupyter_distill.hashing import content_hash
-from jupyter_distill.judges import (
+from jupyter_distill.core.errors import BudgetExceeded, JudgeError
+from jupyter_distill.core.events import Event
+from jupyter_distill.core.hashing import content_hash
+from jupyter_distill.core.policy import decide
+from jupyter_distill.core.store import PromptRecord, RunStore, SampleRecord
+from jupyter_distill.judging.judges import (
     DEFAULT_RUBRIC,
     JudgeResult,
     LLMJudge,
@@ -29,8 +31,6 @@ from jupyter_distill.judges import (
     regex,
     verifier,
 )
-from jupyter_distill.policy import decide
-from jupyter_distill.store import PromptRecord, RunStore, SampleRecord
 from jupyter_distill.teachers import Sample
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_distill import registry, runtime, serving
-from jupyter_distill.models import resolve_local_gguf
+from jupyter_distill.core import runtime
+from jupyter_distill.core.models import resolve_local_gguf
+from jupyter_distill.serving import registry
+from jupyter_distill.serving import student as serving
 
 THREADS = 8
 ROUNDS = 4  # requests per thread: a bounded run, whatever the machine's speed

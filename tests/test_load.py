@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from jupyter_distill import registry
-from jupyter_distill import store as store_module
-from jupyter_distill.errors import AliasError
-from jupyter_distill.registry import get_alias, list_aliases, set_alias
-from jupyter_distill.store import SCHEMA_VERSION, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.core import store as store_module
+from jupyter_distill.core.errors import AliasError
+from jupyter_distill.core.store import SCHEMA_VERSION, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.serving import registry
+from jupyter_distill.serving.registry import get_alias, list_aliases, set_alias
 
 WORKERS, WRITES = 4, 200
 

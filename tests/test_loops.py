@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from jupyter_distill.loops import run_sync
-from jupyter_distill.pipeline import run_async_safely
+from jupyter_distill.core.loops import run_sync
+from jupyter_distill.pipeline.run import run_async_safely
 
 
 async def _where(delay: float = 0.0) -> tuple[str, int]:

@@ -16,8 +16,8 @@ import pytest
 from distill_fakes import fake_run
 from IPython.core.interactiveshell import InteractiveShell
 
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.errors import ConfigError, DistillError
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.errors import ConfigError, DistillError
 from jupyter_distill.notebook.dashboard import RUN_MIME_TYPE, RunSummary, UnknownRunError
 from jupyter_distill.notebook.magics import (
     DistillMagics,
@@ -262,7 +262,7 @@ def test_estimate_line_magic_and_cell_flag(
 # ------------------------------------------------------------------ whole runs (Run.run patched)
 @pytest.fixture
 def fake_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
-    from jupyter_distill import pipeline
+    from jupyter_distill.pipeline import run as pipeline
 
     monkeypatch.setattr(pipeline.Run, "run", fake_run)
     monkeypatch.setenv("FAKE_TRAIN_SECONDS", "2.5")
@@ -349,7 +349,7 @@ def test_unknown_run_names_are_clean_errors(magics: DistillMagics, shell: Intera
 
 
 def test_aliases_lists_the_registry(magics: DistillMagics, shell: InteractiveShell, tmp_path: Path) -> None:
-    from jupyter_distill.registry import set_alias
+    from jupyter_distill.serving.registry import set_alias
 
     empty = shell.run_line_magic("distill", "aliases")
     assert empty.rows == [] and "no aliases yet" in repr(empty)
@@ -422,7 +422,7 @@ def test_ipython_config_file_settings_apply_at_load(shell: InteractiveShell, tmp
 def test_missing_dataset_path_fails_the_cell_before_any_dashboard(
     magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, tmp_path: Path, capsys: Any
 ) -> None:
-    from jupyter_distill.errors import DatasetError
+    from jupyter_distill.core.errors import DatasetError
 
     result = run_cell(shell, "%%distill typo\ndataset: data/no-such-file.jsonl\n")
     error = result.error_in_exec
@@ -443,7 +443,7 @@ def test_missing_dataset_path_fails_the_cell_before_any_dashboard(
 def test_stop_notice_names_the_resume_magic(
     magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, dataset: Path, monkeypatch: Any
 ) -> None:
-    from jupyter_distill.pipeline import resume_hint
+    from jupyter_distill.pipeline.run import resume_hint
 
     monkeypatch.setenv("FAKE_TRAIN_SECONDS", "20")
     monkeypatch.setenv("FAKE_STEPS", "200")
@@ -470,8 +470,8 @@ def test_inserted_template_runs_as_inserted(
     magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, monkeypatch: Any, tmp_path: Path
 ) -> None:
     """The lab extension's setup and %%distill cells, run in a kernel as the command inserts them."""
-    from jupyter_distill.data import load_dataset
-    from jupyter_distill.examples import verify_extraction
+    from jupyter_distill.core.data import load_dataset
+    from jupyter_distill.core.examples import verify_extraction
 
     monkeypatch.chdir(tmp_path)  # a notebook anywhere: the template needs no file next to it
     setup = run_cell(shell, _template("DISTILL_SETUP_TEMPLATE"))
@@ -522,7 +522,7 @@ def test_python_api_review_run_in_a_kernel_refuses_a_missing_dataset_before_its_
 ) -> None:
     import jupyter_distill as jd
     from jupyter_distill import api
-    from jupyter_distill.errors import DatasetError
+    from jupyter_distill.core.errors import DatasetError
     from jupyter_distill.notebook.dashboard import RunDashboard
 
     drawn: list[RunDashboard] = []

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from jupyter_distill import pipeline
+from jupyter_distill.core.store import RunStore
 from jupyter_distill.notebook.dashboard import RunSummary
 from jupyter_distill.notebook.magics import DistillMagics, Table
-from jupyter_distill.store import RunStore
+from jupyter_distill.pipeline import run as pipeline
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import io
 
 import pytest
 
-from jupyter_distill.errors import ConfigError
-from jupyter_distill.events import ConsoleRenderer, Event, fan_out
-from jupyter_distill.models import STUDENT_MODEL_MAP, TEACHER_MODEL_MAP, resolve_local_gguf
+from jupyter_distill.core.errors import ConfigError
+from jupyter_distill.core.events import ConsoleRenderer, Event, fan_out
+from jupyter_distill.core.models import STUDENT_MODEL_MAP, TEACHER_MODEL_MAP, resolve_local_gguf
 
 REQUIRED_STUDENTS = [
     "smollm2-135m", "smollm2-360m", "smollm2-1.7b", "qwen3-0.6b", "qwen3-1.7b", "qwen2.5-0.5b",
@@ -61,8 +61,8 @@ def test_console_renderer_draws_bars_and_warnings():
 
 def test_estimate_prices_a_teacher_with_the_lookup_runs_use() -> None:
     """A provider-prefixed spec (``gemini:...``) is priced by the estimate exactly as a run charges it."""
-    from jupyter_distill.estimate import estimate
-    from jupyter_distill.models import teacher_price
+    from jupyter_distill.core.models import teacher_price
+    from jupyter_distill.pipeline.estimate import estimate
 
     spec = "gemini:gemini-2.5-flash"
     price = teacher_price(spec)

@@ -16,9 +16,9 @@ from typing import Any
 import nbformat
 import pytest
 
+from jupyter_distill.core.store import RunStore
 from jupyter_distill.demo import ANSWER_TAG, ensure_kernelspec, execute_notebook, report, tagged_text
 from jupyter_distill.notebook.magics import parse_cell_line, parse_line
-from jupyter_distill.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -107,9 +107,9 @@ def test_demo_report_reads_the_answer_cell_and_numbers() -> None:
 def test_demo_follower_turns_store_rows_into_phase_progress(tmp_path: Path) -> None:
     """The demo's console progress comes from the store the kernel writes: each phase starts
     once, sampling and training report counted work, and the last phase ends with the run."""
+    from jupyter_distill.core.events import Event
+    from jupyter_distill.core.store import PromptRecord
     from jupyter_distill.demo import RunFollower
-    from jupyter_distill.events import Event
-    from jupyter_distill.store import PromptRecord
 
     events: list[Event] = []
     follower = RunFollower(tmp_path, "demo-run", emit=events.append, interval=60)
@@ -222,7 +222,7 @@ def test_openrouter_notebook_runs_fully_with_a_key(quick_env: Path, monkeypatch:
     """
     from openai_server import OpenAIServer
 
-    from jupyter_distill.examples import make_extraction_rows
+    from jupyter_distill.core.examples import make_extraction_rows
 
     answers = {row["prompt"]: json.dumps(row["expected"]) for row in make_extraction_rows(12, seed=1)}
     server = OpenAIServer().start()

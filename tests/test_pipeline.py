@@ -7,11 +7,11 @@ import pytest
 from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
-from jupyter_distill.errors import ConfigError, DatasetError, PolicyError, ReviewError
-from jupyter_distill.events import is_preparation
-from jupyter_distill.judges import exact_match
+from jupyter_distill.core.errors import ConfigError, DatasetError, PolicyError, ReviewError
+from jupyter_distill.core.events import is_preparation
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.judging.judges import exact_match
 from jupyter_distill.notebook.dashboard import DashboardState
-from jupyter_distill.store import RunStore
 
 
 def answer(body, index):

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from jupyter_distill.events import ConsoleRenderer, Event
+from jupyter_distill.core.events import ConsoleRenderer, Event
 from jupyter_distill.notebook.plots import LivePlot, default_renderer
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from jupyter_distill.errors import ConfigError, PolicyError
-from jupyter_distill.policy import TERMS_VERSION, decide
+from jupyter_distill.core.errors import ConfigError, PolicyError
+from jupyter_distill.core.policy import TERMS_VERSION, decide
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "google"])

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 import jupyter_distill as jd
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.errors import (
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.errors import (
     AliasError,
     ConfigError,
     DistillError,
@@ -28,10 +28,10 @@ from jupyter_distill.errors import (
     TeacherError,
     TrainingError,
 )
-from jupyter_distill.export import check_exportable
-from jupyter_distill.judges import exact_match, load_judge
-from jupyter_distill.pipeline import validate_before_requests
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.export.gguf_export import check_exportable
+from jupyter_distill.judging.judges import exact_match, load_judge
+from jupyter_distill.pipeline.run import validate_before_requests
 
 CHATML = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
 

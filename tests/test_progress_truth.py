@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import io
 
-from jupyter_distill.events import ConsoleRenderer, Event, is_preparation, stage_text
+from jupyter_distill.core.events import ConsoleRenderer, Event, is_preparation, stage_text
 from jupyter_distill.notebook.dashboard import DashboardState, PhaseProgress, RunDashboard, _phase_text
 
 STEPS = 13

@@ -39,7 +39,7 @@ def test_bond_self_distillation_beats_the_untrained_student(tmp_path: Path) -> N
     assert result["pairs"] >= MIN_PAIRS, result
     assert result["after"] >= result["before"] + MIN_GAIN, result
     # the pipeline's own evaluation wrote the before/after rows the summary reports
-    from jupyter_distill.store import RunStore
+    from jupyter_distill.core.store import RunStore
 
     store = RunStore(tmp_path)
     labels = {r["label"] for r in store.get_eval_results(result["run"])}

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.errors import ConfigError, TrainingError
-from jupyter_distill.models import STUDENT_MODEL_MAP, STUDENT_SHAPES, ModelShape, shape_from_config
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.errors import ConfigError, TrainingError
+from jupyter_distill.core.models import STUDENT_MODEL_MAP, STUDENT_SHAPES, ModelShape, shape_from_config
 from jupyter_distill.train import quantized as qz
 from jupyter_distill.train.engines import PlainEngine, TokenizedPair
 from jupyter_distill.train.fast import FastEngine
@@ -115,7 +115,7 @@ def test_4bit_gradients_match_the_dequantized_model(word_llama: Path, engine_cls
 
 
 def test_a_4bit_student_trains_saves_and_merges_into_full_precision(word_llama: Path, tmp_path: Path) -> None:
-    from jupyter_distill.export import merge_lora
+    from jupyter_distill.export.gguf_export import merge_lora
 
     student = load_student(str(word_llama), device="cpu", chat_template=TEMPLATE, quantization="4bit")
     pairs = [
@@ -204,7 +204,7 @@ def test_memory_model_terms() -> None:
 
 
 def test_estimate_reports_memory_for_every_student_and_quantization() -> None:
-    from jupyter_distill.estimate import estimate
+    from jupyter_distill.pipeline.estimate import estimate
 
     rows = [{"prompt": f"question {i}"} for i in range(10)]
     seen = {}
@@ -221,7 +221,7 @@ def test_estimate_reports_memory_for_every_student_and_quantization() -> None:
 
 def test_jd_estimate_is_callable_after_its_module_was_imported() -> None:
     import jupyter_distill as jd
-    import jupyter_distill.estimate  # the import that used to shadow the function
+    import jupyter_distill.pipeline.estimate  # the import that used to shadow the function
 
     found = jd.estimate([{"prompt": "hi"}], student="llama-3.1-8b", quantization="4bit")
     assert found.quantization == "4bit" and found.memory_gb > 0
@@ -233,8 +233,8 @@ def test_distill_with_a_4bit_student_end_to_end(tmp_path: Path, monkeypatch: pyt
     from tiny_models import build_tiny_llama
 
     import jupyter_distill as jd
-    from jupyter_distill.judges import exact_match
-    from jupyter_distill.store import RunStore
+    from jupyter_distill.core.store import RunStore
+    from jupyter_distill.judging.judges import exact_match
 
     monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
     openai_server.responder = lambda body, index: body["messages"][-1]["content"].rsplit(" ", 1)[-1]

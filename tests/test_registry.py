@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_distill import registry
-from jupyter_distill.errors import AliasError
-from jupyter_distill.registry import get_alias, list_aliases, set_alias, unset_alias
+from jupyter_distill.core.errors import AliasError
+from jupyter_distill.serving import registry
+from jupyter_distill.serving.registry import get_alias, list_aliases, set_alias, unset_alias
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_distill import registry
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.errors import AliasError, TeacherError
-from jupyter_distill.registry import list_aliases, set_alias
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.errors import AliasError, TeacherError
+from jupyter_distill.serving import registry
+from jupyter_distill.serving.registry import list_aliases, set_alias
 from jupyter_distill.teachers import load_teacher
 
 KEY = "sk-" + "h23a-0123456789abcdefghijklmn"  # assembled so secret scanners do not flag the file

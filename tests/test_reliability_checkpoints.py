@@ -16,7 +16,7 @@ import pytest
 import torch
 from test_trainer import pairs, settings, tiny_student
 
-from jupyter_distill.events import Event
+from jupyter_distill.core.events import Event
 from jupyter_distill.train.engines import PlainEngine, TokenizedPair
 from jupyter_distill.train.trainer import BondTrainer, recover_dir, reference_fingerprint
 

@@ -33,9 +33,9 @@ from openai_server import OpenAIServer
 from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
-from jupyter_distill.events import Event
-from jupyter_distill.review import ReviewSession
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.events import Event
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.judging.review import ReviewSession
 
 pytestmark = pytest.mark.slow
 
@@ -304,7 +304,7 @@ def test_killed_during_training_continues_from_the_checkpoint(
     assert adam_steps == {float(steps)}  # AdamW's moments were restored, not restarted at the checkpoint
 
     # An uninterrupted training on the same pairs gives the same losses at every step.
-    from jupyter_distill.config import DistillConfig
+    from jupyter_distill.core.config import DistillConfig
     from jupyter_distill.train.student import load_student
     from jupyter_distill.train.trainer import BondTrainer, TrainPair, TrainSettings
 

@@ -17,10 +17,10 @@ from openai_server import OpenAIServer
 from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
-from jupyter_distill.data import load_dataset
-from jupyter_distill.events import Event
-from jupyter_distill.judges import exact_match
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.data import load_dataset
+from jupyter_distill.core.events import Event
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.judging.judges import exact_match
 from jupyter_distill.teachers import load_teacher
 
 pytestmark = pytest.mark.slow

@@ -25,14 +25,14 @@ from crash_worker import RUN_NAME, crash_options
 from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
-from jupyter_distill.data import load_dataset
-from jupyter_distill.errors import TeacherError
-from jupyter_distill.events import Event, fan_out
-from jupyter_distill.export import _provenance_summary, write_model_card
+from jupyter_distill.core.data import load_dataset
+from jupyter_distill.core.errors import TeacherError
+from jupyter_distill.core.events import Event, fan_out
+from jupyter_distill.core.store import JudgmentRecord, PairRecord, RunLock, RunLockedError, RunStore, SampleRecord
+from jupyter_distill.export.gguf_export import _provenance_summary, write_model_card
 from jupyter_distill.notebook.dashboard import DashboardState, _stats_html
 from jupyter_distill.notebook.plots import LivePlot
-from jupyter_distill.sampling import SPOOL_FILE, sample
-from jupyter_distill.store import JudgmentRecord, PairRecord, RunLock, RunLockedError, RunStore, SampleRecord
+from jupyter_distill.sampling.stage import SPOOL_FILE, sample
 from jupyter_distill.teachers import Sample, load_teacher
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def test_a_store_that_keeps_refusing_fails_the_prompt_and_keeps_the_paid_text(op
     store = FlakyStore(tmp_path / "wd", fail_times=10**6, fail_prompt=victim.hash)
     store.create_run("r1", {})
     teacher = load_teacher(openai_server.spec())
-    with caplog.at_level(logging.WARNING, logger="jupyter_distill.sampling"):
+    with caplog.at_level(logging.WARNING, logger="jupyter_distill.sampling.stage"):
         result = sample(store, teacher, ps, n=2, run_id="r1", seed=1)
     paid = [openai_server.reply(victim.messages[-1]["content"], i, 1) for i in range(2)]
     # the prompt is a failure, with the reason, and in the summary's numbers
@@ -159,7 +159,7 @@ def test_a_failing_event_sink_is_logged_counted_and_announced(caplog):
         raise sqlite3.OperationalError("database is locked")
 
     emit = fan_out([store_writer, seen.append], announce_failures=True)  # as the pipeline builds it
-    with caplog.at_level(logging.WARNING, logger="jupyter_distill.events"):
+    with caplog.at_level(logging.WARNING, logger="jupyter_distill.core.events"):
         for i in range(3):
             emit(Event("progress", phase="sampling", run="r", current=i))
     assert emit.failed == 4  # three progress events and the warning about them

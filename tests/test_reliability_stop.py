@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from tiny_models import build_tiny_llama
 
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.events import Event
-from jupyter_distill.judges import exact_match
-from jupyter_distill.pipeline import Run, RunStopped
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.events import Event
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.judging.judges import exact_match
+from jupyter_distill.pipeline.run import Run, RunStopped
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,7 @@ def test_a_stop_during_generation_ends_the_batch_at_the_next_token():
 
     from test_trainer import tiny_student
 
-    from jupyter_distill.evaluate import HFResponder
+    from jupyter_distill.evaluation.heldout import HFResponder
 
     student = tiny_student(seed=0)
     forwards = {"n": 0}

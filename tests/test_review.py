@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from jupyter_distill.errors import ReviewError
-from jupyter_distill.review import Decision, ReviewSession, replay
-from jupyter_distill.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.core.errors import ReviewError
+from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.judging.review import Decision, ReviewSession, replay
 
 
 def build(store, scores_by_prompt, run="r"):
@@ -180,8 +180,8 @@ def test_decisions_survive_a_process_restart(store, tmp_path):
     store.close()
     script = textwrap.dedent(
         f"""
-        from jupyter_distill.store import RunStore
-        from jupyter_distill.review import ReviewSession
+        from jupyter_distill.core.store import RunStore
+        from jupyter_distill.judging.review import ReviewSession
         s = ReviewSession(RunStore({str(tmp_path)!r}), "r")
         s.choose_best("p0", "p0-s1")
         s.edit("p0", "p0-s0", "better")

@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
+from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.judging.review import ReviewSession
+from jupyter_distill.judging.selection import select
 from jupyter_distill.notebook.review_widget import ReviewWidget
-from jupyter_distill.review import ReviewSession
-from jupyter_distill.selection import select
-from jupyter_distill.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
 
 # p0: certain (one perfect candidate); p1: all mediocre and equal; p2: judge failed on everything
 SCORES = [[1.0, 0.2, 0.0], [0.5, 0.5, 0.5], [None, None, None]]
@@ -214,7 +214,7 @@ def test_empty_run_and_missing_run_id(store, tmp_path):
     w = ReviewWidget(empty, "e")
     assert "Nothing to review" in w.title.value and w.counter.value == "0 of 0 reviewed"
     assert w.handle_key({"key": "1"}) and w.handle_key({"key": "e"})  # harmless
-    from jupyter_distill.errors import DistillError
+    from jupyter_distill.core.errors import DistillError
 
     with pytest.raises(DistillError, match="needs the run name"):
         ReviewWidget(store)

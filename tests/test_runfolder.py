@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from distill_server_fixtures import build_fixture_store
 
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.notebook.magics import DistillMagics
-from jupyter_distill.runfolder import (
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.runfolder import (
     DEFAULT_RUN_FOLDER,
     RUN_FOLDER_ENV,
     resolve_run_folder,
     run_folder,
 )
+from jupyter_distill.notebook.magics import DistillMagics
 from jupyter_distill.server.handlers import DistillServer
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -102,7 +102,7 @@ def test_make_demo_writes_where_the_panel_reads(
     import nbformat
 
     from jupyter_distill import demo
-    from jupyter_distill.store import RunStore
+    from jupyter_distill.core.store import RunStore
 
     monkeypatch.chdir(tmp_path)
     notebook = tmp_path / "quickstart.ipynb"

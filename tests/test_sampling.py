@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from jupyter_distill.data import load_dataset
-from jupyter_distill.errors import BudgetExceeded, PolicyError
-from jupyter_distill.events import Event
-from jupyter_distill.policy import TERMS_VERSION
-from jupyter_distill.sampling import SamplingResult, asample, decoding_params, sample, sample_key
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.data import load_dataset
+from jupyter_distill.core.errors import BudgetExceeded, PolicyError
+from jupyter_distill.core.events import Event
+from jupyter_distill.core.policy import TERMS_VERSION
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.sampling.stage import SamplingResult, asample, decoding_params, sample, sample_key
 from jupyter_distill.teachers import load_teacher
 
 PLANTED = "sk-" + "test-PLANTED-123456789"  # a fake key, assembled so scanners do not flag the file

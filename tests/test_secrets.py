@@ -22,10 +22,10 @@ from openai_server import OpenAIServer
 from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
-from jupyter_distill.errors import AliasError, DistillError, TeacherError
-from jupyter_distill.events import Event
-from jupyter_distill.registry import set_alias
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.errors import AliasError, DistillError, TeacherError
+from jupyter_distill.core.events import Event
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.serving.registry import set_alias
 from jupyter_distill.teachers import load_teacher
 
 pytestmark = pytest.mark.slow

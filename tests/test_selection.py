@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_distill.errors import ConfigError
-from jupyter_distill.review import ReviewSession
-from jupyter_distill.selection import candidate_scores, group_judgments, prompt_uncertainty, select
-from jupyter_distill.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.core.errors import ConfigError
+from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.judging.review import ReviewSession
+from jupyter_distill.judging.selection import candidate_scores, group_judgments, prompt_uncertainty, select
 
 
 def make_prompt(i):

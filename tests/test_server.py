@@ -14,8 +14,8 @@ import pytest
 from distill_server_fixtures import build_fixture_store
 from tornado.httpclient import HTTPClientError
 
-from jupyter_distill import registry
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.serving import registry
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 

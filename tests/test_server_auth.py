@@ -16,7 +16,7 @@ from distill_server_fixtures import build_fixture_store
 from jupyter_server.auth.authorizer import Authorizer
 from tornado.httpclient import HTTPClientError
 
-from jupyter_distill import registry
+from jupyter_distill.serving import registry
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 

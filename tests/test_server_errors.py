@@ -15,9 +15,10 @@ import pytest
 from distill_server_fixtures import build_fixture_store
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from jupyter_distill import registry, serving
-from jupyter_distill.errors import AliasError
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.errors import AliasError
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.serving import registry
+from jupyter_distill.serving import student as serving
 
 handlers = importlib.import_module("jupyter_distill.server.handlers")  # the package exports a function of that name
 

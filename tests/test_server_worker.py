@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from jupyter_distill import registry
-from jupyter_distill.models import resolve_local_gguf
+from jupyter_distill.core.models import resolve_local_gguf
+from jupyter_distill.serving import registry
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from tiny_models import CHECK_PROMPTS, add_lora_adapter, build_tiny_llama
 
-from jupyter_distill import registry, runtime, serving
-from jupyter_distill.errors import AliasError, ConfigError, ExportError
-from jupyter_distill.export import ExportResult, export_gguf
-from jupyter_distill.serving import Student, completion
+from jupyter_distill.core import runtime
+from jupyter_distill.core.errors import AliasError, ConfigError, ExportError
+from jupyter_distill.export.gguf_export import ExportResult, export_gguf
+from jupyter_distill.serving import registry
+from jupyter_distill.serving import student as serving
+from jupyter_distill.serving.student import Student, completion
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from jupyter_distill.store import (
+from jupyter_distill.core.store import (
     SCHEMA_VERSION,
     JudgmentRecord,
     PairRecord,
@@ -134,7 +134,7 @@ def test_concurrent_writers_from_8_threads(tmp_path):
 
 
 def test_migrates_a_version_1_store(tmp_path):
-    from jupyter_distill import store as store_module
+    from jupyter_distill.core import store as store_module
 
     conn = sqlite3.connect(tmp_path / "runs.db")
     for statement in store_module._split_sql(store_module._SCHEMA_V1):

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from jupyter_distill.errors import PolicyError, TeacherError
-from jupyter_distill.policy import TERMS_VERSION
+from jupyter_distill.core.errors import PolicyError, TeacherError
+from jupyter_distill.core.policy import TERMS_VERSION
 from jupyter_distill.teachers import FatalTeacherError, Sample, Teacher, load_teacher
 
 PLANTED = "sk-" + "test-PLANTED-123456789"  # a fake key, assembled so scanners do not flag the file
@@ -82,7 +82,7 @@ def test_closed_apis_are_refused_by_default(monkeypatch, spec, env):
 )
 def test_the_teacher_and_the_estimate_price_a_spec_the_same_way(spec):
     """One lookup (models.teacher_price / find_teacher_model): an estimate prices what a run counts."""
-    from jupyter_distill.models import teacher_price
+    from jupyter_distill.core.models import teacher_price
 
     teacher = load_teacher(spec, api_key=PLANTED, policy="off", check_models=False)
     assert teacher.prices == teacher_price(spec)
@@ -256,7 +256,7 @@ def test_budget_stops_before_it_would_be_exceeded(openai_server):
         finally:
             await teacher.aclose()
 
-    from jupyter_distill.errors import BudgetExceeded
+    from jupyter_distill.core.errors import BudgetExceeded
 
     with pytest.raises(BudgetExceeded) as info:
         run(until_refused())

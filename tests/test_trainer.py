@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from jupyter_distill import models
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.errors import TrainingError
-from jupyter_distill.events import Event
-from jupyter_distill.store import RunStore
+from jupyter_distill.core import models
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.errors import TrainingError
+from jupyter_distill.core.events import Event
+from jupyter_distill.core.store import RunStore
 from jupyter_distill.train.choice import select_engine
 from jupyter_distill.train.engines import PlainEngine, TokenizedPair, response_logits
 from jupyter_distill.train.student import (
@@ -126,7 +126,7 @@ def test_chat_template_and_tokens_match_llama_cpp() -> None:
     """Training renders prompts exactly as llama.cpp serves the GGUF: same text, same token ids."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from jupyter_distill.runtime import load_llama
+    from jupyter_distill.core.runtime import load_llama
 
     student = tiny_student()
     gguf = _smollm2_gguf()
@@ -478,7 +478,7 @@ def test_trainer_input_errors(tmp_path: Path, store: RunStore) -> None:
 
 
 def test_pairs_from_store_records() -> None:
-    from jupyter_distill.store import PairRecord, PromptRecord
+    from jupyter_distill.core.store import PairRecord, PromptRecord
 
     prompts = [PromptRecord(hash="h1", messages=[{"role": "user", "content": "q"}], row={})]
     out = TrainPair.from_records([PairRecord("h1", 0, "good", "bad")], prompts)

@@ -40,8 +40,8 @@ CHECK_PROMPTS = [
 
 def smol_hf_folder() -> Path:
     """The dequantized SmolLM2-135M folder (cached by models.dequantized_hf_folder); skip without it."""
-    from jupyter_distill import models
-    from jupyter_distill.errors import ConfigError
+    from jupyter_distill.core import models
+    from jupyter_distill.core.errors import ConfigError
 
     try:
         return models.dequantized_hf_folder(models.resolve_local_gguf("smollm2-135m"))

@@ -32,10 +32,10 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from jupyter_distill.errors import DistillError
-from jupyter_distill.events import PHASES, Event, is_preparation, stage_text
+from jupyter_distill.core.errors import DistillError
+from jupyter_distill.core.events import PHASES, Event, is_preparation, stage_text
+from jupyter_distill.core.store import RunStore
 from jupyter_distill.notebook.htmltext import no_math, text
-from jupyter_distill.store import RunStore
 
 RUN_MIME_TYPE = "application/vnd.jupyter.distill.run+json"
 RUN_JSON_VERSION = 1
@@ -498,7 +498,7 @@ def _html_value(key: str, value: str) -> str:
 class RunDashboard:
     """The live dashboard of one run: timeline, per-phase progress with ETA, cost, loss, Stop, card.
 
-    Use :meth:`attach` to connect it to a :class:`~jupyter_distill.pipeline.Run` (events and
+    Use :meth:`attach` to connect it to a :class:`~jupyter_distill.pipeline.run.Run` (events and
     the Stop button), then display it. ``sink`` is the event callback; it is cheap and
     thread-safe. ``flush()`` renders synchronously (tests, and the final frame).
     """
@@ -781,7 +781,7 @@ class RunDashboard:
 
 
 def watch(run: Any, *, min_interval: float = 0.3) -> RunDashboard:
-    """Attach a dashboard to a :class:`~jupyter_distill.pipeline.Run` and display it.
+    """Attach a dashboard to a :class:`~jupyter_distill.pipeline.run.Run` and display it.
 
     The Python-API path to the same view ``%%distill`` shows: ``watch(run); run.start()``.
     """

@@ -15,7 +15,7 @@ Why it is built this way (jupyter-ai's magics, the ipywidgets threading rules):
 
 - Arguments go through ``argparse`` on ``shlex.split`` into one small typed command per
   subcommand (a frozen dataclass with a ``type`` literal) and one handler per type. The run
-  flags are generated once from :class:`~jupyter_distill.config.DistillConfig`, so
+  flags are generated once from :class:`~jupyter_distill.core.config.DistillConfig`, so
   ``%%distill`` and ``%distill estimate`` share them and a new config field gets a flag for free.
 - The cell body is parsed by ``DistillConfig.from_yaml(body, **flags)``, so a YAML error names
   the line and the key, and flags override the body.
@@ -49,15 +49,15 @@ from IPython.display import display
 from traitlets import Bool, Float, Unicode, validate
 from traitlets import default as trait_default
 
-from jupyter_distill.config import DistillConfig, parse_yaml_mapping
-from jupyter_distill.data import check_source
-from jupyter_distill.errors import ConfigError, DistillError, ExportError
-from jupyter_distill.events import PHASES
+from jupyter_distill.core.config import DistillConfig, parse_yaml_mapping
+from jupyter_distill.core.data import check_source
+from jupyter_distill.core.errors import ConfigError, DistillError, ExportError
+from jupyter_distill.core.events import PHASES
+from jupyter_distill.core.quant_types import DEFAULT_QUANTIZE, QUANTIZE_TYPES
+from jupyter_distill.core.runfolder import run_folder
+from jupyter_distill.core.store import RunStore
 from jupyter_distill.notebook.dashboard import RunDashboard, RunSummary, UnknownRunError
 from jupyter_distill.notebook.htmltext import no_math, text
-from jupyter_distill.quant_types import DEFAULT_QUANTIZE, QUANTIZE_TYPES
-from jupyter_distill.runfolder import run_folder
-from jupyter_distill.store import RunStore
 
 _VARIABLE = re.compile(r"^\$([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
 _RUN_FLAG_EXCLUDE = frozenset({"name"})  # NAME is positional
@@ -571,13 +571,13 @@ class DistillMagics(Magics):
         """Start the run in a background thread and show its dashboard; return at once."""
         config = self.build_config(body, command.overrides, command.name)
         if command.estimate:
-            from jupyter_distill.estimate import estimate_config
+            from jupyter_distill.pipeline.estimate import estimate_config
 
             return estimate_config(config)
         return self._launch(config, resume=not command.fresh, wait=command.wait)
 
     def _launch(self, config: DistillConfig, *, resume: bool, wait: bool) -> Any:
-        from jupyter_distill.pipeline import Run, default_run_name
+        from jupyter_distill.pipeline.run import Run, default_run_name
 
         name = config.name or default_run_name(config)
         current = self.runs.get(name)
@@ -598,7 +598,7 @@ class DistillMagics(Magics):
         dashboard.attach(run)
         console = None
         if self.show_console or not self._in_kernel():
-            from jupyter_distill.events import ConsoleRenderer
+            from jupyter_distill.core.events import ConsoleRenderer
 
             console = ConsoleRenderer()
             run.add_listener(console)
@@ -626,7 +626,7 @@ class DistillMagics(Magics):
         except ImportError as exc:
             raise DistillError(
                 f"the review widget is not available ({exc}). Fix: reinstall jupyter-distill with its notebook "
-                "extras, or review from Python with jupyter_distill.review.ReviewSession.",
+                "extras, or review from Python with jupyter_distill.judging.review.ReviewSession.",
                 field="review",
                 value=name,
             ) from None
@@ -790,7 +790,7 @@ class DistillMagics(Magics):
         )
 
     def handle_aliases(self, command: AliasesCommand) -> Table:
-        from jupyter_distill.registry import list_aliases, registry_path
+        from jupyter_distill.serving.registry import list_aliases, registry_path
 
         aliases = list_aliases()
         rows = [
@@ -806,13 +806,13 @@ class DistillMagics(Magics):
         )
 
     def handle_estimate(self, command: EstimateCommand) -> Any:
-        from jupyter_distill.estimate import estimate_config
+        from jupyter_distill.pipeline.estimate import estimate_config
 
         return estimate_config(self.build_config("", command.overrides))
 
     def handle_export(self, command: ExportCommand) -> Any:
         """Export a finished run's adapter to GGUF in the foreground (seconds for small students)."""
-        from jupyter_distill.export import export_gguf
+        from jupyter_distill.export.gguf_export import export_gguf
         from jupyter_distill.train.student import resolve_student_folder
 
         store = self._store_for(command.name)
@@ -838,7 +838,7 @@ class DistillMagics(Magics):
             run_id=command.name,
         )
         if command.alias:
-            from jupyter_distill.registry import set_alias
+            from jupyter_distill.serving.registry import set_alias
 
             set_alias(command.alias, backend="gguf", model_path=str(result.gguf))
             store.update_run(command.name, summary={"alias": command.alias, "gguf": str(result.gguf)})

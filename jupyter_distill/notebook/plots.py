@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jupyter_distill.events import ConsoleRenderer, Emit, Event
+from jupyter_distill.core.events import ConsoleRenderer, Emit, Event
 
 logger = logging.getLogger(__name__)
 

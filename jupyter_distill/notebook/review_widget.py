@@ -12,7 +12,7 @@ Keys (``handle_key({"key": ...})``; the same dict shape a browser ``keydown`` ev
 =========  ==================================================================
 
 Each card also has buttons (best / reject / edit) for what the keys do not cover, such as
-rejecting a single candidate. Every decision goes through :class:`~jupyter_distill.review.ReviewSession`,
+rejecting a single candidate. Every decision goes through :class:`~jupyter_distill.judging.review.ReviewSession`,
 so it is in the store the moment it is made.
 
 **How keystrokes reach Python in the browser.** No extra front-end package: a small ``Text``
@@ -34,9 +34,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from jupyter_distill.errors import DistillError, ReviewError
-from jupyter_distill.review import Candidate, Order, ReviewItem, ReviewSession
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.errors import DistillError, ReviewError
+from jupyter_distill.core.store import RunStore
+from jupyter_distill.judging.review import Candidate, Order, ReviewItem, ReviewSession
 
 MAX_CANDIDATES_SHOWN = 9  # digit keys 1-9
 KEY_HELP = "j/k move · 1-9 best · x reject prompt · e edit · u undo · f least certain first"

@@ -2,7 +2,7 @@
 
 Enabled by default through ``jupyter-config/server-config/jupyter_distill.json`` (installed into
 ``etc/jupyter/jupyter_server_config.d``). The run folder it shows is the one run-folder setting
-(:mod:`jupyter_distill.runfolder`: ``$JUPYTER_DISTILL_WORKDIR``, default ``.distill``) resolved
+(:mod:`jupyter_distill.core.runfolder`: ``$JUPYTER_DISTILL_WORKDIR``, default ``.distill``) resolved
 under the server's root dir, or ``c.DistillServer.workdir``; the absolute folder is exported to
 the kernels the server starts, so ``%%distill`` cells write where the panel reads. GGUF aliases
 are generated in supervised worker processes (``c.DistillServer.model_workers``, see
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.runfolder import RUN_FOLDER_ENV
+from jupyter_distill.core.runfolder import RUN_FOLDER_ENV
 from jupyter_distill.server.handlers import DistillContext, DistillServer, handlers
 
 __all__ = ["DistillServer", "_load_jupyter_server_extension", "share_run_folder"]

@@ -38,13 +38,13 @@ from tornado.iostream import StreamClosedError
 from traitlets import Float, Int, Unicode
 from traitlets.config import Configurable
 
-from jupyter_distill.config import RUN_NAME_PATTERN
-from jupyter_distill.errors import DistillError
-from jupyter_distill.runfolder import resolve_run_folder
+from jupyter_distill.core.config import RUN_NAME_PATTERN
+from jupyter_distill.core.errors import DistillError
+from jupyter_distill.core.runfolder import resolve_run_folder
+from jupyter_distill.core.store import RunStore, StoreError
 from jupyter_distill.server.public import public_message
 from jupyter_distill.server.summary import run_detail, run_summary
 from jupyter_distill.server.worker import ModelWorkers, WorkerCrashed, WorkerError
-from jupyter_distill.store import RunStore, StoreError
 
 T = TypeVar("T")
 
@@ -82,7 +82,7 @@ class DistillServer(Configurable):
     )
 
     def resolve_workdir(self, root_dir: str | os.PathLike[str]) -> Path:
-        """The absolute workdir: the trait, else the run-folder setting (:mod:`jupyter_distill.runfolder`),
+        """The absolute workdir: the trait, else the run-folder setting (:mod:`jupyter_distill.core.runfolder`),
         relative to root_dir."""
         return resolve_run_folder(self.workdir or None, root_dir)
 
@@ -249,7 +249,7 @@ class RunMetricsHandler(DistillHandler):
 def _registry() -> Any:
     # Imported on first use: the registry module pulls in file locking, which the panel-only
     # endpoints never need, and a broken model stack must not stop the server from starting.
-    from jupyter_distill import registry
+    from jupyter_distill.serving import registry
 
     return registry
 
@@ -536,7 +536,7 @@ class ChatCompletionsHandler(DistillHandler):
         return {"home": home, "kwargs": ChatCompletionsHandler._serving_kwargs(request, stream)}
 
     async def _complete(self, request: dict[str, Any], workers: ModelWorkers | None) -> None:
-        from jupyter_distill import serving
+        from jupyter_distill.serving import student as serving
 
         if workers is not None:
             response = await self._call(lambda: workers.complete(self._worker_request(request, False)))
@@ -546,7 +546,7 @@ class ChatCompletionsHandler(DistillHandler):
         self.finish(json.dumps(_completion_dict(response, request["model"])))
 
     async def _stream(self, request: dict[str, Any], workers: ModelWorkers | None) -> None:
-        from jupyter_distill import serving
+        from jupyter_distill.serving import student as serving
 
         ident, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), request["model"]
         include_usage = request["include_usage"]

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jupyter_distill.events import PHASES
+from jupyter_distill.core.events import PHASES
+from jupyter_distill.core.store import RunStore
 from jupyter_distill.server.public import public_message, public_traceback
-from jupyter_distill.store import RunStore
 
 # Statuses during which the panel keeps polling.
 LIVE_STATUSES = frozenset({"created", "running", "waiting-review"})

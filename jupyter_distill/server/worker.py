@@ -52,8 +52,8 @@ class WorkerError(Exception):
 def worker_main(conn: Connection) -> None:
     """The child's loop: one request at a time until the parent sends ``None`` or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the server: the parent stops us
-    from jupyter_distill import serving
-    from jupyter_distill.errors import DistillError
+    from jupyter_distill.core.errors import DistillError
+    from jupyter_distill.serving import student as serving
 
     while True:
         try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupyter_distill.errors import TeacherError
-from jupyter_distill.policy import PolicyMode
+from jupyter_distill.core.errors import TeacherError
+from jupyter_distill.core.policy import PolicyMode
 from jupyter_distill.teachers.base import SCHEMES, FatalTeacherError, PartialSampleError, Sample, Teacher, parse_spec
 
 __all__ = ["SCHEMES", "FatalTeacherError", "PartialSampleError", "Sample", "Teacher", "load_teacher"]

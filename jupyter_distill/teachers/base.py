@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from jupyter_distill.errors import ConfigError, TeacherError
-from jupyter_distill.policy import PolicyDecision
+from jupyter_distill.core.errors import ConfigError, TeacherError
+from jupyter_distill.core.policy import PolicyDecision
 
 # scheme -> what it means; the order is the order shown in error messages.
 SCHEMES: dict[str, str] = {

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.errors import TeacherError
-from jupyter_distill.policy import PolicyDecision, PolicyMode, decide
+from jupyter_distill.core.errors import TeacherError
+from jupyter_distill.core.policy import PolicyDecision, PolicyMode, decide
 from jupyter_distill.teachers.base import FatalTeacherError, ParsedSpec, Sample, check_sample_args, local_provenance
 
 HF_OPTIONS = ("device", "licence", "dtype")

@@ -42,9 +42,9 @@ from urllib.parse import urlsplit
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from jupyter_distill.errors import BudgetExceeded, ConfigError, PolicyError, TeacherError
-from jupyter_distill.models import PRICES_AS_OF, find_teacher_model
-from jupyter_distill.policy import PolicyDecision, PolicyMode, decide
+from jupyter_distill.core.errors import BudgetExceeded, ConfigError, PolicyError, TeacherError
+from jupyter_distill.core.models import PRICES_AS_OF, find_teacher_model
+from jupyter_distill.core.policy import PolicyDecision, PolicyMode, decide
 from jupyter_distill.teachers.base import (
     FatalTeacherError,
     ParsedSpec,
@@ -70,7 +70,7 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 
 class ProviderInfo:
     """How one spec scheme maps to a policy provider, env vars and default endpoint.
 
-    Its models' price keys are :data:`jupyter_distill.models.PRICE_KEY_PREFIX`, next to the prices.
+    Its models' price keys are :data:`jupyter_distill.core.models.PRICE_KEY_PREFIX`, next to the prices.
     """
 
     policy_provider: str

@@ -2,7 +2,7 @@
 
 ``local:NAME`` resolves a GGUF shipped inside a PyPI package (``models.LOCAL_MODELS``);
 ``gguf:PATH`` takes your own file. The model is loaded lazily (a re-run that finds every sample
-in the store never loads it) through :func:`jupyter_distill.runtime.use_llama`, so teachers,
+in the store never loads it) through :func:`jupyter_distill.core.runtime.use_llama`, so teachers,
 evaluation and serving share one copy per process, and generation holds the model exclusively
 because a llama.cpp context is not re-entrant.
 Generation runs in a worker thread (``asyncio.to_thread``) so the event loop, and with it
@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.errors import DistillError, ExportError, TeacherError
-from jupyter_distill.hashing import file_sha256
-from jupyter_distill.models import LOCAL_MODELS, resolve_local_gguf
-from jupyter_distill.policy import PolicyDecision, PolicyMode, decide
-from jupyter_distill.runtime import use_llama
+from jupyter_distill.core.errors import DistillError, ExportError, TeacherError
+from jupyter_distill.core.hashing import file_sha256
+from jupyter_distill.core.models import LOCAL_MODELS, resolve_local_gguf
+from jupyter_distill.core.policy import PolicyDecision, PolicyMode, decide
+from jupyter_distill.core.runtime import use_llama
 from jupyter_distill.teachers.base import FatalTeacherError, ParsedSpec, Sample, check_sample_args, local_provenance
 
 LOCAL_OPTIONS = ("n_ctx", "n_threads", "licence")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jupyter_distill.errors import TrainingError
+from jupyter_distill.core.errors import TrainingError
 
 #: The keys of the ``parts`` dict :func:`bond_loss` returns, in display order.
 PART_NAMES: tuple[str, ...] = ("nll", "pref", "kl", "pref_acc", "margin", "n_pref")

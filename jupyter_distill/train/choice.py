@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupyter_distill.errors import TrainingError
+from jupyter_distill.core.errors import TrainingError
 from jupyter_distill.train.engines import PlainEngine, StepEngine
 
 #: What ``engine=`` accepts (``DistillConfig.engine`` and :func:`select_engine`).

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from jupyter_distill.errors import TrainingError
+from jupyter_distill.core.errors import TrainingError
 
 #: Elements of one fp32 ``(chunk, vocab)`` logits block: 2**25 = 128 MiB, a few of which are live
 #: at once inside a chunk. Small enough for any GPU, large enough that the matmul stays efficient.

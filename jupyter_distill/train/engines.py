@@ -41,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from jupyter_distill.errors import TrainingError
+from jupyter_distill.core.errors import TrainingError
 from jupyter_distill.train.bond import bond_loss
 
 

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from jupyter_distill.errors import TrainingError
+from jupyter_distill.core.errors import TrainingError
 from jupyter_distill.train.bond import bond_loss
 from jupyter_distill.train.chunked import segment_sum, token_logp_and_kl
 from jupyter_distill.train.engines import PlainEngine, TokenizedPair, model_device, reference_mode

@@ -1,6 +1,6 @@
 """Peak training memory from a student's shape, its quantization and the step's token counts.
 
-Why a model and not a probe: :func:`jupyter_distill.estimate` must answer before anything is
+Why a model and not a probe: :func:`jupyter_distill.pipeline.estimate` must answer before anything is
 loaded (a user picks the student and the quantization from it), so the figure comes from the
 shape alone. Each term is what the step really keeps alive:
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from jupyter_distill.models import ModelShape
+from jupyter_distill.core.models import ModelShape
 from jupyter_distill.train.chunked import default_chunk_size
 
 #: Bytes a parameter of the decoder's projections takes when loaded with each quantization.

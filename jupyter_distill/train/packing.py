@@ -31,7 +31,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from jupyter_distill.errors import TrainingError
+from jupyter_distill.core.errors import TrainingError
 
 # Branch ids of a tree's tokens; padding gets its own branch and its own tree id.
 BRANCH_PROMPT, BRANCH_CHOSEN, BRANCH_REJECTED, BRANCH_PAD = 0, 1, 2, 3

@@ -19,8 +19,8 @@ import importlib.metadata
 import importlib.util
 from typing import Any
 
-from jupyter_distill.errors import ConfigError
-from jupyter_distill.models import STUDENT_QUANTIZATIONS, student_quantization
+from jupyter_distill.core.errors import ConfigError
+from jupyter_distill.core.models import STUDENT_QUANTIZATIONS, student_quantization
 
 #: What ``quantization`` accepts; ``None`` loads the student in its training dtype.
 QUANTIZATIONS = STUDENT_QUANTIZATIONS

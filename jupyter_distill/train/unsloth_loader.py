@@ -18,7 +18,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.errors import ConfigError, TrainingError
+from jupyter_distill.core.errors import ConfigError, TrainingError
 
 #: The Unsloth stack measured with this package (its own pins: trl <= 1.15, datasets < 5).
 TESTED_VERSIONS: dict[str, str] = {

@@ -17,7 +17,7 @@ export const RUN_MIME_TYPE = 'application/vnd.jupyter.distill.run+json';
  */
 export const RUN_RENDERER_RANK = 0;
 
-/** Pipeline phases in order; mirrors jupyter_distill.events.PHASES. */
+/** Pipeline phases in order; mirrors jupyter_distill.core.events.PHASES. */
 export const PHASES = [
   'sampling',
   'judging',
@@ -381,7 +381,7 @@ export const DISTILL_SETUP_TEMPLATE = `# Data and judge for the %%distill cell b
 # sentences from which to extract a person's name, age and city as JSON, and a verifier
 # that scores an answer from 0 to 1. Use your own instead: a list of dicts with a "prompt"
 # (or a file path such as data.jsonl in the cell below) and any function (row, answer) -> score.
-from jupyter_distill.examples import make_extraction_rows, verify_extraction
+from jupyter_distill.core.examples import make_extraction_rows, verify_extraction
 
 rows = make_extraction_rows(24)  # [{"prompt": ..., "expected": {...}}, ...]
 verify = verify_extraction`;

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.errors import ExportError
+from jupyter_distill.core.errors import ExportError
 
 MAX_LOADED = int(os.environ.get("JUPYTER_DISTILL_MAX_LOADED_MODELS", "3"))
 # llama.cpp's CPU "extra buffer types" (weight repacking, AMX) crash with a segfault on

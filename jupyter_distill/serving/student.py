@@ -25,9 +25,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill import registry, runtime
-from jupyter_distill.errors import AliasError, ConfigError, ExportError
-from jupyter_distill.hashing import file_sha256
+from jupyter_distill.core import runtime
+from jupyter_distill.core.errors import AliasError, ConfigError, ExportError
+from jupyter_distill.core.hashing import file_sha256
+from jupyter_distill.serving import registry
 
 Messages = list[dict[str, Any]]
 STUDENT_FORMAT = "jupyter-distill-student"
@@ -560,7 +561,7 @@ class Student:
         base_model: str | Path | None = None,
         name: str | None = None,
     ) -> Student:
-        """The student behind an :class:`~jupyter_distill.export.ExportResult` (GGUF-backed)."""
+        """The student behind an :class:`~jupyter_distill.export.gguf_export.ExportResult` (GGUF-backed)."""
         merged = dict(metrics or {})
         for qtype, value in result.agreement.items():
             merged.setdefault(f"export_agreement_{qtype}", value)

@@ -15,10 +15,10 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from jupyter_distill.errors import ConfigError
-from jupyter_distill.models import student_quantization
-from jupyter_distill.quant_types import DEFAULT_QUANTIZE, QUANTIZE_TYPES, canonical_quant_name
-from jupyter_distill.runfolder import run_folder
+from jupyter_distill.core.errors import ConfigError
+from jupyter_distill.core.models import student_quantization
+from jupyter_distill.core.quant_types import DEFAULT_QUANTIZE, QUANTIZE_TYPES, canonical_quant_name
+from jupyter_distill.core.runfolder import run_folder
 
 POLICY_MODES: tuple[str, ...] = ("strict", "warn", "off")
 # ``\Z``, not ``$``: ``$`` also matches before a trailing newline, so ``.match("run\\n")`` would pass.

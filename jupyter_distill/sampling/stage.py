@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.errors import BudgetExceeded, ConfigError, DistillError, PolicyError
-from jupyter_distill.events import Emit, Event, fan_out, no_emit
-from jupyter_distill.hashing import content_hash
-from jupyter_distill.loops import run_sync
-from jupyter_distill.store import PromptRecord, RunStore, SampleRecord
+from jupyter_distill.core.errors import BudgetExceeded, ConfigError, DistillError, PolicyError
+from jupyter_distill.core.events import Emit, Event, fan_out, no_emit
+from jupyter_distill.core.hashing import content_hash
+from jupyter_distill.core.loops import run_sync
+from jupyter_distill.core.store import PromptRecord, RunStore, SampleRecord
 from jupyter_distill.teachers import Teacher, load_teacher
 from jupyter_distill.teachers.base import FatalTeacherError, check_sample_args
 
@@ -208,7 +208,7 @@ async def asample(
         if not isinstance(prompt, PromptRecord):
             raise ConfigError(
                 f"sample() takes PromptRecord objects, got {type(prompt).__name__}. Fix: build them with "
-                "jupyter_distill.data.load_dataset(...).",
+                "jupyter_distill.core.data.load_dataset(...).",
                 field="prompts",
                 value=type(prompt).__name__,
             )

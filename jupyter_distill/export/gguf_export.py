@@ -1,6 +1,6 @@
 """Export a trained student: merge LoRA -> HF folder -> GGUF f16 -> quantize -> check -> model card.
 
-Conversion is llama.cpp's own converter (:mod:`jupyter_distill.gguf_converter`), unpacked at
+Conversion is llama.cpp's own converter (:mod:`jupyter_distill.export.converter`), unpacked at
 install time from the sdist of the pinned llama-cpp-python, so it is the version that matches
 the llama.cpp that loads the file and it covers every family that llama.cpp does. The popular
 training tools clone and compile llama.cpp at export time, which fails offline or without a
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from jupyter_distill import gguf_converter
-from jupyter_distill.errors import ExportError
-from jupyter_distill.events import Event, no_emit
-from jupyter_distill.hashing import file_sha256
-from jupyter_distill.quant_types import DEFAULT_QUANTIZE, QUANT_TYPES, canonical_quant_name
+from jupyter_distill.core.errors import ExportError
+from jupyter_distill.core.events import Event, no_emit
+from jupyter_distill.core.hashing import file_sha256
+from jupyter_distill.core.quant_types import DEFAULT_QUANTIZE, QUANT_TYPES, canonical_quant_name
+from jupyter_distill.export import converter as gguf_converter
 
 # Proven end to end (tiny random-init model of the exact config class: train, merge, convert,
 # quantize, load in llama.cpp, agree with HF, serve): transformers model_type -> HF class.
@@ -233,7 +233,7 @@ def _copy_tokenizer(sources: Sequence[Path], dest: Path) -> None:
 
 def _copy_source_marker(base: Path | None, dest: Path) -> None:
     """Carry the record of the GGUF a base folder was dequantized from (see :func:`source_gguf`)."""
-    from jupyter_distill.models import SOURCE_MARKER
+    from jupyter_distill.core.models import SOURCE_MARKER
 
     if base is not None and (base / SOURCE_MARKER).is_file():
         shutil.copyfile(base / SOURCE_MARKER, dest / SOURCE_MARKER)
@@ -437,11 +437,11 @@ def _pre_tokenizer_hint(folder: Path) -> str | None:
 def source_gguf(folder: Path) -> Path | None:
     """The GGUF an HF folder was dequantized from, when its vocabulary still matches that file.
 
-    :func:`jupyter_distill.models.dequantized_hf_folder` records the source; a merge copies the
+    :func:`jupyter_distill.core.models.dequantized_hf_folder` records the source; a merge copies the
     record. The vocabulary is then copied from that GGUF, so the export tokenizes exactly like the
     file the student was loaded from (and like the teacher, in self-distillation).
     """
-    from jupyter_distill.models import SOURCE_MARKER
+    from jupyter_distill.core.models import SOURCE_MARKER
 
     marker = folder / SOURCE_MARKER
     if not marker.is_file():
@@ -555,7 +555,7 @@ def check_agreement(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from jupyter_distill.runtime import load_llama
+    from jupyter_distill.core.runtime import load_llama
 
     hf_folder = Path(hf_folder)
     prompts = list(prompts) or list(DEFAULT_CHECK_PROMPTS)
@@ -676,7 +676,7 @@ def write_model_card(path: str | Path, info: dict[str, Any]) -> Path:
     outputs train a model?), the student base model's licence (what the weights allow), and
     where the prompts came from.
     """
-    from jupyter_distill.models import STUDENT_MODEL_MAP
+    from jupyter_distill.core.models import STUDENT_MODEL_MAP
 
     path = Path(path)
     student = info.get("student") or info.get("provenance", {}).get("config", {}).get("student")
@@ -751,7 +751,7 @@ def dataset_hash(store: Any, run_id: str | None) -> str | None:
     """A content hash of the run's prompts (their content hashes, every split), or None without a store."""
     if store is None or run_id is None:
         return None
-    from jupyter_distill.hashing import content_hash
+    from jupyter_distill.core.hashing import content_hash
 
     rows = store.conn.execute(
         "SELECT prompt_hash, split FROM run_prompts WHERE run_id=? ORDER BY prompt_hash", (run_id,)
@@ -770,7 +770,7 @@ def gguf_provenance(
     base model) and ``jupyter_distill.*`` keys (teachers and their terms verdicts, dataset hash, run
     id), so the provenance travels with the file even when the card does not.
     """
-    from jupyter_distill.models import STUDENT_MODEL_MAP
+    from jupyter_distill.core.models import STUDENT_MODEL_MAP
 
     student = info.get("student") or provenance.get("config", {}).get("student")
     base = STUDENT_MODEL_MAP.get(str(student)) if student else None
@@ -959,7 +959,7 @@ def export_gguf(
 
 # ---------------------------------------------------------------------------------------- adapter export
 def _shared_base_key(base: Path, chat_template: str | None) -> str:
-    from jupyter_distill.hashing import content_hash
+    from jupyter_distill.core.hashing import content_hash
 
     weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in base.glob("*.safetensors"))
     return content_hash(str(base), weights, chat_template or "")[:16]
@@ -975,7 +975,7 @@ def shared_base_gguf(
     """
     from filelock import FileLock
 
-    from jupyter_distill.models import cache_dir
+    from jupyter_distill.core.models import cache_dir
 
     base = Path(base_folder).resolve()
     qtype = validate_quantize(quantize)

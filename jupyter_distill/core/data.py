@@ -2,7 +2,7 @@
 
 Whatever the user hands over (a .jsonl/.csv/.parquet/.json path, a list of dicts or strings, a
 pandas DataFrame, a ``datasets.Dataset`` or a callable returning rows) becomes a list of
-:class:`~jupyter_distill.store.PromptRecord`: chat messages plus the original row, so verifiers
+:class:`~jupyter_distill.core.store.PromptRecord`: chat messages plus the original row, so verifiers
 can read reference fields such as ``expected``. Prompts are deduplicated by content hash and
 split into train/held-out by a seeded hash, so the split never changes between re-runs.
 """
@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.config import short_repr
-from jupyter_distill.errors import DatasetError, DistillError
-from jupyter_distill.hashing import content_hash
-from jupyter_distill.store import PromptRecord
+from jupyter_distill.core.config import short_repr
+from jupyter_distill.core.errors import DatasetError, DistillError
+from jupyter_distill.core.hashing import content_hash
+from jupyter_distill.core.store import PromptRecord
 
 ROLES = ("system", "user", "assistant", "tool")
 # A row's reference fields are stored as JSON and handed to verifiers: bound what one row may

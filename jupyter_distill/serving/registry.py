@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from jupyter_distill.errors import AliasError
+from jupyter_distill.core.errors import AliasError
 
 SCHEMA_VERSION = 1
 BACKENDS = ("gguf", "peft", "openai-compatible")

@@ -8,8 +8,8 @@ answer, and where distilling that teacher back into the model shows a measurable
 quickstart notebook, the quality test and ``benchmarks/quality_cpu.py`` all use it.
 
 Rows are plain dicts (``prompt`` plus ``expected``), so they go straight into
-``jupyter_distill.data.load_dataset``; :func:`verify_extraction` has the verifier signature
-``(row, response) -> float`` of ``jupyter_distill.judges``.
+``jupyter_distill.core.data.load_dataset``; :func:`verify_extraction` has the verifier signature
+``(row, response) -> float`` of ``jupyter_distill.judging.judges``.
 """
 
 from __future__ import annotations

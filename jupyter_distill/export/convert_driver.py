@@ -1,4 +1,4 @@
-"""Subprocess entry point around llama.cpp's converter; run as ``python -I gguf_convert_driver.py SPEC``.
+"""Subprocess entry point around llama.cpp's converter; run as ``python -I convert_driver.py SPEC``.
 
 It is a script, not a module of the package: it runs with the converter's own ``gguf-py`` first on
 ``sys.path`` (so the converter gets the ``gguf`` it was written for, and this never happens in a

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from jupyter_distill.errors import ConfigError, PolicyError
+from jupyter_distill.core.errors import ConfigError, PolicyError
 
 TERMS_VERSION = "2026-11-01"
 _WARN = "WARNING (policy='warn'): "

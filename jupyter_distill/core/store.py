@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.errors import DistillError
+from jupyter_distill.core.errors import DistillError
 
 SCHEMA_VERSION = 2
 
@@ -175,7 +175,7 @@ class RunLock:
     def __init__(self, workdir: str | Path, run_id: str):
         from filelock import FileLock
 
-        from jupyter_distill.hashing import content_hash
+        from jupyter_distill.core.hashing import content_hash
 
         folder = Path(workdir) / "locks"
         folder.mkdir(parents=True, exist_ok=True)

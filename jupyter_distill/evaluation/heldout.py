@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jupyter_distill.errors import TrainingError
-from jupyter_distill.events import Emit, Event, no_emit
-from jupyter_distill.store import PromptRecord, RunStore
+from jupyter_distill.core.errors import TrainingError
+from jupyter_distill.core.events import Emit, Event, no_emit
+from jupyter_distill.core.store import PromptRecord, RunStore
 
 Messages = list[dict[str, Any]]
 Respond = Callable[[Messages], str]
@@ -301,7 +301,7 @@ def student_responder(student: Any, *, max_new_tokens: int = 128, batch_size: in
 
 def llama_responder(gguf_path: Any, *, max_tokens: int = 128, n_ctx: int = 2048) -> Respond:
     """``respond`` for a GGUF served by llama.cpp (greedy), as ``completion()`` would serve it."""
-    from jupyter_distill.runtime import use_llama
+    from jupyter_distill.core.runtime import use_llama
 
     def respond(messages: Messages) -> str:
         with use_llama(gguf_path, n_ctx=n_ctx) as llm:

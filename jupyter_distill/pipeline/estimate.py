@@ -19,16 +19,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill import data as data_module
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.models import (
+from jupyter_distill.core import data as data_module
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.models import (
     STUDENT_MODEL_MAP,
     STUDENT_SHAPES,
     ModelShape,
     shape_from_config,
     teacher_price,
 )
-from jupyter_distill.store import RunStore
+from jupyter_distill.core.store import RunStore
 from jupyter_distill.train.memory import training_peak
 
 CHARS_PER_TOKEN = 4.0
@@ -207,7 +207,7 @@ def _cached_samples(config: DistillConfig, teacher_spec: str, prompts: list[Any]
     db = Path(config.workdir) / "runs.db"
     if not db.is_file() or not teacher_spec:
         return 0
-    from jupyter_distill.sampling import decoding_params, sample_key
+    from jupyter_distill.sampling.stage import decoding_params, sample_key
 
     store = RunStore(config.workdir)
     params = decoding_params(config.temperature, config.max_tokens, config.seed)
@@ -262,7 +262,7 @@ def _duration(seconds: float) -> str:
 
 
 class _CallableModule(types.ModuleType):
-    """Importing ``jupyter_distill.estimate`` sets the package attribute ``estimate`` to this module,
+    """Importing ``jupyter_distill.pipeline.estimate`` sets the package attribute ``estimate`` to this module,
     replacing the lazily exported function; calling the module calls the function, so
     ``jd.estimate(...)`` works whether or not something imported the module first."""
 

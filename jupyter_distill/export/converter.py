@@ -8,8 +8,8 @@ no compiler and no network at export time.
 
 Where it lives: the install (``make install``) unpacks those three parts from the sdist of the
 pinned llama-cpp-python into ``<venv>/share/jupyter-distill/llama-cpp-convert/``
-(``python -m jupyter_distill.gguf_converter install SDIST``); ``JUPYTER_DISTILL_LLAMA_CPP_CONVERT``
-names another folder. It runs in a subprocess (:mod:`jupyter_distill.gguf_convert_driver`) with
+(``python -m jupyter_distill.export.converter install SDIST``); ``JUPYTER_DISTILL_LLAMA_CPP_CONVERT``
+names another folder. It runs in a subprocess (:mod:`jupyter_distill.export.convert_driver`) with
 its own ``gguf-py`` first on ``sys.path``, so its ``gguf`` never shadows the pinned ``gguf``
 package this process uses, and a crash in it cannot take the kernel down.
 """
@@ -28,12 +28,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill.errors import ExportError
+from jupyter_distill.core.errors import ExportError
 
 CONVERTER_ENV = "JUPYTER_DISTILL_LLAMA_CPP_CONVERT"
 _PARTS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion", "gguf-py")
 _STAMP = "jupyter_distill_converter.json"
-DRIVER = Path(__file__).with_name("gguf_convert_driver.py")
+DRIVER = Path(__file__).with_name("convert_driver.py")
 
 
 def default_dir() -> Path:
@@ -55,7 +55,7 @@ def find_converter() -> Path:
         raise ExportError(
             f"llama.cpp's converter is not installed in {str(folder)!r} (missing {', '.join(missing)}). "
             "Fix: run `make install`, or `pip download --no-deps --no-binary llama-cpp-python "
-            "llama-cpp-python==<installed version>` and `python -m jupyter_distill.gguf_converter install "
+            "llama-cpp-python==<installed version>` and `python -m jupyter_distill.export.converter install "
             f"<the .tar.gz>`; or set {CONVERTER_ENV} to a folder holding convert_hf_to_gguf.py, "
             "conversion/ and gguf-py/.",
             field="converter",
@@ -262,7 +262,7 @@ def _main(argv: list[str]) -> int:
     if argv and argv[0] == "where":
         print(find_converter())
         return 0
-    print("usage: python -m jupyter_distill.gguf_converter install SDIST [DEST] | where", file=sys.stderr)
+    print("usage: python -m jupyter_distill.export.converter install SDIST [DEST] | where", file=sys.stderr)
     return 2
 
 

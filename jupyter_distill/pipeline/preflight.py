@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_distill import models
-from jupyter_distill.config import DistillConfig, short_repr
-from jupyter_distill.errors import ConfigError, JudgeError, TrainingError
+from jupyter_distill.core import models
+from jupyter_distill.core.config import DistillConfig, short_repr
+from jupyter_distill.core.errors import ConfigError, JudgeError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class StudentPlan:
 
 def check_run(config: DistillConfig, run_name: str, judge: Any = None) -> StudentPlan:
     """Every check above for ``config``; returns what the student is. Raises the first problem."""
-    from jupyter_distill.export import check_exportable
+    from jupyter_distill.export.gguf_export import check_exportable
 
     plan = read_student(config.student)
     check_exportable(plan.architecture, config.quantize)
@@ -272,7 +272,7 @@ def _check_trainable_architecture(architecture: str, spec: str) -> None:
 # ---------------------------------------------------------------------------------- the rest
 def check_alias(alias: str) -> None:
     """The registry's own name rules, and a registry folder that can be written."""
-    from jupyter_distill.registry import registry_dir, validate_name
+    from jupyter_distill.serving.registry import registry_dir, validate_name
 
     validate_name(alias)
     _check_writable(registry_dir(), "alias", alias, "set JUPYTER_DISTILL_HOME to a folder you can write to")

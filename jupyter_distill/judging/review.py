@@ -4,7 +4,7 @@ A reviewer looks at one prompt and its N teacher candidates and says which is be
 good, which are wrong, fixes one by editing it, or throws the prompt out. Every decision is
 appended to the store's ``reviews`` table the moment it is made (a kernel crash loses nothing),
 and :meth:`ReviewSession.decisions` replays that log, honouring undos, into one
-:class:`Decision` per prompt. :func:`jupyter_distill.selection.select` reads those decisions
+:class:`Decision` per prompt. :func:`jupyter_distill.judging.selection.select` reads those decisions
 before judge scores, so the human always overrides the judge.
 
 The widget in ``jupyter_distill.notebook.review_widget`` and the lab panel are thin views over
@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from jupyter_distill.errors import ReviewError
-from jupyter_distill.scoring import candidate_scores, prompt_uncertainty
-from jupyter_distill.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.core.errors import ReviewError
+from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.judging.scoring import candidate_scores, prompt_uncertainty
 
 Order = Literal["least_certain", "position"]
 

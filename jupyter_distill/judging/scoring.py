@@ -1,7 +1,7 @@
 """How judged candidates rank: one score per candidate, one uncertainty per prompt.
 
-Shared by :mod:`jupyter_distill.selection` (which turns ranks into training pairs) and
-:mod:`jupyter_distill.review` (which shows the same ranks to a human), so both always agree and
+Shared by :mod:`jupyter_distill.judging.selection` (which turns ranks into training pairs) and
+:mod:`jupyter_distill.judging.review` (which shows the same ranks to a human), so both always agree and
 neither has to import the other.
 
 A prompt's **uncertainty** in [0, 1] orders human review: high when even the best candidate
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from jupyter_distill.store import JudgmentRecord, SampleRecord
+from jupyter_distill.core.store import JudgmentRecord, SampleRecord
 
 JudgmentsArg = (
     Mapping[str, JudgmentRecord]
@@ -24,7 +24,7 @@ JudgmentsArg = (
 
 
 def group_judgments(judgments: JudgmentsArg | None) -> dict[str, list[JudgmentRecord]]:
-    """Accept what :func:`jupyter_distill.judges.judge` returns (one judge), several such dicts
+    """Accept what :func:`jupyter_distill.judging.judges.judge` returns (one judge), several such dicts
     (one per judge), ``{sample_key: [records]}`` or a flat list; give ``{sample_key: [records]}``."""
     out: dict[str, list[JudgmentRecord]] = {}
 

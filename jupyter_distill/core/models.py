@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from jupyter_distill.errors import ConfigError
+from jupyter_distill.core.errors import ConfigError
 
 PRICES_AS_OF = "2026-11-01"
 
@@ -117,7 +117,7 @@ def student_quantization(value: Any) -> str | bool | None:
 class ModelShape:
     """The dimensions of a decoder-only transformer that decide its training memory.
 
-    Kept beside the map (not read from a downloaded ``config.json``) so :func:`jupyter_distill.estimate`
+    Kept beside the map (not read from a downloaded ``config.json``) so :func:`jupyter_distill.pipeline.estimate`
     can size a run on a student that is not on this machine yet.
     """
 
@@ -351,7 +351,7 @@ def dequantized_hf_folder(gguf_path: str | Path, cache: Path | None = None) -> P
     """
     from filelock import FileLock
 
-    from jupyter_distill.hashing import content_hash
+    from jupyter_distill.core.hashing import content_hash
 
     gguf_path = Path(gguf_path).resolve()
     if not gguf_path.is_file():

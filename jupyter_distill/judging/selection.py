@@ -7,7 +7,7 @@ then sample index, then key, so equal scores always give the same order -- and t
 A failed judgment has no score: it ranks last and is never chosen or used as the rejected side,
 unless a human chose or rejected it explicitly.
 
-Each prompt also gets an **uncertainty** in [0, 1] (:mod:`jupyter_distill.scoring`) that
+Each prompt also gets an **uncertainty** in [0, 1] (:mod:`jupyter_distill.judging.scoring`) that
 orders human review.
 """
 
@@ -17,10 +17,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from jupyter_distill.errors import ConfigError
-from jupyter_distill.review import Decision, replay
-from jupyter_distill.scoring import JudgmentsArg, candidate_scores, group_judgments, prompt_uncertainty
-from jupyter_distill.store import JudgmentRecord, PairRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.core.errors import ConfigError
+from jupyter_distill.core.store import JudgmentRecord, PairRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.judging.review import Decision, replay
+from jupyter_distill.judging.scoring import JudgmentsArg, candidate_scores, group_judgments, prompt_uncertainty
 
 
 @dataclass

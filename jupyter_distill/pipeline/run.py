@@ -24,13 +24,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jupyter_distill import data as data_module
-from jupyter_distill.config import DistillConfig
-from jupyter_distill.errors import DistillError, ReviewError, TrainingError
-from jupyter_distill.events import PHASES, Emit, Event, fan_out
-from jupyter_distill.hashing import content_hash, file_sha256
-from jupyter_distill.loops import run_sync
-from jupyter_distill.store import PromptRecord, RunLock, RunLockedError, RunStore
+from jupyter_distill.core import data as data_module
+from jupyter_distill.core.config import DistillConfig
+from jupyter_distill.core.errors import DistillError, ReviewError, TrainingError
+from jupyter_distill.core.events import PHASES, Emit, Event, fan_out
+from jupyter_distill.core.hashing import content_hash, file_sha256
+from jupyter_distill.core.loops import run_sync
+from jupyter_distill.core.store import PromptRecord, RunLock, RunLockedError, RunStore
 
 #: Held-out pass rate the served (quantized) model may lose against fp32 before the summary warns.
 T = TypeVar("T")
@@ -311,7 +311,7 @@ class Run:
         return teacher
 
     def _load_judge(self, teacher: Any) -> Any:
-        from jupyter_distill.judges import load_judge
+        from jupyter_distill.judging.judges import load_judge
 
         judge = load_judge(self.config.judge, teacher=teacher, rubric=self.config.rubric)
         self.state.summary["judge"] = judge.id
@@ -319,7 +319,7 @@ class Run:
         return judge
 
     def _sample(self, teacher: Any, prompts: list[PromptRecord]) -> dict[str, list[Any]]:
-        from jupyter_distill.sampling import sample
+        from jupyter_distill.sampling.stage import sample
 
         config = self.config
         result = sample(
@@ -357,14 +357,14 @@ class Run:
         return result.samples
 
     def _judge(self, judge: Any, prompts: list[PromptRecord], samples: dict[str, list[Any]]) -> dict[str, Any]:
-        from jupyter_distill.judges import judge as run_judge
+        from jupyter_distill.judging.judges import judge as run_judge
 
         return run_judge(self.store, judge, prompts, samples, run_id=self.name, emit=self.emit, stop=self._stop)
 
     def _select_and_review(
         self, prompts: list[PromptRecord], samples: dict[str, list[Any]], judgments: dict[str, Any]
     ) -> list[Any]:
-        from jupyter_distill.selection import select
+        from jupyter_distill.judging.selection import select
 
         train_prompts = [p for p in prompts if p.split == "train"]
         selection = select(
@@ -376,7 +376,7 @@ class Run:
                 raise ReviewError(
                     f"review=True needs a human: run {self.name!r} has {len(train_prompts)} prompts waiting. "
                     f"Fix: in a notebook, run `%distill review {self.name}` (or distill(..., review=True) there); "
-                    "from a script, review with jupyter_distill.review.ReviewSession(store, run) and then call "
+                    "from a script, review with jupyter_distill.judging.review.ReviewSession(store, run) and then call "
                     "distill(..., review=False, resume=True).",
                     field="review",
                     value=True,
@@ -407,7 +407,7 @@ class Run:
 
     def _check_student(self) -> None:
         """Before any teacher request: the student's prompts can be rendered, and it can be exported."""
-        from jupyter_distill.export import check_exportable
+        from jupyter_distill.export.gguf_export import check_exportable
         from jupyter_distill.train.student import student_preflight
 
         found = student_preflight(self.config.student, self.config.chat_template)
@@ -465,7 +465,7 @@ class Run:
         self.emit(Event("progress", run=self.name, phase="training", message=what, data={"stage": "prepare"}))
 
     def _evaluate_student(self, student: Any, label: str, respond: Any = None) -> Any:
-        from jupyter_distill.evaluate import HFResponder, evaluate
+        from jupyter_distill.evaluation.heldout import HFResponder, evaluate
 
         heldout = self.store.get_prompts(self.name, split="heldout")
         if not heldout:
@@ -543,7 +543,7 @@ class Run:
         config = self.config
         if config.quantize is None:
             return None
-        from jupyter_distill.export import ExportStopped, export_gguf
+        from jupyter_distill.export.gguf_export import ExportStopped, export_gguf
 
         out_dir = Path(config.workdir) / "runs" / self.name / "export"
         heldout = [p.messages for p in prompts if p.split == "heldout"][:8]
@@ -582,8 +582,8 @@ class Run:
         When quantization costs more than :data:`MAX_QUANT_DROP` of pass rate, the lighter
         quantizations are measured too and the summary names the first that keeps the figure.
         """
-        from jupyter_distill.evaluate import llama_responder
-        from jupyter_distill.export import quantize_gguf
+        from jupyter_distill.evaluation.heldout import llama_responder
+        from jupyter_distill.export.gguf_export import quantize_gguf
 
         qtype = result.quantize
         served = self._evaluate_student(
@@ -621,7 +621,7 @@ class Run:
         self.emit(Event("warning", run=self.name, phase="export", message=self.state.summary["quantization_warning"]))
 
     def _finish(self, student_info: dict[str, Any], exported: Any) -> Any:
-        from jupyter_distill.serving import Student
+        from jupyter_distill.serving.student import Student
 
         keys = ("teacher_best_of_n", "student_before", "student_after", "student_served")
         metrics = {k: self.state.summary.get(k) for k in keys if k != "student_served" or self.state.summary.get(k)}
@@ -660,7 +660,7 @@ def validate_before_requests(config: DistillConfig, run_name: str, judge: Any = 
     ``config.quantize``, the alias name and registry, the loaded judge's signature and the
     workdir. Metadata only: no weights are loaded and no request is sent.
     """
-    from jupyter_distill.preflight import check_run
+    from jupyter_distill.pipeline.preflight import check_run
 
     check_run(config, run_name, judge)
 
@@ -678,7 +678,7 @@ def distill(
 ) -> Any:
     """Distil ``student`` from ``teacher`` on ``dataset`` and return the trained Student.
 
-    Every argument of :class:`~jupyter_distill.config.DistillConfig` is accepted. With no
+    Every argument of :class:`~jupyter_distill.core.config.DistillConfig` is accepted. With no
     ``on_progress`` a console progress display (tqdm) is drawn on stderr. A run of the same name
     always re-uses every sample and judgment already in the store (never paying twice);
     ``resume=False`` only restarts training from the initial student instead of the last checkpoint.
@@ -688,7 +688,7 @@ def distill(
     config = DistillConfig.from_kwargs(dataset=dataset, teacher=teacher, student=student, judge=judge, **options)
     console = None
     if on_progress is None:
-        from jupyter_distill.events import ConsoleRenderer
+        from jupyter_distill.core.events import ConsoleRenderer
 
         console = ConsoleRenderer()
     run = Run(config, on_progress=on_progress or console, review_handler=review_handler, resume=resume)
@@ -700,9 +700,10 @@ def distill(
 
 
 def run_async_safely(coro: Awaitable[T]) -> T:
-    """Deprecated: use :func:`jupyter_distill.loops.run_sync`, which takes a coroutine *factory*."""
+    """Deprecated: use :func:`jupyter_distill.core.loops.run_sync`, which takes a coroutine *factory*."""
     warnings.warn(
-        "jupyter_distill.pipeline.run_async_safely is deprecated; use jupyter_distill.loops.run_sync(lambda: coro)",
+        "jupyter_distill.pipeline.run.run_async_safely is deprecated; "
+        "use jupyter_distill.core.loops.run_sync(lambda: coro)",
         DeprecationWarning,
         stacklevel=2,
     )
@@ -754,7 +755,7 @@ def _dataset_source(dataset: Any) -> str:
         if path.is_file():
             return f"{path.name} (sha256 {file_sha256(path)[:16]})"
         return str(dataset)
-    from jupyter_distill.config import describe_object
+    from jupyter_distill.core.config import describe_object
 
     return describe_object(dataset)
 

@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jupyter_distill.errors import JudgeError
+from jupyter_distill.core.errors import JudgeError
 
 if TYPE_CHECKING:
     import referencing

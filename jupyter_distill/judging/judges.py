@@ -31,12 +31,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from jupyter_distill.errors import BudgetExceeded, JudgeError, PolicyError
-from jupyter_distill.events import Emit, Event, no_emit
-from jupyter_distill.hashing import canonical_json, content_hash
-from jupyter_distill.loops import run_sync
-from jupyter_distill.schema_score import compile_schema, is_schema_keyword
-from jupyter_distill.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.core.errors import BudgetExceeded, JudgeError, PolicyError
+from jupyter_distill.core.events import Emit, Event, no_emit
+from jupyter_distill.core.hashing import canonical_json, content_hash
+from jupyter_distill.core.loops import run_sync
+from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.judging.schema_score import compile_schema, is_schema_keyword
 from jupyter_distill.teachers.base import FatalTeacherError
 
 VerifierFn = Callable[[dict[str, Any], str], "float | bool"]
@@ -393,7 +393,7 @@ def json_valid(
     JSON Schema, or whose ``$ref`` does not resolve, raises ``JudgeError`` here, before any request.
     The first JSON value is extracted from the text, code fences and surrounding prose tolerated,
     unless ``strict``. With ``partial`` (default) a parsed value that fails the schema scores
-    ``0.5 * share of the schema's assertions passed`` (see :mod:`jupyter_distill.schema_score`):
+    ``0.5 * share of the schema's assertions passed`` (see :mod:`jupyter_distill.judging.schema_score`):
     always below 0.5 so it never passes, yet best-of-N can still prefer the nearly right
     candidate. Unparsable text scores 0.
     """
