@@ -71,7 +71,9 @@ class _AliasLoader(importlib.abc.Loader):
 
     def get_code(self, fullname: str) -> CodeType | None:
         """``python -m jupyter_distill.gguf_converter`` runs the moved module's code as ``__main__``."""
-        warnings.warn(f"{fullname} moved to {self.new}; run `python -m {self.new}`", DeprecationWarning, stacklevel=2)
+        # FutureWarning, not DeprecationWarning: a command-line user should see it, and Python hides
+        # DeprecationWarning outside __main__.
+        warnings.warn(f"{fullname} moved to {self.new}; run `python -m {self.new}`", FutureWarning, stacklevel=2)
         spec = importlib.util.find_spec(self.new)
         loader = spec.loader if spec is not None else None
         get_code = getattr(loader, "get_code", None)
@@ -85,7 +87,9 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder):
         new = MOVED.get(fullname)
         if new is None:
             return None
-        return importlib.util.spec_from_loader(fullname, _AliasLoader(new))
+        target_spec = importlib.util.find_spec(new)  # its origin is the __file__ `python -m` needs
+        origin = target_spec.origin if target_spec is not None else None
+        return importlib.util.spec_from_loader(fullname, _AliasLoader(new), origin=origin)
 
 
 def install() -> None:
