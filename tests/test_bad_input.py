@@ -39,8 +39,9 @@ from jupyter_distill.core.errors import (
 from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
 from jupyter_distill.evaluation.heldout import evaluate
 from jupyter_distill.export.gguf_export import export_gguf, merge_lora, validate_quantize
-from jupyter_distill.judging.judges import LLMJudge, exact_match, json_valid, load_judge, regex, verifier
+from jupyter_distill.judging.llm_judge import LLMJudge, load_judge
 from jupyter_distill.judging.review import ReviewSession
+from jupyter_distill.judging.verifiers import exact_match, json_valid, regex, verifier
 from jupyter_distill.serving.registry import get_alias, set_alias, unset_alias
 from jupyter_distill.teachers import load_teacher
 from jupyter_distill.train.student import load_student

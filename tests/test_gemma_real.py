@@ -12,7 +12,7 @@ import jupyter_distill as jd
 from jupyter_distill.core import runtime
 from jupyter_distill.core.models import CHAT_TEMPLATES
 from jupyter_distill.core.store import RunStore
-from jupyter_distill.judging.judges import exact_match
+from jupyter_distill.judging.verifiers import exact_match
 
 pytestmark = [
     pytest.mark.slow,

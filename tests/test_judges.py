@@ -13,10 +13,10 @@ from jupyter_distill.core.events import Event
 from jupyter_distill.core.hashing import content_hash
 from jupyter_distill.core.policy import decide
 from jupyter_distill.core.store import PromptRecord, RunStore, SampleRecord
-from jupyter_distill.judging.judges import (
-    DEFAULT_RUBRIC,
+from jupyter_distill.judging.llm_judge import DEFAULT_RUBRIC, LLMJudge, load_judge, parse_judge_output
+from jupyter_distill.judging.stage import judge, judgment_key
+from jupyter_distill.judging.verifiers import (
     JudgeResult,
-    LLMJudge,
     Verifier,
     VerifierJudge,
     callable_id,
@@ -24,10 +24,6 @@ from jupyter_distill.judging.judges import (
     exact_match,
     extract_json,
     json_valid,
-    judge,
-    judgment_key,
-    load_judge,
-    parse_judge_output,
     regex,
     verifier,
 )

@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 
 from jupyter_distill.core.errors import JudgeError
-from jupyter_distill.judging.judges import json_valid
 from jupyter_distill.judging.schema_score import compile_schema, is_schema_keyword
+from jupyter_distill.judging.verifiers import json_valid
 
 PERSON = {
     "$defs": {
@@ -220,7 +220,8 @@ def test_every_keyword_jsonschema_validates_is_known() -> None:
 def test_importing_the_judges_does_not_import_jsonschema() -> None:
     """Its import takes about a second; only a json_valid schema pays it."""
     code = (
-        "import sys, jupyter_distill.judging.judges as j; assert 'jsonschema' not in sys.modules; "
+        "import sys, jupyter_distill.judging.stage, jupyter_distill.judging.verifiers as j; "
+        "assert 'jsonschema' not in sys.modules; "
         "j.json_valid({'a': int}); assert 'jsonschema' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

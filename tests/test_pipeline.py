@@ -10,7 +10,7 @@ import jupyter_distill as jd
 from jupyter_distill.core.errors import ConfigError, DatasetError, PolicyError, ReviewError
 from jupyter_distill.core.events import is_preparation
 from jupyter_distill.core.store import RunStore
-from jupyter_distill.judging.judges import exact_match
+from jupyter_distill.judging.verifiers import exact_match
 from jupyter_distill.notebook.dashboard import DashboardState
 
 

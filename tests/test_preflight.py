@@ -30,7 +30,8 @@ from jupyter_distill.core.errors import (
 )
 from jupyter_distill.core.store import RunStore
 from jupyter_distill.export.gguf_export import check_exportable
-from jupyter_distill.judging.judges import exact_match, load_judge
+from jupyter_distill.judging.llm_judge import load_judge
+from jupyter_distill.judging.verifiers import exact_match
 from jupyter_distill.pipeline.run import validate_before_requests
 
 CHATML = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

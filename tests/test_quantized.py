@@ -234,7 +234,7 @@ def test_distill_with_a_4bit_student_end_to_end(tmp_path: Path, monkeypatch: pyt
 
     import jupyter_distill as jd
     from jupyter_distill.core.store import RunStore
-    from jupyter_distill.judging.judges import exact_match
+    from jupyter_distill.judging.verifiers import exact_match
 
     monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
     openai_server.responder = lambda body, index: body["messages"][-1]["content"].rsplit(" ", 1)[-1]

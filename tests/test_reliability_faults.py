@@ -20,7 +20,7 @@ import jupyter_distill as jd
 from jupyter_distill.core.data import load_dataset
 from jupyter_distill.core.events import Event
 from jupyter_distill.core.store import RunStore
-from jupyter_distill.judging.judges import exact_match
+from jupyter_distill.judging.verifiers import exact_match
 from jupyter_distill.teachers import load_teacher
 
 pytestmark = pytest.mark.slow

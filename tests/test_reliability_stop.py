@@ -13,7 +13,7 @@ from tiny_models import build_tiny_llama
 from jupyter_distill.core.config import DistillConfig
 from jupyter_distill.core.events import Event
 from jupyter_distill.core.store import RunStore
-from jupyter_distill.judging.judges import exact_match
+from jupyter_distill.judging.verifiers import exact_match
 from jupyter_distill.pipeline.run import Run, RunStopped
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ quickstart notebook, the quality test and ``benchmarks/quality_cpu.py`` all use 
 
 Rows are plain dicts (``prompt`` plus ``expected``), so they go straight into
 ``jupyter_distill.core.data.load_dataset``; :func:`verify_extraction` has the verifier signature
-``(row, response) -> float`` of ``jupyter_distill.judging.judges``.
+``(row, response) -> float`` of ``jupyter_distill.judging.verifiers``.
 """
 
 from __future__ import annotations

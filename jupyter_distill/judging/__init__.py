@@ -6,4 +6,6 @@ other verifier constructors are looked up in its modules.
 
 from jupyter_distill.core.reexport import reexport
 
-__getattr__, __dir__ = reexport(__name__, ["judges", "schema_score", "scoring", "selection", "review"])
+__getattr__, __dir__ = reexport(
+    __name__, ["verifiers", "llm_judge", "stage", "schema_score", "scoring", "selection", "review"]
+)

@@ -24,7 +24,7 @@ JudgmentsArg = (
 
 
 def group_judgments(judgments: JudgmentsArg | None) -> dict[str, list[JudgmentRecord]]:
-    """Accept what :func:`jupyter_distill.judging.judges.judge` returns (one judge), several such dicts
+    """Accept what :func:`jupyter_distill.judging.stage.judge` returns (one judge), several such dicts
     (one per judge), ``{sample_key: [records]}`` or a flat list; give ``{sample_key: [records]}``."""
     out: dict[str, list[JudgmentRecord]] = {}
 

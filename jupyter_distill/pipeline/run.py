@@ -311,7 +311,7 @@ class Run:
         return teacher
 
     def _load_judge(self, teacher: Any) -> Any:
-        from jupyter_distill.judging.judges import load_judge
+        from jupyter_distill.judging.llm_judge import load_judge
 
         judge = load_judge(self.config.judge, teacher=teacher, rubric=self.config.rubric)
         self.state.summary["judge"] = judge.id
@@ -357,7 +357,7 @@ class Run:
         return result.samples
 
     def _judge(self, judge: Any, prompts: list[PromptRecord], samples: dict[str, list[Any]]) -> dict[str, Any]:
-        from jupyter_distill.judging.judges import judge as run_judge
+        from jupyter_distill.judging.stage import judge as run_judge
 
         return run_judge(self.store, judge, prompts, samples, run_id=self.name, emit=self.emit, stop=self._stop)
 

@@ -1,43 +1,29 @@
-"""Judges: what decides which teacher candidates the student learns from.
+"""Verifiers: plain Python callables that score a response against the dataset row, exactly and for free.
 
-Two kinds, one protocol (:class:`Judge`: a stable ``id`` plus ``async score(prompt, response)``):
-
-* **Verifiers** are plain Python callables ``(row, response) -> float | bool`` where ``row`` is
-  the dataset row (reference fields such as ``expected``). They are exact, free and instant, so
-  they are the default for tasks with a checkable answer. Built-ins: :func:`exact_match`,
-  :func:`regex`, :func:`json_valid` and a weighted :func:`combine`.
-* **LLM judges** (:class:`LLMJudge`) ask a model to grade a response against a rubric and answer
-  ``{"score": 1-10, "rationale": "..."}`` at temperature 0. An unparsable answer gets exactly one
-  repair request; after that the judgment is *recorded as failed* (score ``None``). A failure is
-  never turned into a default score: a default such as 0.5 would pass ``min_score`` and silently
-  put unjudged answers into the training set.
-
-:func:`judge` runs a judge over all candidates of a run, concurrently, and stores every verdict
-under ``content_hash("judgment", sample_key, judge.id)``: a re-run re-uses every successful
-judgment and retries only the failed ones. Scores in the store are always in [0, 1].
+A verifier is ``(row, response) -> float | bool`` where ``row`` is the dataset row (reference
+fields such as ``expected``). Verifiers are exact, free and instant, so they are the default for
+tasks with a checkable answer. Built-ins: :func:`exact_match`, :func:`regex`, :func:`json_valid`
+and a weighted :func:`combine`. :class:`JudgeResult` and the :class:`Judge` protocol (a stable
+``id`` plus ``async score(prompt, response)``) live here too, because every judge, including the
+LLM judge, answers with them; :class:`VerifierJudge` makes a verifier a :class:`Judge`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import inspect
 import json
 import math
 import re
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from jupyter_distill.core.errors import BudgetExceeded, JudgeError, PolicyError
-from jupyter_distill.core.events import Emit, Event, no_emit
+from jupyter_distill.core.errors import JudgeError
 from jupyter_distill.core.hashing import canonical_json, content_hash
-from jupyter_distill.core.loops import run_sync
-from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.core.store import PromptRecord
 from jupyter_distill.judging.schema_score import compile_schema, is_schema_keyword
-from jupyter_distill.teachers.base import FatalTeacherError
 
 VerifierFn = Callable[[dict[str, Any], str], "float | bool"]
 """A verifier: ``(row, response) -> float | bool``; ``row`` is the dataset row dict."""
@@ -472,404 +458,17 @@ class VerifierJudge:
         return f"VerifierJudge({self.id})"
 
 
-# ---------------------------------------------------------------------------- LLM judge
-DEFAULT_RUBRIC = """\
-Grade how well the response answers the user's request.
-- Correctness: is it right? When reference data is given, does it agree with it?
-- Instruction following: does it do exactly what was asked, in the requested format?
-- Helpfulness and concision: complete, with nothing irrelevant or invented.
-10 = fully correct and follows every instruction; 7 = correct with minor flaws;
-4 = partly correct or ignores part of the request; 1 = wrong, off-topic or empty."""
-
-_SYSTEM = """\
-You are a strict, consistent grader of AI assistant responses.
-
-Rubric:
-{rubric}
-
-Reply with only a JSON object and nothing else:
-{{"score": <integer from 1 to 10>, "rationale": "<one or two sentences>"}}"""
-
-_REPAIR = (
-    "Your reply could not be read ({reason}). Reply again with only the JSON object "
-    '{{"score": <integer from 1 to 10>, "rationale": "<one or two sentences>"}} and nothing else.'
-)
-
-REFERENCE_FIELDS = ("expected", "reference", "answer", "label", "target", "solution")
-_SCORE_TEXT = re.compile(r"[\"']?score[\"']?\s*[:=]\s*[\"']?(\d+(?:\.\d+)?)", re.IGNORECASE)
-_RATIONALE_TEXT = re.compile(r"[\"']?rationale[\"']?\s*[:=]\s*[\"']?(.+?)[\"']?\s*[},]?\s*$", re.I | re.S)
-
-
-def parse_judge_output(text: str) -> tuple[float, str]:
-    """``(raw score in 1..10, rationale)`` from a judge's reply, or ``ValueError`` with the reason.
-
-    JSON first (fences and prose tolerated); then an explicit ``score: N`` in plain text, which
-    small models often write instead of JSON. Out-of-range or missing scores are errors: the
-    caller repairs once and then records a failure; there is no default score.
-    """
-    rationale = ""
-    score: Any = None
-    try:
-        value = extract_json(text)
-    except ValueError:
-        value = None
-    if isinstance(value, dict):
-        lowered = {str(k).lower(): v for k, v in value.items()}
-        score = lowered.get("score", lowered.get("rating", lowered.get("grade")))
-        rationale = str(lowered.get("rationale", lowered.get("reason", lowered.get("explanation", ""))) or "")
-    if score is None:
-        match = _SCORE_TEXT.search(text)
-        if match is None:
-            raise ValueError("no score found" if not text.strip() else "no JSON object with a 'score' field")
-        score = match.group(1)
-        found = _RATIONALE_TEXT.search(text[match.end() :])
-        rationale = found.group(1).strip() if found else text.strip()
-    if isinstance(score, str):
-        cleaned = score.strip().split("/")[0].strip()
-        try:
-            score = float(cleaned)
-        except ValueError:
-            raise ValueError(f"score {score!r} is not a number") from None
-    if isinstance(score, bool) or not isinstance(score, int | float) or math.isnan(float(score)):
-        raise ValueError(f"score {score!r} is not a number")
-    if not 1.0 <= float(score) <= 10.0:
-        raise ValueError(f"score {score!r} is outside 1..10")
-    return float(score), rationale.strip()
-
-
-def render_messages(messages: Sequence[Mapping[str, Any]]) -> str:
-    """A chat as plain text for the judge: ``[role] content`` blocks."""
-    return "\n\n".join(f"[{m.get('role', 'user')}]\n{_content_text(m.get('content'))}" for m in messages)
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts
-        return "\n".join(str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content)
-    return "" if content is None else str(content)
-
-
-class LLMJudge:
-    """Grades responses with a model through the Teacher protocol (same HTTP machinery as sampling).
-
-    ``rubric`` replaces :data:`DEFAULT_RUBRIC` (the grading criteria; the JSON answer format is
-    always appended). The judge's ``id`` contains the teacher spec and a hash of the rubric and
-    settings, so changing either re-judges while a re-run re-uses every stored judgment.
-    """
-
-    def __init__(
-        self,
-        teacher: Any,
-        *,
-        rubric: str | None = None,
-        max_tokens: int = 256,
-        reference_fields: Sequence[str] = REFERENCE_FIELDS,
-    ):
-        if not hasattr(teacher, "sample") or not hasattr(teacher, "spec"):
-            raise JudgeError(
-                f"the LLM judge needs a Teacher (with .spec and async .sample()), got {teacher!r}. Fix: pass a "
-                "model spec string such as 'openrouter:openai/gpt-4o-mini' or a Teacher from load_teacher().",
-                field="judge",
-                value=repr(teacher),
-            )
-        if rubric is not None and not str(rubric).strip():
-            raise JudgeError(
-                "rubric is empty. Fix: pass rubric=None for the default rubric, or describe what a good answer is.",
-                field="rubric",
-                value=rubric,
-            )
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 16:
-            raise JudgeError(
-                f"judge max_tokens must be an integer >= 16 (room for the JSON verdict), got {max_tokens!r}. "
-                "Fix: e.g. max_tokens=256.",
-                field="max_tokens",
-                value=max_tokens,
-            )
-        self.teacher = teacher
-        self.rubric = (rubric or DEFAULT_RUBRIC).strip()
-        self.max_tokens = int(max_tokens)
-        self.reference_fields = tuple(reference_fields)
-        settings = {"rubric": self.rubric, "max_tokens": self.max_tokens, "reference_fields": self.reference_fields}
-        self.id = f"llm:{teacher.spec}#{content_hash('llm-judge', settings)[:12]}"
-
-    def messages(self, prompt: PromptRecord, response: str) -> list[dict[str, str]]:
-        """The grading conversation for one candidate."""
-        parts = [f"## Conversation to grade\n{render_messages(prompt.messages)}"]
-        reference = {k: prompt.row[k] for k in self.reference_fields if k in (prompt.row or {})}
-        if reference:
-            parts.append("## Reference data\n" + json.dumps(reference, ensure_ascii=False, indent=1))
-        parts.append(f"## Response to grade\n{response}")
-        parts.append("Grade the response. Reply with only the JSON object.")
-        return [
-            {"role": "system", "content": _SYSTEM.format(rubric=self.rubric)},
-            {"role": "user", "content": "\n\n".join(parts)},
-        ]
-
-    async def _ask(self, messages: list[dict[str, str]]) -> tuple[str, float]:
-        samples = await self.teacher.sample(messages, n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0)
-        if not samples:
-            return "", 0.0
-        return str(samples[0].text or ""), float(getattr(samples[0], "cost", 0.0) or 0.0)
-
-    async def score(self, prompt: PromptRecord, response: str) -> JudgeResult:
-        messages = self.messages(prompt, response)
-        cost = 0.0
-        raws: list[str] = []
-        try:
-            text, spent = await self._ask(messages)
-            cost += spent
-            raws.append(text)
-            try:
-                raw_score, rationale = parse_judge_output(text)
-            except ValueError as first:
-                repair = [
-                    *messages,
-                    {"role": "assistant", "content": text},
-                    {"role": "user", "content": _REPAIR.format(reason=first)},
-                ]
-                text, spent = await self._ask(repair)
-                cost += spent
-                raws.append(text)
-                try:
-                    raw_score, rationale = parse_judge_output(text)
-                except ValueError as second:
-                    return JudgeResult.failed(
-                        f"judge output unparsable after one repair request: {second}", raw=_join_raw(raws), cost=cost
-                    )
-        except (BudgetExceeded, PolicyError, FatalTeacherError):
-            raise  # the run must stop: money, terms or a dead endpoint, not one bad answer
-        except Exception as exc:  # network errors after the teacher's own retries: retry on re-run
-            return JudgeResult.failed(f"judge request failed: {type(exc).__name__}: {exc}", _join_raw(raws), cost)
-        return JudgeResult(score=(raw_score - 1.0) / 9.0, rationale=rationale, raw=_join_raw(raws), cost=cost)
-
-    async def aclose(self) -> None:
-        """Close the teacher's connections of the running loop (it reconnects on demand)."""
-        if hasattr(self.teacher, "aclose"):
-            await self.teacher.aclose()
-
-    def __repr__(self) -> str:
-        return f"LLMJudge({self.id})"
-
-
-def _join_raw(raws: list[str]) -> str:
-    return raws[0] if len(raws) == 1 else json.dumps({"attempts": raws}, ensure_ascii=False)
-
-
-def load_judge(
-    judge: Any = None,
-    *,
-    teacher: Any = None,
-    rubric: str | None = None,
-    max_tokens: int = 256,
-    **options: Any,
-) -> Judge:
-    """Turn the ``judge=`` argument into a :class:`Judge`.
-
-    ``None`` -> the teacher as LLM judge; a string -> ``load_teacher(spec, **options)`` as LLM
-    judge; a Judge object -> itself; any other callable -> a verifier judge.
-    """
-    if judge is None:
-        if teacher is None:
-            raise JudgeError(
-                "judge=None means 'the teacher grades its own candidates', but no teacher was given. Fix: pass "
-                "teacher=, a judge model spec (judge='openrouter:...'), or a verifier function.",
-                field="judge",
-                value=None,
-            )
-        if isinstance(teacher, str):
-            from jupyter_distill.teachers import load_teacher
-
-            return LLMJudge(load_teacher(teacher, **options), rubric=rubric, max_tokens=max_tokens)
-        return LLMJudge(teacher, rubric=rubric, max_tokens=max_tokens)
-    if isinstance(judge, str):
-        if not judge.strip():
-            raise JudgeError(
-                "judge is an empty string. Fix: pass None (teacher as judge), a model spec, or a verifier function.",
-                field="judge",
-                value=judge,
-            )
-        from jupyter_distill.teachers import load_teacher
-
-        return LLMJudge(load_teacher(judge, **options), rubric=rubric, max_tokens=max_tokens)
-    if isinstance(judge, VerifierJudge | LLMJudge):
-        return judge
-    if hasattr(judge, "sample") and hasattr(judge, "spec"):  # a Teacher object
-        return LLMJudge(judge, rubric=rubric, max_tokens=max_tokens)
-    if isinstance(getattr(judge, "id", None), str) and inspect.iscoroutinefunction(getattr(judge, "score", None)):
-        return judge  # a user-made Judge
-    if callable(judge):
-        return VerifierJudge(judge)
-    raise JudgeError(
-        f"judge={judge!r} is not a judge. Fix: pass None (teacher as judge), a model spec string, a verifier "
-        "function (row, response) -> float | bool, or a Judge object.",
-        field="judge",
-        value=repr(judge),
-    )
-
-
-# ---------------------------------------------------------------------------- the judging stage
-def judgment_key(sample_key: str, judge_id: str) -> str:
-    return content_hash("judgment", sample_key, judge_id)
-
-
-def judge(
-    store: RunStore,
-    judge: Any,
-    prompts: Sequence[PromptRecord],
-    samples: Mapping[str, Sequence[SampleRecord]] | Iterable[SampleRecord],
-    *,
-    run_id: str,
-    emit: Emit = no_emit,
-    stop: threading.Event | None = None,
-    concurrency: int = 16,
-) -> dict[str, JudgmentRecord]:
-    """Judge every candidate; returns ``{sample_key: JudgmentRecord}`` including stored ones.
-
-    Successful judgments already in the store are re-used without a request; failed ones are
-    tried again. Each verdict is written as soon as it arrives, so a crash or ``stop`` loses at
-    most the requests in flight. Failures are recorded in the judgment (status "failed", the
-    reason in ``rationale``) and in the store's failures table; a warning event summarises them.
-    """
-    the_judge = judge if isinstance(judge, VerifierJudge | LLMJudge) else load_judge(judge)
-    if concurrency < 1:
-        raise JudgeError(
-            f"concurrency must be >= 1, got {concurrency!r}. Fix: e.g. concurrency=16.",
-            field="concurrency",
-            value=concurrency,
-        )
-    by_hash = {p.hash: p for p in prompts}
-    candidates = list({s.key: s for s in _flatten(samples) if s.prompt_hash in by_hash}.values())
-    keys = {s.key: judgment_key(s.key, the_judge.id) for s in candidates}
-    stored = store.get_judgments(keys.values())
-    results: dict[str, JudgmentRecord] = {}
-    todo: list[SampleRecord] = []
-    for s in candidates:
-        record = stored.get(keys[s.key])
-        if record is not None and record.status == "ok":
-            results[s.key] = record
-        else:
-            todo.append(s)
-    total = len(candidates)
-    emit(Event("phase_start", phase="judging", run=run_id, total=total, message=f"judging with {the_judge.id}"))
-    emit(
-        Event("progress", phase="judging", run=run_id, current=len(results), total=total, data={"cached": len(results)})
-    )
-
-    async def work() -> None:
-        gate = asyncio.Semaphore(concurrency)
-        state = {"cost": 0.0, "failed": 0}
-
-        async def one(s: SampleRecord) -> None:
-            async with gate:
-                if stop is not None and stop.is_set():
-                    return
-                try:
-                    result = await the_judge.score(by_hash[s.prompt_hash], s.text)
-                except (BudgetExceeded, PolicyError, FatalTeacherError):
-                    raise
-                except Exception as exc:  # a user-made Judge: its bug is one failed judgment, not a crash
-                    result = JudgeResult.failed(f"judge {the_judge.id} raised {type(exc).__name__}: {exc}")
-            record = _record(keys[s.key], s.key, the_judge.id, result)
-            _save(store, run_id, record, s.prompt_hash, had_failure=keys[s.key] in stored)
-            results[s.key] = record
-            state["cost"] += record.cost
-            state["failed"] += record.status != "ok"
-            emit(
-                Event(
-                    "progress",
-                    phase="judging",
-                    run=run_id,
-                    current=len(results),
-                    total=total,
-                    data={"cost": round(state["cost"], 6), "failed": state["failed"]},
-                )
-            )
-
-        tasks = [asyncio.ensure_future(one(s)) for s in todo]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            if isinstance(the_judge, LLMJudge):
-                await the_judge.aclose()  # this loop ends with the call: release its sockets
-
-    if todo:
-        run_sync(work, thread_name="jupyter-distill-judge", on_worker_exit=store.close)
-    failed = [r for r in results.values() if r.status != "ok"]
-    if failed:
-        emit(
-            Event(
-                "warning",
-                phase="judging",
-                run=run_id,
-                message=f"{len(failed)} of {total} judgments failed (they rank last; a re-run retries them). "
-                f"First: {failed[0].rationale}",
-                data={"failed": len(failed)},
-            )
-        )
-    stopped = stop is not None and stop.is_set() and len(results) < total
-    emit(
-        Event(
-            "phase_end",
-            phase="judging",
-            run=run_id,
-            current=len(results),
-            total=total,
-            message="stopped" if stopped else "",
-            data={"judged": len(results), "failed": len(failed), "cost": sum(r.cost for r in results.values())},
-        )
-    )
-    return results
-
-
-def _flatten(samples: Mapping[str, Sequence[SampleRecord]] | Iterable[SampleRecord]) -> list[SampleRecord]:
-    if isinstance(samples, Mapping):
-        return [s for group in samples.values() for s in group]
-    return list(samples)
-
-
-def _record(key: str, sample_key: str, judge_id: str, result: JudgeResult) -> JudgmentRecord:
-    ok = result.status == "ok" and result.score is not None
-    return JudgmentRecord(
-        key=key,
-        sample_key=sample_key,
-        judge=judge_id,
-        score=min(1.0, max(0.0, float(result.score))) if ok and result.score is not None else None,
-        rationale=result.rationale,
-        raw=result.raw,
-        status="ok" if ok else "failed",
-        cost=result.cost,
-    )
-
-
-def _save(store: RunStore, run_id: str, record: JudgmentRecord, prompt_hash: str, *, had_failure: bool) -> None:
-    """One transaction per verdict (a crash loses only what is in flight); failures table kept in step."""
-    store.put_judgments([record])
-    if record.status == "ok":
-        if had_failure:
-            store.clear_failure(run_id, "judging", record.key)
-    else:
-        store.record_failure(run_id, "judging", record.key, record.rationale, prompt_hash=prompt_hash)
-
-
 __all__ = [
-    "DEFAULT_RUBRIC",
     "Judge",
     "JudgeResult",
-    "LLMJudge",
     "Verifier",
+    "VerifierFn",
     "VerifierJudge",
     "callable_id",
     "combine",
     "exact_match",
     "extract_json",
     "json_valid",
-    "judge",
-    "judgment_key",
-    "load_judge",
-    "parse_judge_output",
     "regex",
     "verifier",
 ]
