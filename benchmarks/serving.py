@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jupyter_distill.core import models  # noqa: E402
-from jupyter_distill.export.gguf_export import export_gguf  # noqa: E402
+from jupyter_distill.export.gguf import export_gguf  # noqa: E402
 from jupyter_distill.serving import registry  # noqa: E402
 from jupyter_distill.serving import student as serving  # noqa: E402
 

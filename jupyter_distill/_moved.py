@@ -38,6 +38,9 @@ MOVED: dict[str, str] = {
         )
     },
     "jupyter_distill.judges": "jupyter_distill.judging",
+    # modules split into several: the package answers for every name the old module had
+    "jupyter_distill.judging.judges": "jupyter_distill.judging",
+    "jupyter_distill.export.gguf_export": "jupyter_distill.export",
     "jupyter_distill.schema_score": "jupyter_distill.judging.schema_score",
     "jupyter_distill.scoring": "jupyter_distill.judging.scoring",
     "jupyter_distill.selection": "jupyter_distill.judging.selection",

@@ -15,7 +15,7 @@ from tiny_models import CHECK_PROMPTS, TINY_ARCHITECTURES, build_tiny_arch
 
 from jupyter_distill.core import runtime
 from jupyter_distill.core.models import CHAT_TEMPLATES, STUDENT_MODEL_MAP
-from jupyter_distill.export.gguf_export import SUPPORTED_ARCHITECTURES, export_gguf
+from jupyter_distill.export.gguf import SUPPORTED_ARCHITECTURES, export_gguf
 from jupyter_distill.serving import registry
 from jupyter_distill.serving.student import completion
 from jupyter_distill.train.student import load_student

@@ -38,7 +38,8 @@ from jupyter_distill.core.errors import (
 )
 from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
 from jupyter_distill.evaluation.heldout import evaluate
-from jupyter_distill.export.gguf_export import export_gguf, merge_lora, validate_quantize
+from jupyter_distill.export.gguf import export_gguf, validate_quantize
+from jupyter_distill.export.merge import merge_lora
 from jupyter_distill.judging.llm_judge import LLMJudge, load_judge
 from jupyter_distill.judging.review import ReviewSession
 from jupyter_distill.judging.verifiers import exact_match, json_valid, regex, verifier

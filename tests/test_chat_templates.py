@@ -115,12 +115,12 @@ def test_quantization_cost_is_reported_with_the_type_that_keeps_it(tmp_path: Pat
     from types import SimpleNamespace
 
     from jupyter_distill.evaluation import heldout as evaluate
-    from jupyter_distill.export.gguf_export import ExportResult
+    from jupyter_distill.export.gguf import ExportResult
     from jupyter_distill.pipeline import run as pipeline
 
     rates = {"model.q4_k_m.gguf": 0.5, "served-check.q8_0.gguf": 0.95, "model.f16.gguf": 1.0}
     monkeypatch.setattr(evaluate, "llama_responder", lambda path, max_tokens: Path(path).name)
-    monkeypatch.setattr("jupyter_distill.export.gguf_export.quantize_gguf", lambda src, dst, q: Path(dst))
+    monkeypatch.setattr("jupyter_distill.export.gguf.quantize_gguf", lambda src, dst, q: Path(dst))
     events: list = []
 
     def fake_eval(student, label, respond):

@@ -48,7 +48,8 @@ def test_unknown_quantize_lists_valid_types():
 
 
 def test_every_quantize_type_the_export_makes_is_accepted_by_the_config(capsys):
-    from jupyter_distill.export.gguf_export import QUANT_TYPES, validate_quantize
+    from jupyter_distill.core.quant_types import QUANT_TYPES
+    from jupyter_distill.export.gguf import validate_quantize
     from jupyter_distill.notebook.magics import parse_line
 
     assert set(QUANTIZE_TYPES) == set(QUANT_TYPES) and "q6_k" in QUANTIZE_TYPES

@@ -11,7 +11,7 @@ import pytest
 
 from jupyter_distill.core.errors import ExportError
 from jupyter_distill.export import converter as gguf_converter
-from jupyter_distill.export.gguf_export import SUPPORTED_ARCHITECTURES, check_exportable
+from jupyter_distill.export.gguf import SUPPORTED_ARCHITECTURES, check_exportable
 
 
 def _fake_sdist(path: Path, *, with_gguf_py: bool = True, evil: bool = False) -> Path:

@@ -12,13 +12,9 @@ from tiny_models import CHECK_PROMPTS, add_lora_adapter, build_tiny_llama, build
 from jupyter_distill.core import runtime
 from jupyter_distill.core.errors import ExportError
 from jupyter_distill.core.hashing import file_sha256
+from jupyter_distill.core.quant_types import QUANT_TYPES
 from jupyter_distill.core.store import PromptRecord, RunStore, SampleRecord
-from jupyter_distill.export.gguf_export import (
-    QUANT_TYPES,
-    export_gguf,
-    validate_quantize,
-    write_gguf,
-)
+from jupyter_distill.export.gguf import export_gguf, validate_quantize, write_gguf
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +217,7 @@ def test_a_broken_conversion_is_caught(tiny_llama: Path, tmp_path: Path, monkeyp
     from gguf import GGUFReader
 
     from jupyter_distill.export import converter as gguf_converter
-    from jupyter_distill.export import gguf_export as export
+    from jupyter_distill.export import gguf as export
 
     real = gguf_converter.run_converter
 
@@ -244,7 +240,8 @@ def test_a_broken_conversion_is_caught(tiny_llama: Path, tmp_path: Path, monkeyp
 def test_adapter_export_shares_one_base(tiny_llama: Path, tmp_path: Path) -> None:
     """export: adapter writes LoRA GGUFs over one shared base GGUF; each, applied by llama.cpp, answers
     like its merged model, and applying the other adapter does not."""
-    from jupyter_distill.export.gguf_export import check_agreement, export_adapter_gguf
+    from jupyter_distill.export.check import check_agreement
+    from jupyter_distill.export.gguf import export_adapter_gguf
 
     results = []
     for seed in (1, 2):

@@ -39,7 +39,7 @@ def test_the_old_converter_command_still_runs_as_a_module() -> None:
 
 def test_packages_answer_for_the_names_of_the_modules_they_replaced() -> None:
     from jupyter_distill.export import export_gguf
-    from jupyter_distill.export.gguf_export import export_gguf as defined
+    from jupyter_distill.export.gguf import export_gguf as defined
     from jupyter_distill.pipeline import Run, distill
     from jupyter_distill.sampling import sample
     from jupyter_distill.serving import Student, completion, set_alias

@@ -29,7 +29,7 @@ from jupyter_distill.core.errors import (
     TrainingError,
 )
 from jupyter_distill.core.store import RunStore
-from jupyter_distill.export.gguf_export import check_exportable
+from jupyter_distill.export.gguf import check_exportable
 from jupyter_distill.judging.llm_judge import load_judge
 from jupyter_distill.judging.verifiers import exact_match
 from jupyter_distill.pipeline.run import validate_before_requests

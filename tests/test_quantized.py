@@ -115,7 +115,7 @@ def test_4bit_gradients_match_the_dequantized_model(word_llama: Path, engine_cls
 
 
 def test_a_4bit_student_trains_saves_and_merges_into_full_precision(word_llama: Path, tmp_path: Path) -> None:
-    from jupyter_distill.export.gguf_export import merge_lora
+    from jupyter_distill.export.merge import merge_lora
 
     student = load_student(str(word_llama), device="cpu", chat_template=TEMPLATE, quantization="4bit")
     pairs = [

@@ -29,7 +29,7 @@ from jupyter_distill.core.data import load_dataset
 from jupyter_distill.core.errors import TeacherError
 from jupyter_distill.core.events import Event, fan_out
 from jupyter_distill.core.store import JudgmentRecord, PairRecord, RunLock, RunLockedError, RunStore, SampleRecord
-from jupyter_distill.export.gguf_export import _provenance_summary, write_model_card
+from jupyter_distill.export.card import provenance_summary, write_model_card
 from jupyter_distill.notebook.dashboard import DashboardState, _stats_html
 from jupyter_distill.notebook.plots import LivePlot
 from jupyter_distill.sampling.stage import SPOOL_FILE, sample
@@ -226,7 +226,7 @@ def test_teacher_and_judge_spend_are_the_run_own_and_apart(two_teachers):
 
 
 def test_the_model_card_names_the_terms_of_the_teacher_trained_on(two_teachers, tmp_path):
-    provenance = _provenance_summary(two_teachers, "a")
+    provenance = provenance_summary(two_teachers, "a")
     assert list(provenance["teachers"]) == ["local:cheap"]
     assert provenance["teachers"]["local:cheap"]["verdict"] == "verdict-a"
     card = write_model_card(tmp_path / "README.md", {"student": "tiny", "provenance": provenance}).read_text()

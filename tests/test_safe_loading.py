@@ -26,7 +26,7 @@ from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.core.errors import AliasError, ExportError, TeacherError, TrainingError
-from jupyter_distill.export.gguf_export import merge_lora
+from jupyter_distill.export.merge import merge_lora
 from jupyter_distill.serving.registry import get_alias, set_alias
 from jupyter_distill.teachers import load_teacher
 from jupyter_distill.train.student import load_student

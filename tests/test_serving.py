@@ -14,7 +14,7 @@ from tiny_models import CHECK_PROMPTS, add_lora_adapter, build_tiny_llama
 
 from jupyter_distill.core import runtime
 from jupyter_distill.core.errors import AliasError, ConfigError, ExportError
-from jupyter_distill.export.gguf_export import ExportResult, export_gguf
+from jupyter_distill.export.gguf import ExportResult, export_gguf
 from jupyter_distill.serving import registry
 from jupyter_distill.serving import student as serving
 from jupyter_distill.serving.student import Student, completion

@@ -4,4 +4,4 @@ exported model agrees with the trained one, and write the model card.
 
 from jupyter_distill.core.reexport import reexport
 
-__getattr__, __dir__ = reexport(__name__, ["gguf_export", "converter"])
+__getattr__, __dir__ = reexport(__name__, ["gguf", "merge", "check", "card", "converter"])

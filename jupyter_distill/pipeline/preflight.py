@@ -50,7 +50,7 @@ class StudentPlan:
 
 def check_run(config: DistillConfig, run_name: str, judge: Any = None) -> StudentPlan:
     """Every check above for ``config``; returns what the student is. Raises the first problem."""
-    from jupyter_distill.export.gguf_export import check_exportable
+    from jupyter_distill.export.gguf import check_exportable
 
     plan = read_student(config.student)
     check_exportable(plan.architecture, config.quantize)

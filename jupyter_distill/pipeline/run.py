@@ -407,7 +407,7 @@ class Run:
 
     def _check_student(self) -> None:
         """Before any teacher request: the student's prompts can be rendered, and it can be exported."""
-        from jupyter_distill.export.gguf_export import check_exportable
+        from jupyter_distill.export.gguf import check_exportable
         from jupyter_distill.train.student import student_preflight
 
         found = student_preflight(self.config.student, self.config.chat_template)
@@ -543,7 +543,7 @@ class Run:
         config = self.config
         if config.quantize is None:
             return None
-        from jupyter_distill.export.gguf_export import ExportStopped, export_gguf
+        from jupyter_distill.export.gguf import ExportStopped, export_gguf
 
         out_dir = Path(config.workdir) / "runs" / self.name / "export"
         heldout = [p.messages for p in prompts if p.split == "heldout"][:8]
@@ -583,7 +583,7 @@ class Run:
         quantizations are measured too and the summary names the first that keeps the figure.
         """
         from jupyter_distill.evaluation.heldout import llama_responder
-        from jupyter_distill.export.gguf_export import quantize_gguf
+        from jupyter_distill.export.gguf import quantize_gguf
 
         qtype = result.quantize
         served = self._evaluate_student(

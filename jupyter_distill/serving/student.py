@@ -561,7 +561,7 @@ class Student:
         base_model: str | Path | None = None,
         name: str | None = None,
     ) -> Student:
-        """The student behind an :class:`~jupyter_distill.export.gguf_export.ExportResult` (GGUF-backed)."""
+        """The student behind an :class:`~jupyter_distill.export.gguf.ExportResult` (GGUF-backed)."""
         merged = dict(metrics or {})
         for qtype, value in result.agreement.items():
             merged.setdefault(f"export_agreement_{qtype}", value)

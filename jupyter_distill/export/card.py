@@ -1,0 +1,216 @@
+"""Say where an exported model came from: the model card, the provenance summary and its GGUF keys.
+
+The licence chain (teacher terms, student base licence, dataset) and the run's spend are read from
+the run store and written both as README.md and as GGUF header keys, so the provenance travels
+with the file even when the card does not.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+# ---------------------------------------------------------------------------------------- model card
+def _trained_teachers(store: Any, run_id: str) -> list[Any]:
+    """One row per teacher whose samples the run trained on (its pairs' chosen and rejected texts).
+
+    Other teachers may have sampled the same prompts for other runs: their terms do not bind this
+    model. A run whose pairs name no sample (every one edited in review) falls back to the
+    samples of its own teacher.
+    """
+    rows = store.conn.execute(
+        "SELECT s.teacher, s.provenance_json, COUNT(*) AS n FROM samples s WHERE s.key IN "
+        "(SELECT chosen_key FROM pairs WHERE run_id=? AND chosen_key IS NOT NULL "
+        "UNION SELECT rejected_key FROM pairs WHERE run_id=? AND rejected_key IS NOT NULL) GROUP BY s.teacher",
+        (run_id, run_id),
+    ).fetchall()
+    if rows:
+        return list(rows)
+    run = store.get_run(run_id) or {}
+    teacher = (run.get("summary") or {}).get("teacher") or (run.get("config") or {}).get("teacher")
+    query = (
+        "SELECT s.teacher, s.provenance_json, COUNT(*) AS n FROM samples s JOIN run_prompts rp "
+        "ON rp.prompt_hash = s.prompt_hash WHERE rp.run_id=?"
+    )
+    args: list[Any] = [run_id]
+    if teacher:  # a run that recorded no teacher (an older version made it) lists every teacher
+        query += " AND s.teacher=?"
+        args.append(teacher)
+    return list(store.conn.execute(query + " GROUP BY s.teacher", args).fetchall())
+
+
+def provenance_summary(store: Any, run_id: str | None) -> dict[str, Any]:
+    """Teacher ids, providers, policy verdicts and terms of the samples the run trained on."""
+    if store is None or run_id is None:
+        return {}
+    run = store.get_run(run_id) or {}
+    summary: dict[str, Any] = {"run_id": run_id, "config": run.get("config", {})}
+    teachers: dict[str, dict[str, Any]] = {}
+    rows = _trained_teachers(store, run_id)
+    for row in rows:
+        prov = json.loads(row["provenance_json"] or "{}")
+        policy = prov.get("policy") or prov.get("policy_decision") or {}
+        teachers[row["teacher"]] = {
+            "samples": row["n"],
+            "provider": prov.get("provider"),
+            "endpoint": prov.get("endpoint"),
+            "model": prov.get("model") or prov.get("teacher"),
+            "verdict": policy.get("verdict"),
+            "terms_version": policy.get("terms_version"),
+            "reason": policy.get("reason"),
+            "licence": policy.get("licence"),
+            "authorization": policy.get("authorization"),
+        }
+    summary["teachers"] = teachers
+    summary["teacher_cost_usd"] = store.teacher_cost(run_id)
+    if hasattr(store, "judge_cost"):
+        summary["judge_cost_usd"] = store.judge_cost(run_id)
+    counts = store.conn.execute("SELECT split, COUNT(*) AS n FROM run_prompts WHERE run_id=? GROUP BY split", (run_id,))
+    summary["prompts"] = {row["split"]: row["n"] for row in counts}
+    return summary
+
+
+def write_model_card(path: str | Path, info: dict[str, Any]) -> Path:
+    """README.md with YAML front matter, the licence chain and the provenance summary.
+
+    The licence chain is what a user must check before shipping: the teacher's terms (may the
+    outputs train a model?), the student base model's licence (what the weights allow), and
+    where the prompts came from.
+    """
+    from jupyter_distill.core.models import STUDENT_MODEL_MAP
+
+    path = Path(path)
+    student = info.get("student") or info.get("provenance", {}).get("config", {}).get("student")
+    base = STUDENT_MODEL_MAP.get(str(student)) if student else None
+    licence = info.get("student_licence") or (base.licence if base else None) or "unknown: check the base model"
+    base_id = info.get("base_model") or (base.hf_id if base else student) or "unknown"
+    prov = info.get("provenance", {})
+    dataset = info.get("dataset") or prov.get("config", {}).get("dataset") or "not recorded"
+    teachers = prov.get("teachers", {})
+    if not teachers and info.get("teacher"):
+        teachers = {str(info["teacher"]): {"verdict": info.get("teacher_terms"), "reason": info.get("teacher_terms")}}
+    lines = [
+        "---",
+        f"license: {json.dumps(str(licence))}",
+        f"base_model: {json.dumps(str(base_id))}",
+        "tags: [gguf, jupyter-distill, distillation, bond]",
+        "---",
+        "",
+        f"# {info.get('name') or 'Distilled student'}",
+        "",
+        "A student model distilled with [jupyter-distill](https://github.com/jupyter-distill/jupyter-distill) "
+        "(best-of-N teacher sampling, judge, BOND training, LoRA merge, GGUF export).",
+        "",
+        "## Licence chain",
+        "",
+        f"- **Student base model**: `{base_id}`, licence `{licence}`.",
+    ]
+    if teachers:
+        for spec, t in teachers.items():
+            verdict = t.get("verdict") or "not recorded"
+            extra = f"; authorization: {t['authorization']}" if t.get("authorization") else ""
+            lines.append(
+                f"- **Teacher** `{spec}`: terms verdict `{verdict}` (terms version {t.get('terms_version') or 'n/a'})"
+                f"{extra}. {t.get('reason') or ''}".rstrip()
+            )
+    else:
+        lines.append("- **Teacher**: not recorded (no run store was given to the export).")
+    lines += [f"- **Dataset**: {dataset}", ""]
+    lines += ["Check each of these before you ship the model: the most restrictive one applies.", ""]
+    lines += ["## Files", "", "| file | kind | sha256 | size |", "|---|---|---|---|"]
+    for kind, f in info.get("files", {}).items():
+        lines.append(f"| `{f['name']}` | {kind} | `{f['sha256']}` | {f['size']:,} B |")
+    lines += ["", "## Export check", ""]
+    agreement = info.get("agreement", {})
+    if agreement:
+        lines.append(
+            "Greedy next-token agreement with the merged HF model "
+            f"({info.get('positions', '?')} positions over {info.get('check_prompts', '?')} prompts):"
+        )
+        lines.append("")
+        lines += [f"- `{q}`: {a:.1%}" for q, a in agreement.items()]
+        if "tokenizer_match" in info:
+            lines.append(f"- llama.cpp tokenization identical to HF on {info['tokenizer_match']:.0%} of the prompts")
+    if prov:
+        lines += ["", "## Provenance", ""]
+        lines.append(f"- run: `{prov.get('run_id')}`")
+        teacher_spend, judge_spend = prov.get("teacher_cost_usd", 0.0), prov.get("judge_cost_usd", 0.0)
+        lines.append(f"- teacher spend: ${teacher_spend:.4f}")
+        lines.append(f"- judge spend: ${judge_spend:.4f}")
+        lines.append(f"- total spend: ${teacher_spend + judge_spend:.4f}")
+        if prov.get("prompts"):
+            lines.append(f"- prompts: {json.dumps(prov['prompts'])}")
+    if info.get("metrics"):
+        lines += ["", "## Metrics", ""]
+        lines += [f"- {k}: {v}" for k, v in info["metrics"].items()]
+    lines += ["", f"Exported {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def dataset_hash(store: Any, run_id: str | None) -> str | None:
+    """A content hash of the run's prompts (their content hashes, every split), or None without a store."""
+    if store is None or run_id is None:
+        return None
+    from jupyter_distill.core.hashing import content_hash
+
+    rows = store.conn.execute(
+        "SELECT prompt_hash, split FROM run_prompts WHERE run_id=? ORDER BY prompt_hash", (run_id,)
+    ).fetchall()
+    if not rows:
+        return None
+    return content_hash([[row["prompt_hash"], row["split"]] for row in rows])
+
+
+def gguf_provenance(
+    info: dict[str, Any], provenance: dict[str, Any], store: Any = None, run_id: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the model card says about where the model came from, as GGUF header keys.
+
+    Returns ``(metadata, extra_kv)``: the converter's standard ``general.*`` overrides (licence,
+    base model) and ``jupyter_distill.*`` keys (teachers and their terms verdicts, dataset hash, run
+    id), so the provenance travels with the file even when the card does not.
+    """
+    from jupyter_distill.core.models import STUDENT_MODEL_MAP
+
+    student = info.get("student") or provenance.get("config", {}).get("student")
+    base = STUDENT_MODEL_MAP.get(str(student)) if student else None
+    licence = info.get("student_licence") or (base.licence if base else None)
+    base_id = info.get("base_model") or (base.hf_id if base else None)
+    metadata: dict[str, Any] = {}
+    if base_id:
+        entry: dict[str, Any] = {"name": str(base_id)}
+        if "/" in str(base_id):
+            entry["organization"] = str(base_id).split("/", 1)[0]
+            entry["repo_url"] = f"https://huggingface.co/{base_id}"
+        metadata["general.base_models"] = [entry]
+    teachers = provenance.get("teachers") or {}
+    if not teachers and info.get("teacher"):
+        teachers = {str(info["teacher"]): {"verdict": info.get("teacher_terms")}}
+    extra: dict[str, Any] = {
+        # not a key the converter's metadata override reads, so it is written directly
+        "general.license": str(licence) if licence else None,
+        "jupyter_distill.run_id": provenance.get("run_id") or run_id,
+        "jupyter_distill.student": str(student) if student else None,
+        "jupyter_distill.dataset": str(info.get("dataset") or provenance.get("config", {}).get("dataset") or "")
+        or None,
+        "jupyter_distill.dataset_hash": info.get("dataset_sha256") or dataset_hash(store, run_id),
+    }
+    if teachers:
+        extra["jupyter_distill.teachers"] = ",".join(teachers)
+        extra["jupyter_distill.teacher_terms"] = {
+            spec: {k: t.get(k) for k in ("verdict", "terms_version", "licence", "authorization") if t.get(k)}
+            for spec, t in teachers.items()
+        }
+    return metadata, {k: v for k, v in extra.items() if v is not None}
+
+
+__all__ = [
+    "dataset_hash",
+    "gguf_provenance",
+    "provenance_summary",
+    "write_model_card",
+]
