@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from jupyter_distill.core import models  # noqa: E402
 from jupyter_distill.export.gguf import export_gguf  # noqa: E402
-from jupyter_distill.serving import registry  # noqa: E402
+from jupyter_distill.serving import hf_backend, registry  # noqa: E402
 from jupyter_distill.serving import student as serving  # noqa: E402
 
 CARD = {"name": "smollm2-135m", "student": "smollm2-135m", "dataset": "none: benchmark re-export of the base model"}
@@ -63,7 +63,7 @@ def bench(aliases: list[str], tokens: int, rounds: int) -> dict[str, dict[str, A
     penalising whichever ran during a busy minute. Tokens per CPU-second (process CPU time, all
     threads) is reported beside wall-clock tokens/s because it barely depends on other load.
     """
-    serving.release_all()
+    hf_backend.release_all()
     first = {alias: _call(alias, "Say hello.", 8)[0] for alias in aliases}
     warm: dict[str, list[float]] = {a: [] for a in aliases}
     gen: dict[str, list[tuple[float, float, int]]] = {a: [] for a in aliases}
@@ -123,7 +123,7 @@ def main() -> int:
         path = Path(registry.get_alias(alias)["model_path"])
         size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*.safetensors"))
         rows.append({"model": label, "alias": alias, "size_mb": size / 1e6, **results[alias]})
-    serving.release_all()
+    hf_backend.release_all()
 
     header = (
         f"| {'model':<30} | {'size MB':>8} | {'first call ms':>13} | {'warm call ms':>12} | {'tokens/s':>8} "

@@ -81,3 +81,29 @@ def test_old_paths_imported_from_eight_threads_at_once_are_all_the_moved_modules
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(8 * len(MOVED)), "True", "[]"]
+
+
+def test_every_module_imports_when_it_is_the_first_one_imported() -> None:
+    """A package's lazy re-export must not pull in a sibling that is importing the module asked for."""
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil, sys, warnings
+        warnings.simplefilter("ignore")
+        import jupyter_distill
+        names = [m.name for m in pkgutil.walk_packages(jupyter_distill.__path__, "jupyter_distill.")]
+        failed = []
+        for name in names:
+            if name.endswith("__main__"):
+                continue
+            for loaded in [k for k in sys.modules if k == "jupyter_distill" or k.startswith("jupyter_distill.")]:
+                del sys.modules[loaded]
+            try:
+                importlib.import_module(name)
+            except Exception as exc:
+                failed.append(f"{name}: {exc!r}")
+        print(len(names), failed)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(" ", 1)[1].strip() == "[]", out.stdout

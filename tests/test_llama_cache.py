@@ -19,7 +19,7 @@ import pytest
 
 from jupyter_distill.core import runtime
 from jupyter_distill.core.models import resolve_local_gguf
-from jupyter_distill.serving import registry
+from jupyter_distill.serving import hf_backend, registry
 from jupyter_distill.serving import student as serving
 
 THREADS = 8
@@ -47,7 +47,7 @@ def aliases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[st
         names.append(name)
     runtime.release_all()
     yield names
-    serving.release_all()
+    hf_backend.release_all()
 
 
 def _answer(alias: str, stream: bool) -> tuple[str, str]:
@@ -142,7 +142,7 @@ def test_a_stream_advanced_on_other_threads_releases_its_model(aliases: list[str
 def test_release_all_while_generating_closes_after_the_last_user(aliases: list[str]) -> None:
     stream = serving.completion(model=aliases[1], messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True)
     head = next(stream)
-    serving.release_all()  # the streaming model is in use: it must stay open until the stream ends
+    hf_backend.release_all()  # the streaming model is in use: it must stay open until the stream ends
     rest = list(stream)
     assert rest and rest[-1].choices[0].finish_reason in ("stop", "length")
     text = "".join(c.choices[0].delta.get("content") or "" for c in [head, *rest])

@@ -15,8 +15,8 @@ from tiny_models import CHECK_PROMPTS, add_lora_adapter, build_tiny_llama
 from jupyter_distill.core import runtime
 from jupyter_distill.core.errors import AliasError, ConfigError, ExportError
 from jupyter_distill.export.gguf import ExportResult, export_gguf
-from jupyter_distill.serving import registry
-from jupyter_distill.serving import student as serving
+from jupyter_distill.serving import hf_backend, registry
+from jupyter_distill.serving.response import OpenAIObject
 from jupyter_distill.serving.student import Student, completion
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -26,7 +26,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
     yield tmp_path / "home"
-    serving.release_all()
+    hf_backend.release_all()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def exported(tiny: dict[str, Path]) -> ExportResult:
     )
 
 
-def _check_response(resp: serving.OpenAIObject, model: str, routing: dict) -> None:
+def _check_response(resp: OpenAIObject, model: str, routing: dict) -> None:
     assert isinstance(resp["id"], str) and resp.id == resp["id"] and resp.id.startswith("chatcmpl-")
     assert resp.object == resp["object"] == "chat.completion"
     assert isinstance(resp.created, int) and abs(resp.created - time.time()) < 600
@@ -65,7 +65,7 @@ def _check_response(resp: serving.OpenAIObject, model: str, routing: dict) -> No
     assert "_cost" not in body and body["choices"][0]["message"]["role"] == "assistant"
 
 
-def _stream_text(chunks: Iterator[serving.OpenAIObject], model: str) -> str:
+def _stream_text(chunks: Iterator[OpenAIObject], model: str) -> str:
     chunks = list(chunks)
     assert chunks, "no chunks"
     assert all(c.object == "chat.completion.chunk" and c.model == model for c in chunks)
@@ -103,7 +103,7 @@ def test_second_call_does_not_reload(exported: ExportResult, monkeypatch: pytest
     first = completion(model="tiny", messages=QUESTION, max_tokens=4)
     second = completion(model="tiny", messages=QUESTION, max_tokens=4)
     assert loads == [str(exported.gguf)]
-    assert str(exported.gguf) in serving.loaded_models()
+    assert str(exported.gguf) in hf_backend.loaded_models()
     assert first.choices[0].message.content == second.choices[0].message.content
 
 
@@ -120,7 +120,7 @@ def test_unknown_alias_lists_known_ones(exported: ExportResult) -> None:
 def test_peft_backend_shape_stream_and_cache(tiny: dict[str, Path]) -> None:
     registry.set_alias("tiny-peft", backend="peft", model_path=tiny["adapter"])
     key = (str(tiny["adapter"].resolve()), str(tiny["base"].resolve()))
-    before = serving.HF_LOAD_COUNT.get(key, 0)
+    before = hf_backend.HF_LOAD_COUNT.get(key, 0)
     resp = completion(model="tiny-peft", messages=QUESTION, max_tokens=10)
     routing = {
         "backend": "peft",
@@ -131,7 +131,7 @@ def test_peft_backend_shape_stream_and_cache(tiny: dict[str, Path]) -> None:
     _check_response(resp, "tiny-peft", routing)
     streamed = _stream_text(completion(model="tiny-peft", messages=QUESTION, max_tokens=10, stream=True), "tiny-peft")
     assert streamed == resp.choices[0].message.content
-    assert serving.HF_LOAD_COUNT[key] == before + 1  # three calls, one load
+    assert hf_backend.HF_LOAD_COUNT[key] == before + 1  # three calls, one load
     # sampling with a seed is reproducible
     a = completion(model="tiny-peft", messages=QUESTION, max_tokens=6, temperature=0.9, seed=3)
     b = completion(model="tiny-peft", messages=QUESTION, max_tokens=6, temperature=0.9, seed=3)

@@ -21,6 +21,10 @@ def reexport(package: str, submodules: Sequence[str]) -> tuple[Callable[[str], A
     """
 
     def __getattr__(name: str) -> Any:
+        if name in submodules:
+            # ``from package import submodule`` asks here first; answering with that module alone keeps
+            # it from importing the submodules listed before it, which may import it (a cycle).
+            return importlib.import_module(f"{package}.{name}")
         if not name.startswith("_"):
             for sub in submodules:
                 module = importlib.import_module(f"{package}.{sub}")

@@ -4,4 +4,6 @@
 
 from jupyter_distill.core.reexport import reexport
 
-__getattr__, __dir__ = reexport(__name__, ["student", "registry"])
+__getattr__, __dir__ = reexport(
+    __name__, ["student", "registry", "response", "gguf_backend", "hf_backend", "remote_backend"]
+)
