@@ -345,3 +345,18 @@ describe('run card renderer rank', () => {
     }
   });
 });
+
+describe('the shared run-card example (tests/fixtures/run_card.json)', () => {
+  const example = JSON.parse(
+    fs.readFileSync(path.join(__dirname, '..', '..', 'tests', 'fixtures', 'run_card.json'), 'utf-8')
+  );
+
+  it('parses with every field the Python schema defines kept as sent', () => {
+    const run = parseRunSummary(example);
+    expect(run).not.toBeNull();
+    for (const key of Object.keys(example)) {
+      expect(run).toHaveProperty(key);
+      expect((run as unknown as Record<string, unknown>)[key]).toEqual(example[key]);
+    }
+  });
+});
