@@ -11,6 +11,7 @@ import pytest
 from distill_server_fixtures import build_fixture_store
 
 from jupyter_distill.core.runcard import RUN_CARD_SCHEMA, run_card_fields
+from jupyter_distill.notebook.dashboard import RunSummary
 from jupyter_distill.server.summary import run_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +43,30 @@ def test_server_summaries_match_the_schema(tmp_path: Path) -> None:
 
 def test_typescript_type_declares_the_schema_fields() -> None:
     source = FORMAT_TS.read_text()
-    match = re.search(r"export interface IRunSummary \{(.*?)\n\}", source, re.S)
-    assert match, "IRunSummary is missing from labextension/src/format.ts"
-    declared = set(re.findall(r"^\s+(\w+)\??:", match.group(1), re.M))
-    missing = set(run_card_fields()) - declared
-    assert not missing, f"IRunSummary lacks the run-card fields {sorted(missing)}"
+    match = re.search(r"export interface IRunCard \{(.*?)\n\}", source, re.S)
+    assert match, "IRunCard is missing from labextension/src/format.ts"
+    declared = set(re.findall(r"^  (\w+)\??:", match.group(1), re.M))
+    schema = set(run_card_fields())
+    assert declared == schema, (
+        f"IRunCard in format.ts and RUN_CARD_SCHEMA differ: only in TypeScript {sorted(declared - schema)}, "
+        f"only in the schema {sorted(schema - declared)}"
+    )
+
+
+def test_kernel_cards_match_the_schema_and_agree_with_the_server(tmp_path: Path) -> None:
+    store = build_fixture_store(tmp_path / ".distill")
+    for run in store.list_runs():
+        kernel = RunSummary.from_store(store, run["id"]).to_json()
+        server = run_summary(store, store.get_run(run["id"]))
+        jsonschema.validate(kernel, RUN_CARD_SCHEMA)
+        for key in ("version", "id", "status", "phase", "created_at", "live", "loss", "alias"):
+            assert kernel[key] == server[key], (run["id"], key, kernel[key], server[key])
+        if run["status"] == "done":
+            assert kernel["progress"] == server["progress"]
+
+
+def test_a_card_built_without_a_store_matches_the_schema() -> None:
+    failed = RunSummary(run={"id": "tickets", "status": "failed", "summary": {"error": "teacher down"}})
+    card = failed.to_json()
+    jsonschema.validate(card, RUN_CARD_SCHEMA)
+    assert card["error"] == "teacher down" and card["live"] is False and card["snippet"] is None

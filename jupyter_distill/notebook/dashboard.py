@@ -16,7 +16,7 @@ Why it is built this way (ipywidgets' "Output widget" and "Asynchronous" docs, f
 :class:`RunSummary` is the result object of ``%distill status/wait`` and the dashboard's final
 card. Its MIME bundle carries ``text/plain``, ``text/html`` and
 ``application/vnd.jupyter.distill.run+json`` (rendered as a card by the lab extension), whose
-shape is :meth:`RunSummary.to_json`.
+shape is the run card that ``jupyter_distill.core.runcard`` defines (the server sends the same one).
 """
 
 from __future__ import annotations
@@ -34,11 +34,21 @@ import ipywidgets as widgets
 
 from jupyter_distill.core.errors import DistillError
 from jupyter_distill.core.events import PHASES, Event, is_preparation, stage_text
+from jupyter_distill.core.runcard import (
+    RUN_CARD_VERSION,
+    RunCard,
+    card_progress,
+    downsample,
+    loss_series,
+    make_run_card,
+    number,
+    summary_pass_rates,
+)
 from jupyter_distill.core.store import RunStore
 from jupyter_distill.notebook.htmltext import no_math, text
 
 RUN_MIME_TYPE = "application/vnd.jupyter.distill.run+json"
-RUN_JSON_VERSION = 1
+RUN_JSON_VERSION = RUN_CARD_VERSION
 PHASE_TITLES: dict[str, str] = {
     "sampling": "sampling",
     "judging": "judging",
@@ -280,6 +290,7 @@ class RunSummary:
     teacher_samples: int = 0
     example_prompt: str | None = None
     student: Any = None  # the Student object when the run finished in this kernel
+    loss: list[list[float]] = field(default_factory=list)  # [[step, value], ...] for the card's sparkline
 
     @classmethod
     def from_store(cls, store: RunStore, name: str, *, student: Any = None) -> RunSummary:
@@ -322,6 +333,7 @@ class RunSummary:
             teacher_samples=int(row["n"]),
             example_prompt=example,
             student=student,
+            loss=loss_series(store, name),
         )
 
     # ------------------------------------------------------------------ derived numbers
@@ -372,29 +384,30 @@ class RunSummary:
         ]
         return "\n".join(lines)
 
-    def to_json(self) -> dict[str, Any]:
-        """The ``application/vnd.jupyter.distill.run+json`` payload (a contract with the lab card).
+    def to_json(self) -> RunCard:
+        """The ``application/vnd.jupyter.distill.run+json`` payload: a run card as ``core.runcard`` defines it.
 
-        ``{"version": 1, "run": <RunStore.get_run(name)>, "metrics": {name: {first, last, min,
-        steps, last_step}}, "artifacts": {kind: {path, sha256, size}}, "pass_rates": {student_before,
-        teacher_best_of_n, student_after}, "cost_per_1k": {teacher, student}, "alias": str | null,
-        "snippet": str}``
+        The server's panel sends the same shape, so the lab card draws both without telling them apart.
         """
-        return json.loads(
-            json.dumps(
-                {
-                    "version": RUN_JSON_VERSION,
-                    "run": self.run,
-                    "metrics": self.metrics,
-                    "artifacts": self.artifacts,
-                    "pass_rates": self.pass_rates(),
-                    "cost_per_1k": self.cost_per_1k(),
-                    "alias": self.alias,
-                    "snippet": self.snippet(),
-                },
-                default=str,
-            )
+        run = self.run
+        config = run.get("config") or {}
+        current: float | None = None
+        total = number(config.get("steps"))
+        if run.get("phase") == "training" and total:
+            current = self.loss[-1][0] if self.loss else 0.0
+        else:
+            total = None
+        error = self.summary.get("error")
+        card = make_run_card(
+            run,
+            progress=card_progress(run, current, total),
+            cost=number(self.summary.get("teacher_cost")) or 0.0,
+            loss=downsample(self.loss),
+            pass_rates=summary_pass_rates(self.summary),
+            error=str(error) if error else None,
+            snippet=self.snippet(),
         )
+        return json.loads(json.dumps(card, default=str))
 
     # ------------------------------------------------------------------ rendering
     def _rows(self) -> list[tuple[str, str]]:
@@ -727,7 +740,8 @@ class RunDashboard:
             for name, pts in self.state.series.items()
             if pts
         }
-        return RunSummary(run={"id": self.state.run, "status": status, "summary": summary}, metrics=metrics)
+        loss = [[float(step), float(value)] for step, value in self.state.series.get("loss", [])]
+        return RunSummary(run={"id": self.state.run, "status": status, "summary": summary}, metrics=metrics, loss=loss)
 
     @property
     def finalized(self) -> bool:
