@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
+import jsonschema
 import pytest
 from distill_fakes import FAKE_SUMMARY, fake_run
 
 from jupyter_distill.core.config import DistillConfig
 from jupyter_distill.core.events import PHASES, Event
+from jupyter_distill.core.runcard import RUN_CARD_SCHEMA
 from jupyter_distill.notebook.dashboard import (
     RUN_MIME_TYPE,
     DashboardState,
@@ -271,7 +273,9 @@ def test_attached_to_a_real_run_reads_artifacts_from_the_store(tmp_path: Path, m
     assert isinstance(summary, RunSummary) and summary.student == "fake-student"
     assert summary.artifacts["adapter"]["path"].endswith("adapter")
     assert "adapter" in dashboard.summary_card.value
-    assert summary.to_json()["run"]["status"] == "done"
+    card = summary.to_json()
+    assert card["status"] == "done"
+    jsonschema.validate(card, RUN_CARD_SCHEMA)
 
 
 def test_sink_is_cheap_and_thread_safe() -> None:

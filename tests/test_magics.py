@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from distill_fakes import fake_run
 from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_distill.core.config import DistillConfig
 from jupyter_distill.core.errors import ConfigError, DistillError
+from jupyter_distill.core.runcard import RUN_CARD_SCHEMA
 from jupyter_distill.notebook.dashboard import RUN_MIME_TYPE, RunSummary, UnknownRunError
 from jupyter_distill.notebook.magics import (
     DistillMagics,
@@ -286,8 +288,10 @@ def test_run_cell_returns_at_once_then_wait_status_runs(
     assert summary.metrics["loss"]["last"] == pytest.approx(2.0 / 6)
     bundle = summary._repr_mimebundle_()
     payload = bundle[RUN_MIME_TYPE]
-    assert payload["version"] == 1 and payload["run"]["id"] == "tickets"
-    assert payload["pass_rates"] == {"student_before": 0.5, "teacher_best_of_n": 1.0, "student_after": 1.0}
+    assert payload["version"] == 1 and payload["id"] == "tickets"
+    jsonschema.validate(payload, RUN_CARD_SCHEMA)
+    rates = {label: rate["pass_rate"] for label, rate in payload["pass_rates"].items()}
+    assert rates == {"student_before": 0.5, "teacher_best_of_n": 1.0, "student_after": 1.0}
     assert "jd.completion(model='tickets-v1'" in payload["snippet"] and "prompt 8" in payload["snippet"]
     assert "tickets-v1" in bundle["text/html"]
 

@@ -16,14 +16,13 @@ Why it is built this way (ipywidgets' "Output widget" and "Asynchronous" docs, f
 :class:`RunSummary` is the result object of ``%distill status/wait`` and the dashboard's final
 card. Its MIME bundle carries ``text/plain``, ``text/html`` and
 ``application/vnd.jupyter.distill.run+json`` (rendered as a card by the lab extension), whose
-shape is :meth:`RunSummary.to_json`.
+shape is the run card that ``jupyter_distill.core.runcard`` defines (the server sends the same one).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -33,238 +32,43 @@ from typing import Any
 import ipywidgets as widgets
 
 from jupyter_distill.core.errors import DistillError
-from jupyter_distill.core.events import PHASES, Event, is_preparation, stage_text
+from jupyter_distill.core.events import PHASES, Event
+from jupyter_distill.core.runcard import (
+    RUN_CARD_VERSION,
+    RunCard,
+    card_progress,
+    downsample,
+    loss_series,
+    make_run_card,
+    number,
+    summary_pass_rates,
+)
 from jupyter_distill.core.store import RunStore
+from jupyter_distill.notebook.dashboard_html import (
+    _STATUS_COLOURS,
+    NO_ETA_PHASES,
+    PHASE_TITLES,
+    _clock,
+    _phase_text,
+    _stats_html,
+    _timeline_html,
+    loss_svg,
+)
+from jupyter_distill.notebook.dashboard_state import (
+    TERMINAL_STATUSES,
+    DashboardState,
+    PhaseProgress,
+)
 from jupyter_distill.notebook.htmltext import no_math, text
 
 RUN_MIME_TYPE = "application/vnd.jupyter.distill.run+json"
-RUN_JSON_VERSION = 1
-PHASE_TITLES: dict[str, str] = {
-    "sampling": "sampling",
-    "judging": "judging",
-    "review": "review",
-    "training": "training",
-    "eval": "eval",
-    "export": "export",
-    "alias": "alias",
-}
-MAX_SERIES_POINTS = 4000  # per metric; older points are thinned, the curve keeps its shape
-MAX_MESSAGES = 20
-#: Phases whose steps differ too much in length for a rate to predict the rest (export: merge,
-#: f16, quantize, check): they show the step and the elapsed time, no ETA.
-NO_ETA_PHASES = frozenset({"export", "alias"})
-TERMINAL_STATUSES = frozenset({"done", "failed", "stopped"})
+RUN_JSON_VERSION = RUN_CARD_VERSION
+
 _PLOT_EVENT_KINDS = frozenset({"metric", "phase_end", "run_end", "error"})
-_STATUS_COLOURS = {
-    "pending": "#9e9e9e",
-    "active": "#1976d2",
-    "done": "#2e7d32",
-    "failed": "#c62828",
-    "stopped": "#ef6c00",
-    "waiting": "#8e24aa",
-}
 
 
 class UnknownRunError(DistillError):
     """A magic or widget names a run that is not in the run store."""
-
-
-# ---------------------------------------------------------------------------------------------
-# State: plain data folded from events (tests drive this without any widget or thread)
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class PhaseProgress:
-    """Where one phase is: status, units done out of total, and when it started and ended."""
-
-    status: str = "pending"  # pending | active | waiting | done | failed | stopped
-    current: int | None = None
-    total: int | None = None
-    started: float | None = None
-    ended: float | None = None
-    message: str = ""
-    stage: str = ""  # what the phase is doing now, when it is not its counted work (preparing, a named step)
-    preparing: bool = False  # counted work has not begun: no ETA
-    rate_time: float | None = None  # ETA is measured from here (after preparation), else from started
-    rate_units: int = 0  # units done at rate_time
-
-    @property
-    def fraction(self) -> float:
-        """0..1 for the progress bar; a finished phase is full even when it had no total."""
-        if self.status == "done":
-            return 1.0
-        if self.total and self.current is not None:
-            return max(0.0, min(1.0, self.current / self.total))
-        return 0.0
-
-    def elapsed(self, now: float) -> float | None:
-        if self.started is None:
-            return None
-        return (self.ended if self.ended is not None else now) - self.started
-
-    def eta(self, now: float) -> float | None:
-        """Seconds left at the rate of the counted work so far (preparation time excluded); None while
-        preparing, before the first unit, or without a total."""
-        if self.status != "active" or self.preparing or not self.total or not self.current:
-            return None
-        since = self.rate_time if self.rate_time is not None else self.started
-        done = self.current - (self.rate_units if self.rate_time is not None else 0)
-        if since is None or done <= 0:
-            return None
-        elapsed = now - since
-        if elapsed <= 0:
-            return None
-        return max(0.0, (self.total - self.current) * elapsed / done)
-
-
-@dataclass
-class DashboardState:
-    """Everything the dashboard shows, built from events alone."""
-
-    run: str
-    status: str = "created"  # created | running | waiting-review | done | failed | stopped
-    phase: str | None = None
-    phases: dict[str, PhaseProgress] = field(default_factory=lambda: {p: PhaseProgress() for p in PHASES})
-    requests: int = 0
-    cost: float = 0.0  # teacher spend; the judge's is judge_cost (each phase reports only its own)
-    judge_cost: float = 0.0
-    step: int | None = None
-    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    latest: dict[str, float] = field(default_factory=dict)
-    messages: list[tuple[str, str]] = field(default_factory=list)
-    summary: dict[str, Any] | None = None
-    error: str | None = None
-    started: float | None = None
-    ended: float | None = None
-    events: int = 0
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-    def apply(self, event: Event) -> None:
-        """Fold one event into the state (called from the run's thread, under the dashboard lock)."""
-        self.events += 1
-        phase = event.phase or self.phase
-        progress = self.phases.get(phase) if phase else None
-        if event.kind == "run_start":
-            self.status = "running"
-            self.started = event.time
-        elif event.kind == "phase_start" and progress is not None:
-            self.phase = phase
-            progress.status = "active"
-            progress.started = event.time
-            progress.ended = None
-            progress.total = event.total
-            progress.current = 0 if event.total else None
-            progress.stage, progress.preparing, progress.rate_time, progress.rate_units = "", False, None, 0
-            if self.status in ("created", "waiting-review"):
-                self.status = "running"
-        elif event.kind == "progress":
-            if progress is not None:
-                self._progress(event, phase, progress)
-            if "requests" in event.data:
-                self.requests = int(event.data["requests"])
-            if "cost" in event.data:
-                if phase == "judging":  # the judge's spend is its own line, never the teacher's
-                    self.judge_cost = float(event.data["cost"])
-                else:
-                    self.cost = float(event.data["cost"])
-        elif event.kind == "metric":
-            self._metric(event)
-        elif event.kind == "phase_end" and progress is not None:
-            progress.status = "done"
-            progress.ended = event.time
-            progress.stage, progress.preparing = "", False
-            if progress.total:
-                progress.current = progress.total
-            if self.status == "waiting-review":
-                self.status = "running"
-        elif event.kind == "warning":
-            self._message("warning", event.message)
-        elif event.kind == "error":
-            self.status = "failed"
-            self.error = event.message
-            self.ended = event.time
-            self._message("error", event.message)
-            self._close_active("failed", event.time)
-        elif event.kind == "run_end":
-            stopped = event.data.get("status") == "stopped"
-            self.status = "stopped" if stopped else "done"
-            self.ended = event.time
-            if stopped:
-                self._message("warning", event.message)
-                self._close_active("stopped", event.time)
-            else:
-                self.summary = dict(event.data)
-                if "teacher_requests" in self.summary:
-                    self.requests = max(self.requests, int(self.summary["teacher_requests"] or 0))
-                if "teacher_cost" in self.summary:
-                    self.cost = float(self.summary["teacher_cost"] or 0.0)
-                if "judge_cost" in self.summary:
-                    self.judge_cost = float(self.summary["judge_cost"] or 0.0)
-
-    def _progress(self, event: Event, phase: str | None, progress: PhaseProgress) -> None:
-        """A progress event moves its own phase's bar, and only while that phase runs.
-
-        Two kinds of event must not: a phase's preparation (loading the student, reference
-        log-probs: its count is not the phase's work) shows as the phase's stage; and an event of
-        a phase that is not running (the held-out evaluation inside training, before the eval
-        phase, and inside export, after it) shows as the stage of the phase that is running.
-        """
-        if is_preparation(event):
-            progress.stage = stage_text(event)
-            progress.preparing = True
-            return
-        if phase != self.phase and progress.status != "active":
-            host = self.phases.get(self.phase) if self.phase else None
-            if host is not None and host.status == "active":
-                count = f" {event.current}/{event.total}" if event.current is not None and event.total else ""
-                label = stage_text(event, label=(event.message or str(phase))) + count
-                host.stage = f"preparing: {label}" if host.preparing else label
-            return
-        if progress.preparing and (event.current is not None or event.step is not None):
-            progress.preparing = False  # counted work begins: measure its rate from here
-            progress.rate_time, progress.rate_units = event.time, int(event.current or 0)
-        if event.total is not None:
-            progress.total = event.total
-        if event.current is not None:
-            progress.current = event.current
-        if event.message:
-            progress.message = event.message
-            progress.stage = stage_text(event)
-        elif event.step is not None:
-            progress.stage = ""  # a training step: the count says it all
-        if phase == "review" and "waiting" in event.message:
-            progress.status = "waiting"
-            self.status = "waiting-review"
-
-    def _metric(self, event: Event) -> None:
-        if event.step is not None and event.phase in (None, "training"):
-            self.step = event.step  # evaluation metrics carry the step they belong to, not a new one
-        for name, value in event.data.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                continue
-            self.latest[name] = float(value)
-            if event.step is None:
-                continue
-            points = self.series.setdefault(name, [])
-            if points and points[-1][0] == event.step:  # a resumed or re-logged step replaces the old value
-                points[-1] = (event.step, float(value))
-            else:
-                points.append((event.step, float(value)))
-            if len(points) > MAX_SERIES_POINTS:
-                del points[1:-1:2]
-
-    def _message(self, kind: str, text: str) -> None:
-        if text:
-            self.messages.append((kind, text))
-            del self.messages[:-MAX_MESSAGES]
-
-    def _close_active(self, status: str, when: float) -> None:
-        for progress in self.phases.values():
-            if progress.status in ("active", "waiting"):
-                progress.status = status
-                progress.ended = when
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +84,7 @@ class RunSummary:
     teacher_samples: int = 0
     example_prompt: str | None = None
     student: Any = None  # the Student object when the run finished in this kernel
+    loss: list[list[float]] = field(default_factory=list)  # [[step, value], ...] for the card's sparkline
 
     @classmethod
     def from_store(cls, store: RunStore, name: str, *, student: Any = None) -> RunSummary:
@@ -322,6 +127,7 @@ class RunSummary:
             teacher_samples=int(row["n"]),
             example_prompt=example,
             student=student,
+            loss=loss_series(store, name),
         )
 
     # ------------------------------------------------------------------ derived numbers
@@ -372,29 +178,30 @@ class RunSummary:
         ]
         return "\n".join(lines)
 
-    def to_json(self) -> dict[str, Any]:
-        """The ``application/vnd.jupyter.distill.run+json`` payload (a contract with the lab card).
+    def to_json(self) -> RunCard:
+        """The ``application/vnd.jupyter.distill.run+json`` payload: a run card as ``core.runcard`` defines it.
 
-        ``{"version": 1, "run": <RunStore.get_run(name)>, "metrics": {name: {first, last, min,
-        steps, last_step}}, "artifacts": {kind: {path, sha256, size}}, "pass_rates": {student_before,
-        teacher_best_of_n, student_after}, "cost_per_1k": {teacher, student}, "alias": str | null,
-        "snippet": str}``
+        The server's panel sends the same shape, so the lab card draws both without telling them apart.
         """
-        return json.loads(
-            json.dumps(
-                {
-                    "version": RUN_JSON_VERSION,
-                    "run": self.run,
-                    "metrics": self.metrics,
-                    "artifacts": self.artifacts,
-                    "pass_rates": self.pass_rates(),
-                    "cost_per_1k": self.cost_per_1k(),
-                    "alias": self.alias,
-                    "snippet": self.snippet(),
-                },
-                default=str,
-            )
+        run = self.run
+        config = run.get("config") or {}
+        current: float | None = None
+        total = number(config.get("steps"))
+        if run.get("phase") == "training" and total:
+            current = self.loss[-1][0] if self.loss else 0.0
+        else:
+            total = None
+        error = self.summary.get("error")
+        card = make_run_card(
+            run,
+            progress=card_progress(run, current, total),
+            cost=number(self.summary.get("teacher_cost")) or 0.0,
+            loss=downsample(self.loss),
+            pass_rates=summary_pass_rates(self.summary),
+            error=str(error) if error else None,
+            snippet=self.snippet(),
         )
+        return json.loads(json.dumps(card, default=str))
 
     # ------------------------------------------------------------------ rendering
     def _rows(self) -> list[tuple[str, str]]:
@@ -727,7 +534,8 @@ class RunDashboard:
             for name, pts in self.state.series.items()
             if pts
         }
-        return RunSummary(run={"id": self.state.run, "status": status, "summary": summary}, metrics=metrics)
+        loss = [[float(step), float(value)] for step, value in self.state.series.get("loss", [])]
+        return RunSummary(run={"id": self.state.run, "status": status, "summary": summary}, metrics=metrics, loss=loss)
 
     @property
     def finalized(self) -> bool:
@@ -788,63 +596,6 @@ def watch(run: Any, *, min_interval: float = 0.3) -> RunDashboard:
     dashboard = RunDashboard(run.name, store=run.store, min_interval=min_interval).attach(run)
     dashboard.display()
     return dashboard
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    total = round(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def _phase_text(p: PhaseProgress, now: float, *, with_eta: bool = True) -> str:
-    if p.status == "pending":
-        return ""
-    parts = []
-    if p.current is not None and p.total:
-        parts.append(f"{p.current}/{p.total}")
-    if p.stage and p.status == "active":
-        parts.append(p.stage)
-    parts.append(_clock(p.elapsed(now)))
-    eta = p.eta(now) if with_eta else None
-    if eta is not None:
-        parts.append(f"ETA {_clock(eta)}")
-    if p.status == "waiting":
-        parts.append("waiting for review")
-    elif p.status in ("failed", "stopped"):
-        parts.append(p.status)
-    return " · ".join(parts)
-
-
-def _timeline_html(s: DashboardState) -> str:
-    cells = []
-    for phase in PHASES:
-        status = s.phases[phase].status
-        colour = _STATUS_COLOURS.get(status, "#9e9e9e")
-        mark = {"done": "✓", "active": "●", "waiting": "◐", "failed": "✗", "stopped": "■"}.get(status, "○")
-        cells.append(
-            f"<span class='jd-phase jd-{status}' data-phase='{phase}' style='color:{colour};margin-right:2px'>"
-            f"{mark} {PHASE_TITLES[phase]}</span>"
-        )
-    return no_math(" → ".join(cells), css_class="jd-timeline")
-
-
-def _stats_html(s: DashboardState) -> str:
-    parts = [
-        f"requests {s.requests:,}",
-        f"teacher cost ${s.cost:.4f}",
-        f"judge cost ${s.judge_cost:.4f}",
-        f"total ${s.cost + s.judge_cost:.4f}",
-    ]
-    if s.step is not None:
-        total = s.phases["training"].total
-        parts.append(f"step {s.step}{f'/{total}' if total else ''}")
-    for name in ("loss", "nll", "pref", "kl", "lr"):
-        if name in s.latest:
-            parts.append(f"{name} {s.latest[name]:.4g}")
-    return no_math(" · ".join(text(part) for part in parts), css_class="jd-stats")
 
 
 class _LossPlot:
@@ -925,31 +676,6 @@ class _LossPlot:
             self.widget.format = "svg+xml"
             self.widget.value = svg.encode()
             self.widget.layout.display = "block"
-
-
-def loss_svg(points: list[tuple[int, float]], width: int = 420, height: int = 120) -> str:
-    """A dependency-free line chart of (step, loss): cheap enough to redraw every 0.3 s."""
-    if len(points) < 2:
-        return ""
-    steps = [p[0] for p in points]
-    values = [p[1] for p in points]
-    x0, x1 = min(steps), max(steps)
-    y0, y1 = min(values), max(values)
-    if y1 - y0 < 1e-12:
-        y1 = y0 + 1.0
-    pad = 24
-    coords = " ".join(
-        f"{pad + (x - x0) / max(1, x1 - x0) * (width - 2 * pad):.1f},"
-        f"{height - pad - (y - y0) / (y1 - y0) * (height - 2 * pad):.1f}"
-        for x, y in points
-    )
-    return (
-        f"<svg width='{width}' height='{height}' class='jd-loss' xmlns='http://www.w3.org/2000/svg'>"
-        f"<polyline fill='none' stroke='#1976d2' stroke-width='1.5' points='{coords}'/>"
-        f"<text x='{pad}' y='12' font-size='11'>loss {values[-1]:.4g} (step {steps[-1]})</text>"
-        f"<text x='{pad}' y='{height - 6}' font-size='10' fill='#757575'>min {y0:.4g} · max {y1:.4g}</text>"
-        "</svg>"
-    )
 
 
 __all__ = [

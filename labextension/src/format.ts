@@ -44,7 +44,13 @@ export interface IPassRate {
   mean_score: number | null;
 }
 
-export interface IRunSummary {
+/**
+ * The run card as sent: `application/vnd.jupyter.distill.run+json` outputs and the server's run
+ * list carry exactly these fields. The one definition is `RUN_CARD_SCHEMA` in
+ * jupyter_distill/core/runcard.py; a Python test checks that this interface declares its fields.
+ */
+export interface IRunCard {
+  version: number;
   id: string;
   status: string;
   phase: string | null;
@@ -58,10 +64,14 @@ export interface IRunSummary {
   pass_rates: Record<string, IPassRate>;
   alias: string | null;
   error: string | null;
-  /** The last logged loss when only a metric summary (no series) was sent. */
-  last_loss: number | null;
-  /** Python to call the student, when the producer sent one. */
+  /** Python to call the student (the kernel sends one for finished runs; the server sends null). */
   snippet: string | null;
+}
+
+/** A parsed run card plus what the views derive from it. */
+export interface IRunSummary extends IRunCard {
+  /** The last logged loss, or null before training logged one. */
+  last_loss: number | null;
 }
 
 export interface IRunList {
@@ -131,8 +141,6 @@ function parsePassRates(value: unknown): Record<string, IPassRate> {
         pass_rate: num(entry.pass_rate),
         mean_score: num(entry.mean_score)
       };
-    } else if (num(entry) !== null) {
-      out[label] = { n: 0, pass_rate: num(entry), mean_score: null };
     }
   }
   return out;
@@ -160,55 +168,36 @@ function parseProgress(value: unknown, phase: string | null, status: string): IP
 }
 
 /**
- * A run summary from untrusted JSON. Two producers exist: the server's run list (flat:
- * `{id, status, progress, loss: [[step, value]], ...}`) and the notebook dashboard's MIME
- * bundle (`{version: 1, run: {id, status, phase, summary, ...}, metrics: {loss: {last, ...}},
- * pass_rates: {label: rate}, alias, snippet}`), saved in notebooks and read back years later.
+ * A run card (see `IRunCard`) from untrusted JSON, saved in notebooks and read back years later.
  * Returns null when there is no usable run id; every other field falls back to a default.
  */
 export function parseRunSummary(value: unknown): IRunSummary | null {
   if (!isRecord(value)) {
     return null;
   }
-  // The dashboard nests the store's run row under "run"; flatten it under the top level.
-  const row: Record<string, unknown> = isRecord(value.run) ? { ...value.run, ...value } : value;
-  const id = str(row.id) ?? str(row.run) ?? str(row.name);
+  const id = str(value.id);
   if (id === null) {
     return null;
   }
-  if (isRecord(value.run)) {
-    for (const key of ['status', 'phase', 'created_at', 'updated_at', 'summary']) {
-      row[key] = value.run[key];
-    }
-  }
-  const status = str(row.status) ?? 'unknown';
-  const phase = str(row.phase);
-  const summary = isRecord(row.summary) ? row.summary : {};
-  const metrics = isRecord(row.metrics) ? row.metrics : {};
-  const lossStats = isRecord(metrics.loss) ? metrics.loss : {};
-  const loss = parseSeries(row.loss);
-  const passRates = parsePassRates(row.pass_rates);
-  // Finished runs carry their eval summaries under summary.{student_before,...}.
-  for (const label of ['student_before', 'teacher_best_of_n', 'student_after']) {
-    if (!(label in passRates) && isRecord(summary[label])) {
-      Object.assign(passRates, parsePassRates({ [label]: summary[label] }));
-    }
-  }
+  const status = str(value.status) ?? 'unknown';
+  const phase = str(value.phase);
+  const loss = parseSeries(value.loss);
   return {
+    version: num(value.version) ?? 1,
     id,
     status,
     phase,
-    created_at: num(row.created_at),
-    updated_at: num(row.updated_at),
-    live: typeof row.live === 'boolean' ? row.live : LIVE_STATUSES.has(status),
-    progress: parseProgress(row.progress, phase, status),
-    cost: num(row.cost) ?? num(summary.teacher_cost) ?? 0,
+    created_at: num(value.created_at),
+    updated_at: num(value.updated_at),
+    live: typeof value.live === 'boolean' ? value.live : LIVE_STATUSES.has(status),
+    progress: parseProgress(value.progress, phase, status),
+    cost: num(value.cost) ?? 0,
     loss,
-    pass_rates: passRates,
-    alias: str(row.alias) ?? str(summary.alias),
-    error: str(row.error) ?? str(summary.error),
-    last_loss: loss.length > 0 ? loss[loss.length - 1][1] : num(lossStats.last),
-    snippet: str(row.snippet)
+    pass_rates: parsePassRates(value.pass_rates),
+    alias: str(value.alias),
+    error: str(value.error),
+    snippet: str(value.snippet),
+    last_loss: loss.length > 0 ? loss[loss.length - 1][1] : null
   };
 }
 

@@ -63,14 +63,14 @@ describe('parseRunSummary', () => {
     expect(parseRunSummary([liveRun])).toBeNull();
   });
 
-  it('fills defaults and reads a finished run from its stored summary', () => {
+  it('fills defaults for the fields a minimal finished card leaves out', () => {
     const run = parseRunSummary({
-      run: 'old',
+      id: 'old',
       status: 'done',
       phase: 'done',
-      summary: {
-        teacher_cost: 1.5,
-        alias: 'ticket-classifier',
+      cost: 1.5,
+      alias: 'ticket-classifier',
+      pass_rates: {
         student_before: { n: 8, pass_rate: 0.25, mean_score: 0.3 },
         student_after: { n: 8, pass_rate: 0.875, mean_score: 0.9 }
       }
@@ -84,36 +84,49 @@ describe('parseRunSummary', () => {
     expect(run.loss).toEqual([]);
   });
 
-  it('reads the notebook dashboard payload (run row nested, metric stats, bare rates)', () => {
+  it('reads the kernel card (version, snippet, pass rates as objects)', () => {
     const run = parseRunSummary({
       version: 1,
-      run: {
-        id: 'tickets',
-        status: 'done',
-        phase: 'done',
-        created_at: 1,
-        updated_at: 2,
-        config: {},
-        summary: { teacher_cost: 0.25 }
+      id: 'tickets',
+      status: 'done',
+      phase: 'done',
+      created_at: 1,
+      updated_at: 2,
+      live: false,
+      progress: { phase: 'done', fraction: 1, overall: 1, current: null, total: null },
+      cost: 0.25,
+      loss: [
+        [1, 2.1],
+        [60, 0.4321]
+      ],
+      pass_rates: {
+        student_before: { n: 20, pass_rate: 0.2, mean_score: null },
+        teacher_best_of_n: { n: 20, pass_rate: 0.35, mean_score: null }
       },
-      metrics: { loss: { first: 2.1, last: 0.4321, min: 0.4, steps: 60, last_step: 60 } },
-      artifacts: {},
-      pass_rates: { student_before: 0.2, teacher_best_of_n: 0.35, student_after: null },
-      cost_per_1k: { teacher: 0.1, student: 0 },
       alias: 'ticket-classifier',
+      error: null,
       snippet: 'jd.completion(model="ticket-classifier", messages=[...])'
     })!;
     expect(run.id).toBe('tickets');
     expect(run.status).toBe('done');
     expect(run.updated_at).toBe(2);
     expect(run.cost).toBe(0.25);
-    expect(run.loss).toEqual([]);
+    expect(run.loss).toEqual([
+      [1, 2.1],
+      [60, 0.4321]
+    ]);
     expect(run.last_loss).toBe(0.4321);
     expect(run.pass_rates.student_before.pass_rate).toBe(0.2);
     expect(run.pass_rates.teacher_best_of_n.pass_rate).toBe(0.35);
     expect(run.pass_rates.student_after).toBeUndefined();
     expect(run.alias).toBe('ticket-classifier');
     expect(run.snippet).toContain('jd.completion');
+  });
+
+  it('does not guess at other shapes: a payload without a top-level id is not a card', () => {
+    expect(parseRunSummary({ version: 1, run: { id: 'tickets', status: 'done' } })).toBeNull();
+    const bare = parseRunSummary({ id: 'x', pass_rates: { student_before: 0.2 } })!;
+    expect(bare.pass_rates).toEqual({});
   });
 
   it('treats non-finite and mistyped numbers as missing and clamps progress', () => {
@@ -342,6 +355,21 @@ describe('run card renderer rank', () => {
     expect(ranks.get('text/plain')).toBeDefined();
     for (const [mime, rank] of ranks) {
       expect([mime, RUN_RENDERER_RANK < rank]).toEqual([mime, true]);
+    }
+  });
+});
+
+describe('the shared run-card example (tests/fixtures/run_card.json)', () => {
+  const example = JSON.parse(
+    fs.readFileSync(path.join(__dirname, '..', '..', 'tests', 'fixtures', 'run_card.json'), 'utf-8')
+  );
+
+  it('parses with every field the Python schema defines kept as sent', () => {
+    const run = parseRunSummary(example);
+    expect(run).not.toBeNull();
+    for (const key of Object.keys(example)) {
+      expect(run).toHaveProperty(key);
+      expect((run as unknown as Record<string, unknown>)[key]).toEqual(example[key]);
     }
   });
 });
