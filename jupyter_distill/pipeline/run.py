@@ -159,6 +159,18 @@ class Run:
         """Release a run waiting for human review (the review widget's "train" button)."""
         self._review_done.set()
 
+    def judge_agreement(self, **options: Any) -> Any:
+        """How often the judge matches the human review so far (see :mod:`jupyter_distill.pipeline.calibration`)."""
+        from jupyter_distill.pipeline.calibration import judge_agreement
+
+        return judge_agreement(self, **options)
+
+    def rejudge(self, rubric: str, **options: Any) -> Any:
+        """Judge the reviewed candidates again with an edited rubric; returns the new agreement."""
+        from jupyter_distill.pipeline.calibration import rejudge
+
+        return rejudge(self, rubric, **options)
+
     def _run_captured(self) -> None:
         try:
             self.run()
@@ -632,6 +644,7 @@ class Run:
             student = Student(
                 adapter_dir=student_info["result"].adapter_dir, base_model=base_model, metrics=metrics, name=self.name
             )
+        student.metadata["run"] = {"name": self.name, "workdir": str(Path(self.config.workdir).resolve())}
         if self.config.alias:
             student.deploy(self.config.alias)
             self.state.summary["alias"] = self.config.alias
