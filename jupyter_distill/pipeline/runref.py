@@ -37,7 +37,7 @@ class RunRef:
         return self.record.get("summary") or {}
 
 
-def _workdir_from_path(path: Path | None, name: str) -> Path | None:
+def workdir_from_path(path: Path | None, name: str) -> Path | None:
     """``<workdir>`` for a file or folder under ``<workdir>/runs/<name>/``."""
     if path is None:
         return None
@@ -61,7 +61,7 @@ def resolve_run(run: Any, workdir: str | Path | None = None) -> RunRef:
         folder = workdir or recorded.get("workdir")
         if folder is None:
             for path in (run.gguf_path, run.adapter_dir, run.merged_dir):
-                folder = _workdir_from_path(path, name)
+                folder = workdir_from_path(path, name)
                 if folder is not None:
                     break
         return _by_name(name, folder)
@@ -78,7 +78,15 @@ def resolve_run(run: Any, workdir: str | Path | None = None) -> RunRef:
 def _by_name(name: str, workdir: str | Path | None) -> RunRef:
     from jupyter_distill.core.runfolder import run_folder
 
-    store = RunStore(workdir if workdir is not None else run_folder())
+    folder = Path(workdir if workdir is not None else run_folder())
+    if not (folder / "runs.db").is_file():  # never create a run store just to look a name up
+        raise ConfigError(
+            f"no run named {name!r}: {str(folder)!r} holds no run store (runs.db). Fix: pass the workdir= the run "
+            "was made in.",
+            field="run",
+            value=name,
+        )
+    store = RunStore(folder)
     if store.get_run(name) is None:
         known = ", ".join(r["id"] for r in store.list_runs()[:10]) or "none"
         raise ConfigError(
@@ -90,4 +98,4 @@ def _by_name(name: str, workdir: str | Path | None) -> RunRef:
     return RunRef(store, name)
 
 
-__all__ = ["RunRef", "resolve_run"]
+__all__ = ["RunRef", "resolve_run", "workdir_from_path"]
