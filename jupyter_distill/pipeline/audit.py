@@ -49,9 +49,8 @@ def _resolved(path: Any) -> str:
 def _aliases_of(run_id: str, paths: set[str], aliases: dict[str, dict[str, Any]]) -> list[str]:
     out = []
     for name, entry in aliases.items():
-        if entry.get("run") == run_id or entry.get("student") == run_id:
-            out.append(name)
-        elif entry.get("model_path") and _resolved(entry["model_path"]) in paths:
+        made_by_run = run_id in (entry.get("run"), entry.get("student"))
+        if made_by_run or (entry.get("model_path") and _resolved(entry["model_path"]) in paths):
             out.append(name)
     return sorted(out)
 
@@ -114,13 +113,20 @@ def audit(subject: Any, *, workdir: Any = None) -> Ledger:
         row = rows.setdefault(
             key,
             {
-                "teacher": teacher, "provider": str(prov.get("provider") or recorded.get("provider") or ""),
-                "endpoint": prov.get("endpoint"), "model": prov.get("model") or recorded.get("model"),
-                "terms_version": terms, "verdict": verdict, "authorization": recorded.get("authorization"),
-                "licence": prov.get("licence") or recorded.get("licence"), "sampled": 0, "trained_on": 0,
-                "first_time": None, "last_time": None,
+                "teacher": teacher,
+                "provider": str(prov.get("provider") or recorded.get("provider") or ""),
+                "endpoint": prov.get("endpoint"),
+                "model": prov.get("model") or recorded.get("model"),
+                "terms_version": terms,
+                "verdict": verdict,
+                "authorization": recorded.get("authorization"),
+                "licence": prov.get("licence") or recorded.get("licence"),
+                "sampled": 0,
+                "trained_on": 0,
+                "first_time": None,
+                "last_time": None,
             },
-        )  # fmt: skip
+        )
         row["sampled"] += 1
         row["trained_on"] += s.key in trained
         when = prov.get("time")
@@ -136,6 +142,22 @@ def audit(subject: Any, *, workdir: Any = None) -> Ledger:
             group["samples"].append(s.key)
             if s.key in trained:
                 group["trained_on"].append(s.key)
+    changed = [
+        TermsChange(
+            teacher=teacher,
+            provider=g["provider"],
+            recorded_verdict=verdict,
+            current_verdict=now_verdict,
+            recorded_terms=terms,
+            current_terms=g["current_terms"],
+            samples=g["samples"],
+            trained_on=g["trained_on"],
+            runs=[ref.run_id],
+            files=[f["path"] for f in files],
+            aliases=aliases,
+        )
+        for (teacher, verdict, terms, now_verdict), g in changes.items()
+    ]
     return Ledger(
         subject=what,
         runs=[ref.run_id],
@@ -144,22 +166,7 @@ def audit(subject: Any, *, workdir: Any = None) -> Ledger:
         files=files,
         aliases=aliases,
         terms_version=policy.TERMS_VERSION,
-        changes=[
-            TermsChange(
-                teacher=teacher,
-                provider=g["provider"],
-                recorded_verdict=verdict,
-                current_verdict=now_verdict,
-                recorded_terms=terms,
-                current_terms=g["current_terms"],
-                samples=g["samples"],
-                trained_on=g["trained_on"],
-                runs=[ref.run_id],
-                files=[f["path"] for f in files],
-                aliases=aliases,
-            )
-            for (teacher, verdict, terms, now_verdict), g in changes.items()
-        ],  # fmt: skip
+        changes=changed,
         generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
 
