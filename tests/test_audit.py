@@ -120,3 +120,18 @@ def test_same_verdict_under_newer_terms_and_unknown_subjects(tmp_path: Path, mon
         jd.audit("nothing-here", workdir=tmp_path / "wd")
     with pytest.raises(ConfigError, match="no run recorded making"):
         jd.audit("unrelated", workdir=tmp_path / "wd")
+
+
+def test_the_run_hands_its_ledger_to_the_export_card_and_survives_a_broken_registry(tmp_path: Path, home: Path) -> None:
+    from jupyter_distill.core.config import DistillConfig
+    from jupyter_distill.pipeline.run import Run
+
+    _run(tmp_path / "wd")
+    run = Run(DistillConfig.from_kwargs(dataset=[{"prompt": "q"}], name="aud", workdir=str(tmp_path / "wd")))
+    card = run.rights_ledger()
+    assert card["format"] == LEDGER_FORMAT and card["teachers"][0]["trained_on"] == 3 and card["notes"] == []
+    json.dumps(card)
+    (home / "aliases.json").write_text("{not json", encoding="utf-8")
+    broken = run.rights_ledger()
+    assert broken["aliases"] == [] and "aliases not read" in broken["notes"][0]
+    assert broken["teachers"] == card["teachers"]

@@ -75,6 +75,7 @@ class Ledger:
     terms_version: str  # the terms table installed now
     changes: list[TermsChange] = field(default_factory=list)
     generated_at: str = ""
+    notes: list[str] = field(default_factory=list)  # what the audit could not read, and why
 
     @property
     def ok(self) -> bool:
@@ -97,6 +98,7 @@ class Ledger:
         for s in self.students:
             lines.append(f"  student {s['student']} ({s['licence']}) in run {s['run']}")
         lines.append(f"  files: {len(self.files)}; aliases: {', '.join(self.aliases) or 'none'}")
+        lines += [f"  note: {note}" for note in self.notes]
         for c in self.changes:
             lines.append(
                 f"  CHANGED {c.teacher}: {c.recorded_verdict} under {c.recorded_terms} -> {c.current_verdict} under "

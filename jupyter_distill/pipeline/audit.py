@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_distill.core import policy
-from jupyter_distill.core.errors import ConfigError
+from jupyter_distill.core.errors import AliasError, ConfigError
 from jupyter_distill.core.ledger import Ledger, TermsChange, TermsRow, terms_changed
 from jupyter_distill.core.models import STUDENT_MODEL_MAP
 from jupyter_distill.core.store import SampleRecord
@@ -96,7 +96,13 @@ def audit(subject: Any, *, workdir: Any = None) -> Ledger:
         {"run": ref.run_id, "kind": kind, "path": a["path"], "sha256": a["sha256"], "size": a["size"]}
         for kind, a in sorted(artifacts.items())
     ]
-    aliases = _aliases_of(ref.run_id, {_resolved(f["path"]) for f in files}, registry.list_aliases())
+    notes: list[str] = []
+    try:
+        registered = registry.list_aliases()
+    except AliasError as exc:  # a broken registry must not hide the samples' terms (or fail an export)
+        registered = {}
+        notes.append(f"aliases not read: {exc}")
+    aliases = _aliases_of(ref.run_id, {_resolved(f["path"]) for f in files}, registered)
     student = str(ref.config.get("student") or "")
     known = STUDENT_MODEL_MAP.get(student)
     students = [{"run": ref.run_id, "student": student or "unknown", "licence": known.licence if known else "unknown"}]
@@ -168,6 +174,7 @@ def audit(subject: Any, *, workdir: Any = None) -> Ledger:
         terms_version=policy.TERMS_VERSION,
         changes=changed,
         generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        notes=notes,
     )
 
 

@@ -165,6 +165,12 @@ class Run:
 
         return judge_agreement(self, **options)
 
+    def rights_ledger(self) -> dict[str, Any]:
+        """The run's rights ledger as JSON data (what the model card and GGUF metadata embed)."""
+        from jupyter_distill.pipeline.audit import audit
+
+        return audit(self).to_dict()
+
     def rejudge(self, rubric: str, **options: Any) -> Any:
         """Judge the reviewed candidates again with an edited rubric; returns the new agreement."""
         from jupyter_distill.pipeline.calibration import rejudge
@@ -568,6 +574,7 @@ class Run:
             "dataset": _dataset_source(config.dataset),
             "judge": self.state.summary.get("judge"),
             "metrics": {k: self.state.summary.get(k) for k in ("teacher_best_of_n", "student_before", "student_after")},
+            "rights_ledger": self.rights_ledger(),
         }
         try:
             result = export_gguf(
