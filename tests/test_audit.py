@@ -131,6 +131,9 @@ def test_the_run_hands_its_ledger_to_the_export_card_and_survives_a_broken_regis
     card = run.rights_ledger()
     assert card["format"] == LEDGER_FORMAT and card["teachers"][0]["trained_on"] == 3 and card["notes"] == []
     json.dumps(card)
+    assert jd.audit(run).teachers == jd.audit("aud", workdir=tmp_path / "wd").teachers
+    student = jd.Student(tmp_path / "wd" / "runs" / "aud" / "export" / "model.q8_0.gguf", name="aud")
+    assert jd.audit(student).runs == ["aud"]  # found through its file under <workdir>/runs/aud/
     (home / "aliases.json").write_text("{not json", encoding="utf-8")
     broken = run.rights_ledger()
     assert broken["aliases"] == [] and "aliases not read" in broken["notes"][0]

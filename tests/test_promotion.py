@@ -100,6 +100,11 @@ def test_promote_rollback_and_history(tmp_path: Path, gguf: Path, openai_server)
         jd.rollback("prod")  # version 1 had no earlier target
     assert info.value.field == "alias"
     assert registry.get_alias("prod")["backend"] == "openai-compatible"
+    # the Student a run returned promotes the same way (its run found through its metadata)
+    student = serving.Student(gguf, name="prom", metadata={"run": {"name": "prom", "workdir": str(store.workdir)}})
+    again = jd.promote(student, "prod", judge=lambda row, r: 1.0)
+    assert again.promoted and again.version["version"] == 4 and again.version["previous"] == 3
+    assert registry.get_alias("prod")["model_path"] == str(gguf.resolve())
 
 
 def test_a_swap_is_refused_when_the_alias_changed_meanwhile(tmp_path: Path, gguf: Path) -> None:

@@ -4,7 +4,8 @@
 prompts twice through ``completion()``, once with the run's exported model and once with what the
 alias serves now (a teacher behind an OpenAI-compatible URL, an older student...), scores every
 answer with the run's judge, and compares pass rate, mean judge score, p50/p95 latency and cost
-per 1000 calls in a :class:`PromotionReport`. The alias is swapped only when every gate holds, in
+per 1000 calls in a :class:`PromotionReport`. A local model is loaded by one untimed call first, so
+the latencies are serving latencies, not a weight load. The alias is swapped only when every gate holds, in
 one locked write that also records the version (see ``serving.registry.promote_alias``); a
 refused promotion writes nothing at all. ``rollback(alias)`` restores the previous target and
 ``alias_history(alias)`` lists the versions.
@@ -167,11 +168,22 @@ def _score_fn(ref: RunRef, judge: Any) -> ScoreFn:
     return score
 
 
-def _measure(label: str, target: str, model: Any, prompts: Sequence[PromptRecord], score: ScoreFn, max_tokens: int):
+def _measure(
+    label: str,
+    target: str,
+    model: Any,
+    prompts: Sequence[PromptRecord],
+    score: ScoreFn,
+    max_tokens: int,
+    *,
+    local: bool,
+) -> SideStats:
     from jupyter_distill.serving.student import completion
 
     latencies, scores, costs = [], [], []
     passed = 0
+    if local:  # load the model before timing: a first call that loads weights is not serving latency
+        completion(model, prompts[0].messages, max_tokens=1, temperature=0.0)
     for prompt in prompts:
         resp = completion(model, prompt.messages, max_tokens=max_tokens, temperature=0.0)
         latencies.append(float(resp._latency_ms))
@@ -238,9 +250,12 @@ def promote(
     target, model = _candidate(ref, run)
     current = registry.list_aliases().get(alias)
     score = _score_fn(ref, judge)
-    sides = [_measure("candidate", f"run {ref.run_id}: {_describe(target)}", model, prompts, score, max_tokens)]
+    sides = [
+        _measure("candidate", f"run {ref.run_id}: {_describe(target)}", model, prompts, score, max_tokens, local=True)
+    ]
     if current is not None:
-        sides.append(_measure("current", _describe(current), alias, prompts, score, max_tokens))
+        local = current.get("backend") != "openai-compatible"  # a remote warm-up call would cost money
+        sides.append(_measure("current", _describe(current), alias, prompts, score, max_tokens, local=local))
     cand = sides[0]
     gates: list[Gate] = []
     if min_pass_rate is not None:
