@@ -126,3 +126,15 @@ def test_rejudge_keeps_both_rubrics_and_reports_the_new_agreement(tmp_path: Path
     # a second rubric adds a third judge id; the first two stay
     again = store_agreement("cal", workdir=workdir, judge=result.judge)
     assert again.agreement == 1.0
+
+
+def test_rejudge_refuses_a_judge_that_reads_no_rubric(tmp_path: Path) -> None:
+    from jupyter_distill.core.errors import JudgeError
+    from jupyter_distill.pipeline.calibration import rejudge
+
+    _store_run(tmp_path / "wd", config={"teacher": "t", "judge": "<callable tests.check>"})
+    with pytest.raises(JudgeError) as info:
+        rejudge("cal", "a rubric", workdir=tmp_path / "wd")
+    assert info.value.field == "judge"
+    with pytest.raises(JudgeError, match="does not read a rubric"):
+        rejudge("cal", "a rubric", judge=lambda row, response: 1.0, workdir=tmp_path / "wd")

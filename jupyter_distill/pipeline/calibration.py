@@ -68,13 +68,23 @@ def rejudge(
     model). The verdicts of the old rubric stay in the store; the new judge id and its agreement
     are recorded in the run's summary under ``rejudged``.
     """
+    from jupyter_distill.judging.judges import LLMJudge, load_judge
     from jupyter_distill.judging.judges import judge as run_judge
-    from jupyter_distill.judging.judges import load_judge
     from jupyter_distill.judging.review import ReviewSession
 
     ref = resolve_run(run, workdir)
     model = judge if judge is not None else _judge_model(ref)
-    the_judge = load_judge(model, rubric=rubric)
+    if isinstance(model, LLMJudge):  # its model, graded with the new rubric
+        the_judge: Any = LLMJudge(model.teacher, rubric=rubric, max_tokens=model.max_tokens)
+    else:
+        the_judge = load_judge(model, rubric=rubric)
+    if not isinstance(the_judge, LLMJudge):
+        raise JudgeError(
+            f"judge={model!r} does not read a rubric (a verifier or a custom Judge), so an edited rubric changes "
+            "nothing. Fix: pass judge='<model spec>' or a Teacher to grade with the rubric.",
+            field="judge",
+            value=repr(model)[:80],
+        )
     session = ReviewSession(ref.store, ref.run_id, judge=the_judge.id)
     wanted = set(session.decisions()) if not all_prompts else {p.hash for p in session.prompts}
     prompts = [p for p in session.prompts if p.hash in wanted]

@@ -231,9 +231,13 @@ def promote(
     happens, records a version that :func:`rollback` can undo.
     """
     registry.validate_name(alias)
-    for name, value in (("min_pass_rate", min_pass_rate), ("min_gain", min_gain)):
-        if value is not None and not -1.0 <= float(value) <= 1.0:
-            raise ConfigError(f"{name} must be in [-1, 1], got {value!r}. Fix: e.g. 0.8.", field=name, value=value)
+    for name, value, low in (("min_pass_rate", min_pass_rate, 0.0), ("min_gain", min_gain, -1.0)):
+        if value is not None and not low <= float(value) <= 1.0:
+            raise ConfigError(
+                f"{name} must be in [{low:g}, 1] (pass rates are ratios), got {value!r}. Fix: e.g. {name}=0.05.",
+                field=name,
+                value=value,
+            )
     if max_latency_ms is not None and float(max_latency_ms) <= 0:
         raise ConfigError(
             f"max_latency_ms must be > 0, got {max_latency_ms!r}. Fix: e.g. 500.", field="max_latency_ms",
