@@ -165,3 +165,28 @@ def test_history_stays_consistent_under_eight_threads(tmp_path: Path) -> None:
             assert {k: restored["entry"][k] for k in ("backend", "model_path")} == {
                 k: v["entry"][k] for k in ("backend", "model_path")
             }
+
+
+def test_a_registry_written_before_versions_is_read_and_rolled_back(tmp_path: Path, home: Path) -> None:
+    files = [tmp_path / "a.gguf", tmp_path / "b.gguf"]
+    for f in files:
+        f.write_bytes(b"GGUF" + b"\0" * 60)
+    old_entry = {"backend": "gguf", "model_path": str(files[0].resolve()), "created_at": 1.0, "updated_at": 1.0}
+    home.mkdir(parents=True)
+    (home / "aliases.json").write_text(json.dumps({"schema_version": 1, "aliases": {"prod": old_entry}}))
+    assert [(v["version"], v["action"], v["entry"]) for v in registry.alias_history("prod")] == [
+        (1, "existing", old_entry)
+    ]
+    registry.promote_alias("prod", {"backend": "gguf", "model_path": str(files[1])}, expected=old_entry)
+    doc = json.loads((home / "aliases.json").read_text())
+    assert doc["schema_version"] == 1 and [v["action"] for v in doc["history"]["prod"]] == ["existing", "promote"]
+    # an older jupyter-distill rewrites the alias without a version: the next change records what it saw
+    doc["aliases"]["prod"] = {**old_entry, "note": "hand edit"}
+    (home / "aliases.json").write_text(json.dumps(doc))
+    assert [v["action"] for v in registry.alias_history("prod")] == ["existing", "promote", "observed"]
+    back = registry.rollback_alias("prod")
+    assert back["restores"] == 2 and registry.get_alias("prod")["model_path"] == str(files[1].resolve())
+    # a history that is not version lists is a corrupt file: kept, never overwritten
+    (home / "aliases.json").write_text(json.dumps({"schema_version": 1, "aliases": {}, "history": []}))
+    with pytest.raises(AliasError, match="history"):
+        registry.list_aliases()
