@@ -23,6 +23,10 @@ _LAZY = {
     "list_aliases": "jupyter_distill.serving.registry",
     "unset_alias": "jupyter_distill.serving.registry",
     "get_alias": "jupyter_distill.serving.registry",
+    "promote": "jupyter_distill.pipeline.promote",
+    "rollback": "jupyter_distill.pipeline.promote",
+    "alias_history": "jupyter_distill.pipeline.promote",
+    "audit": "jupyter_distill.pipeline.audit",
     "DistillConfig": "jupyter_distill.core.config",
     "DistillError": "jupyter_distill.core.errors",
 }

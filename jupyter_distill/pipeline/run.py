@@ -159,6 +159,24 @@ class Run:
         """Release a run waiting for human review (the review widget's "train" button)."""
         self._review_done.set()
 
+    def judge_agreement(self, **options: Any) -> Any:
+        """How often the judge matches the human review so far (see :mod:`jupyter_distill.pipeline.calibration`)."""
+        from jupyter_distill.pipeline.calibration import judge_agreement
+
+        return judge_agreement(self, **options)
+
+    def rights_ledger(self) -> dict[str, Any]:
+        """The run's rights ledger as JSON data (what the model card and GGUF metadata embed)."""
+        from jupyter_distill.pipeline.audit import audit
+
+        return audit(self).to_dict()
+
+    def rejudge(self, rubric: str, **options: Any) -> Any:
+        """Judge the reviewed candidates again with an edited rubric; returns the new agreement."""
+        from jupyter_distill.pipeline.calibration import rejudge
+
+        return rejudge(self, rubric, **options)
+
     def _run_captured(self) -> None:
         try:
             self.run()
@@ -556,6 +574,7 @@ class Run:
             "dataset": _dataset_source(config.dataset),
             "judge": self.state.summary.get("judge"),
             "metrics": {k: self.state.summary.get(k) for k in ("teacher_best_of_n", "student_before", "student_after")},
+            "rights_ledger": self.rights_ledger(),
         }
         try:
             result = export_gguf(
@@ -632,6 +651,7 @@ class Run:
             student = Student(
                 adapter_dir=student_info["result"].adapter_dir, base_model=base_model, metrics=metrics, name=self.name
             )
+        student.metadata["run"] = {"name": self.name, "workdir": str(Path(self.config.workdir).resolve())}
         if self.config.alias:
             student.deploy(self.config.alias)
             self.state.summary["alias"] = self.config.alias

@@ -14,6 +14,10 @@ shared by every kernel and process of the user. Hence:
   an empty registry would lose every alias the user had. The copy is named by content so that
   reading the same broken file again (the lab panel polls every few seconds) finds the copy it
   already made instead of writing another one;
+- every change of an alias is recorded as a numbered version in the same file (``history``, a
+  top-level key that older readers ignore and older writers keep), written in the same atomic
+  replace as the change itself, so ``rollback_alias`` can restore the previous target and a
+  version can never describe a swap that did not happen;
 - an alias never holds a secret: keys go in an environment variable named by ``api_key_env``, so
   key-like fields, key-like values and user-info in a ``base_url`` are refused.
 """
@@ -35,6 +39,8 @@ from urllib.parse import urlsplit
 from jupyter_distill.core.errors import AliasError
 
 SCHEMA_VERSION = 1
+HISTORY_LIMIT = 100  # versions kept per alias (the oldest are dropped first)
+_ENTRY_META = ("backend", "model_path", "base_model", "created_at", "updated_at")
 BACKENDS = ("gguf", "peft", "openai-compatible")
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -175,6 +181,9 @@ def _read() -> dict[str, Any]:
         problem = _entry_problem(name, entry)
         if problem:
             _backup_and_raise(path, content, problem)
+    history = doc.get("history", {})
+    if not isinstance(history, dict) or not all(isinstance(v, list) for v in history.values()):
+        _backup_and_raise(path, content, "'history' is not an object of version lists")
     return doc
 
 
@@ -195,12 +204,122 @@ def _write(doc: dict[str, Any]) -> None:
 
 
 def _update(change: Callable[[dict[str, Any]], Any]) -> Any:
+    return _update_doc(lambda doc: change(doc["aliases"]))
+
+
+def _update_doc(change: Callable[[dict[str, Any]], Any]) -> Any:
+    """Read, change and atomically write the whole document under the lock; ``change`` may raise
+    to leave the file untouched."""
     with _locked():
         doc = _read()
-        result = change(doc["aliases"])
+        result = change(doc)
         doc["schema_version"] = SCHEMA_VERSION
         _write(doc)
         return result
+
+
+# ---------------------------------------------------------------------------------------- versions
+def _versions(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The alias's versions, first brought in step with its entry: a change made without a version
+    (an older jupyter-distill, a hand edit, an alias older than versions) becomes one now."""
+    versions = doc.setdefault("history", {}).setdefault(name, [])
+    current = doc["aliases"].get(name)
+    last = versions[-1] if versions else None
+    if (last["entry"] if last else None) != current:
+        _append(versions, "existing" if last is None else "observed", current)
+    return versions
+
+
+def _append(versions: list[dict[str, Any]], action: str, entry: dict[str, Any] | None, **info: Any) -> dict[str, Any]:
+    last = versions[-1] if versions else None
+    previous = info.pop("previous", last["version"] if last and last["entry"] is not None else None)
+    version = {
+        "version": (last["version"] + 1) if last else 1,
+        "action": action,
+        "at": time.time(),
+        "entry": None if entry is None else dict(entry),
+        "previous": previous,
+        **info,
+    }
+    versions.append(version)
+    del versions[:-HISTORY_LIMIT]
+    return version
+
+
+def _swap(doc: dict[str, Any], name: str, entry: dict[str, Any] | None, action: str, **info: Any) -> dict[str, Any]:
+    """Point ``name`` at ``entry`` (None removes it) and record the version; returns the version."""
+    versions = _versions(doc, name)
+    aliases = doc["aliases"]
+    if entry is None:
+        aliases.pop(name, None)
+    else:
+        now = time.time()
+        entry = {**entry, "created_at": (aliases.get(name) or {}).get("created_at", now), "updated_at": now}
+        aliases[name] = entry
+    return dict(_append(versions, action, entry, **info))
+
+
+def alias_history(name: str) -> list[dict[str, Any]]:
+    """Every recorded version of ``name``, oldest first: ``version``, ``action`` (``existing``,
+    ``set``, ``promote``, ``rollback``, ``unset``, ``observed``), ``at``, ``entry`` (None when the
+    alias was removed), ``previous`` (the version a rollback returns to) and what the action added."""
+    validate_name(name)
+    doc = _read()
+    return [dict(v) for v in _versions(doc, name)]
+
+
+def promote_alias(name: str, target: dict[str, Any], *, expected: dict[str, Any] | None, **info: Any) -> dict[str, Any]:
+    """Swap ``name`` to ``target`` (``backend``, ``model_path``/``base_model`` or ``base_url``/``model``,
+    extras) only if the alias still holds ``expected`` (its entry when the caller compared against it;
+    None: no alias then). Returns the new version. A changed alias raises ``AliasError`` and nothing
+    is written: the comparison that justified the swap was made against another model."""
+    validate_name(name)
+    extra = {k: v for k, v in target.items() if k not in _ENTRY_META}
+    entry = _check_entry(name, target["backend"], target.get("model_path"), target.get("base_model"), extra)
+
+    def change(doc: dict[str, Any]) -> dict[str, Any]:
+        if doc["aliases"].get(name) != expected:
+            raise AliasError(
+                f"alias {name!r} changed while the promotion compared against it (now "
+                f"{_shown(doc['aliases'].get(name))}). Nothing was swapped. Fix: run the promotion again.",
+                field="alias",
+                value=name,
+            )
+        return _swap(doc, name, entry, "promote", **info)
+
+    return _update_doc(change)
+
+
+def rollback_alias(name: str) -> dict[str, Any]:
+    """Point ``name`` back at the target before its current version; returns the new version.
+
+    Rolling back twice walks back two versions (a rollback's own ``previous`` is the restored
+    version's). The restored target is checked again (its file may have been deleted since), and
+    an alias with no earlier target is an ``AliasError`` that changes nothing.
+    """
+    validate_name(name)
+
+    def change(doc: dict[str, Any]) -> dict[str, Any]:
+        versions = _versions(doc, name)
+        current = versions[-1] if versions else None
+        by_number = {v["version"]: v for v in versions}
+        target = by_number.get(current["previous"]) if current and current["previous"] is not None else None
+        if target is None or target["entry"] is None:
+            raise AliasError(
+                f"alias {name!r} has no earlier target to roll back to (versions: "
+                f"{[v['version'] for v in versions] or 'none'}). Fix: set it with set_alias() or jd.promote().",
+                field="alias",
+                value=name,
+            )
+        old = target["entry"]
+        extra = {k: v for k, v in old.items() if k not in _ENTRY_META}
+        entry = _check_entry(name, old["backend"], old.get("model_path"), old.get("base_model"), extra)
+        return _swap(
+            doc, name, entry, "rollback", previous=target["previous"], restores=target["version"],
+            replaces=current["version"] if current else None,
+        )  # fmt: skip
+
+    return _update_doc(change)
 
 
 def _resolve(path: Any, field: str) -> Path:
@@ -427,21 +546,23 @@ def set_alias(
     validate_name(name)
     entry = _check_entry(name, backend, model_path, base_model, extra)
 
-    def change(aliases: dict[str, Any]) -> dict[str, Any]:
-        now = time.time()
-        previous = aliases.get(name) or {}
-        entry["created_at"] = previous.get("created_at", now)
-        entry["updated_at"] = now
-        aliases[name] = entry
-        return dict(entry)
+    def change(doc: dict[str, Any]) -> dict[str, Any]:
+        return dict(_swap(doc, name, entry, "set")["entry"])
 
-    return _update(change)
+    return _update_doc(change)
 
 
 def unset_alias(name: str) -> bool:
     """Remove an alias; returns False when it did not exist (removing twice is not an error)."""
     validate_name(name)
-    return bool(_update(lambda aliases: aliases.pop(name, None) is not None))
+
+    def change(doc: dict[str, Any]) -> bool:
+        if name not in doc["aliases"]:
+            return False
+        _swap(doc, name, None, "unset")
+        return True
+
+    return bool(_update_doc(change))
 
 
 def list_aliases() -> dict[str, dict[str, Any]]:
@@ -468,11 +589,15 @@ def get_alias(name: str) -> dict[str, Any]:
 
 __all__ = [
     "BACKENDS",
+    "HISTORY_LIMIT",
     "SCHEMA_VERSION",
+    "alias_history",
     "get_alias",
     "list_aliases",
+    "promote_alias",
     "registry_dir",
     "registry_path",
+    "rollback_alias",
     "set_alias",
     "unset_alias",
     "validate_name",

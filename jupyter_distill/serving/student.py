@@ -307,7 +307,8 @@ class Student:
 
     def deploy(self, alias: str, **extra: Any) -> dict[str, Any]:
         """Register this student under ``alias`` so ``completion(model=alias)`` serves it."""
-        info = {"student": self.name, **extra}
+        run = self.metadata.get("run") if isinstance(self.metadata.get("run"), dict) else {}
+        info = {"student": self.name, **({"workdir": str(run["workdir"])} if run.get("workdir") else {}), **extra}
         if self.gguf_path:
             return registry.set_alias(alias, backend="gguf", model_path=self.gguf_path, **info)
         route = self._routing()
