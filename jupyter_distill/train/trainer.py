@@ -75,6 +75,9 @@ STEP_METRICS: tuple[str, ...] = (
     "tokens_per_s",
 )
 
+#: every value of ``DistillConfig.loss``; the offline ones this trainer runs come first
+LOSSES: tuple[str, ...] = ("sft", "bond", "jbond", "onpolicy")
+OFFLINE_LOSSES: tuple[str, ...] = ("sft", "bond")
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
 _STATE_FILE = "trainer_state.pt"
@@ -120,9 +123,18 @@ class TrainSettings:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: list[str] | None = None
+    #: ``sft`` and ``bond`` train through :func:`~jupyter_distill.train.bond.bond_loss` (``sft`` is
+    #: it with ``beta = gamma = 0``, i.e. the plain mean NLL of the chosen); ``jbond`` and
+    #: ``onpolicy`` need on-policy sampling, which this trainer does not do (it refuses them)
+    loss: str = "bond"
     beta: float = 0.5
     gamma: float = 0.1
     tau: float = 0.1
+    jbond_n: int = 2
+    jbond_anchor_decay: float = 0.99
+    jbond_mix: float = 0.5
+    jbond_kl: float = 0.05
+    jbond_max_new_tokens: int = 64
     checkpoint_every: int = 50
     seed: int = 0
     device: str = "auto"
@@ -144,9 +156,15 @@ class TrainSettings:
             ("lora_r", self.lora_r >= 1, "use a rank of at least 1, e.g. 16"),
             ("lora_alpha", self.lora_alpha >= 1, "use e.g. 2 x lora_r"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "use a value in [0, 1)"),
+            ("loss", self.loss in LOSSES, f"use one of {', '.join(LOSSES)}"),
             ("beta", 0.0 <= self.beta <= 1.0, "use a value in [0, 1]"),
             ("gamma", self.gamma >= 0.0, "use 0 or a small positive value"),
             ("tau", self.tau > 0.0, "use a positive temperature, e.g. 0.1"),
+            ("jbond_n", 1 <= self.jbond_n <= 16, "use 1 to 16 samples per prompt"),
+            ("jbond_anchor_decay", 0.0 <= self.jbond_anchor_decay < 1.0, "use a value in [0, 1), e.g. 0.99"),
+            ("jbond_mix", 0.0 <= self.jbond_mix <= 1.0, "use a value in [0, 1]"),
+            ("jbond_kl", self.jbond_kl >= 0.0, "use 0 or a small positive value"),
+            ("jbond_max_new_tokens", self.jbond_max_new_tokens >= 1, "use at least 1 token"),
             ("checkpoint_every", self.checkpoint_every >= 1, "use at least 1"),
             ("max_length", self.max_length >= 8, "use at least 8 tokens"),
             ("max_grad_norm", self.max_grad_norm > 0, "use a positive norm, e.g. 1.0"),
@@ -174,9 +192,16 @@ class TrainSettings:
             "lora_alpha": config.lora_alpha,
             "lora_dropout": config.lora_dropout,
             "target_modules": list(config.target_modules) if config.target_modules else None,
-            "beta": config.bond_beta,
-            "gamma": config.bond_gamma,
+            "loss": config.loss,
+            # sft is bond_loss with both extra terms off: exactly the mean NLL of the chosen
+            "beta": 0.0 if config.loss == "sft" else config.bond_beta,
+            "gamma": 0.0 if config.loss == "sft" else config.bond_gamma,
             "tau": config.bond_tau,
+            "jbond_n": config.jbond_n,
+            "jbond_anchor_decay": config.jbond_anchor_decay,
+            "jbond_mix": config.jbond_mix,
+            "jbond_kl": config.jbond_kl,
+            "jbond_max_new_tokens": config.jbond_max_new_tokens,
             "checkpoint_every": config.checkpoint_every,
             "seed": config.seed,
             "device": config.device,
@@ -189,6 +214,9 @@ class TrainSettings:
         data = asdict(self)
         for volatile in ("checkpoint_every", "device"):
             data.pop(volatile)
+        if data["loss"] in ("sft", "bond"):  # offline losses: checkpoints written before ``loss`` existed resume
+            for key in [k for k in data if k == "loss" or k.startswith("jbond_")]:
+                data.pop(key)
         if data["gradient_checkpointing"] is None:  # the default: checkpoints written before it existed resume
             data.pop("gradient_checkpointing")
         return content_hash("train-settings", data)
@@ -419,6 +447,7 @@ class BondTrainer:
 
         started = time.time()
         s = self.settings
+        check_trainable_loss(s.loss)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         examples = tokenize_pairs(self.student, self.pairs, s.max_length)
         pad_id = int(self.student.tokenizer.pad_token_id)
@@ -615,6 +644,25 @@ class BondTrainer:
         }
         self._save_checkpoint(model, state)
         self._event("progress", message=f"checkpoint at step {step}", step=step, data={"checkpoint": step})
+
+
+def check_trainable_loss(loss: str) -> None:
+    """Refuse a loss this trainer cannot optimise, before any model is loaded.
+
+    The on-policy losses sample from the student while it trains; the loss itself
+    (:func:`~jupyter_distill.train.jbond.jbond_loss`) exists, the sampling loop around it is not
+    part of this trainer yet, and silently training ``bond`` instead would mislabel the run.
+    """
+    if loss in OFFLINE_LOSSES:
+        return
+    raise TrainingError(
+        f"loss={loss!r} needs on-policy training (the student samples and is judged while it trains), "
+        f"which this trainer does not run yet; it trains {' and '.join(repr(x) for x in OFFLINE_LOSSES)}. "
+        "Fix: use loss='bond' (the default) or loss='sft'.",
+        field="loss",
+        value=loss,
+        fix="use loss='bond' or loss='sft'",
+    )
 
 
 def _get_rng() -> dict[str, Any]:
