@@ -108,10 +108,13 @@ def test_onpolicy_is_refused_with_jbond_suggested() -> None:
     assert "jbond" in err.fix and "openrouter:some/model" in str(err)
 
 
-def test_trainer_refuses_jbond_until_it_samples_on_policy() -> None:
-    with pytest.raises(TrainingError) as info:
-        check_loss(DistillConfig(loss="jbond"))
-    assert info.value.field == "loss" and info.value.value == "jbond"
-    for loss in ("sft", "bond"):
+def test_jbond_passes_preflight_except_on_the_fast_engine() -> None:
+    for loss in ("sft", "bond", "jbond"):
         check_loss(DistillConfig(loss=loss))
         check_trainable_loss(loss)
+    with pytest.raises(TrainingError) as info:
+        check_loss(DistillConfig(loss="jbond", engine="fast"))
+    assert info.value.field == "engine" and info.value.value == "fast"
+    with pytest.raises(TrainingError) as info:
+        check_trainable_loss("onpolicy")
+    assert info.value.field == "loss" and "jbond" in info.value.fix

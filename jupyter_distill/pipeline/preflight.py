@@ -8,7 +8,7 @@ student costs milliseconds instead of a paid sampling phase.
 
 What is checked, in order (the first problem raises its ``DistillError``):
 
-0. the loss: ``onpolicy`` needs a teacher that scores tokens, and the trainer must run the loss;
+0. the loss: ``onpolicy`` needs a teacher that scores tokens, and ``jbond`` the plain engine;
 1. the student: a map key, an HF folder or a ``.gguf`` file that exists and is what it claims;
 2. its architecture can be exported for the chosen ``quantize`` (``export.check_exportable``);
 3. it can be loaded here: weights available offline, safetensors, a tokenizer, an architecture
@@ -72,8 +72,8 @@ def check_loss(config: DistillConfig) -> None:
 
     ``onpolicy`` needs the teacher's log-probs of the student's own tokens (and the student's
     tokenizer); the teachers here return text only, so it is refused with the loss that works
-    with any teacher, ``jbond``. Then the trainer's own refusal runs, so a loss it cannot train
-    never reaches it after a paid sampling phase.
+    with any teacher, ``jbond``. Then the trainer's own refusal runs (``jbond`` on the fast engine),
+    so a combination it cannot train never reaches it after a paid sampling phase.
     """
     from jupyter_distill.train.trainer import check_trainable_loss
 
@@ -88,7 +88,7 @@ def check_loss(config: DistillConfig) -> None:
             value="onpolicy",
             fix="use loss='jbond'",
         )
-    check_trainable_loss(config.loss)
+    check_trainable_loss(config.loss, config.engine)
 
 
 # ---------------------------------------------------------------------------------- the student
