@@ -118,3 +118,22 @@ def test_jbond_passes_preflight_except_on_the_fast_engine() -> None:
     with pytest.raises(TrainingError) as info:
         check_trainable_loss("onpolicy")
     assert info.value.field == "loss" and "jbond" in info.value.fix
+
+
+def test_estimate_counts_the_judge_calls_on_the_students_samples() -> None:
+    from jupyter_distill.pipeline.estimate import estimate
+
+    rows = [{"prompt": f"hello there {i}"} for i in range(10)]
+    common = dict(teacher="gemini:gemini-2.5-flash", steps=3, batch_size=2, device="cpu")
+    bond = estimate(rows, **common)
+    jbond = estimate(rows, loss="jbond", jbond_n=4, **common)  # the teacher judges (judge=None): paid
+    assert bond.onpolicy_judge_requests == 0
+    assert jbond.onpolicy_judge_requests == 3 * 2 * 4
+    assert jbond.teacher_cost_max > bond.teacher_cost_max and jbond.teacher_cost_typical > bond.teacher_cost_typical
+    assert jbond.training_seconds > bond.training_seconds
+    assert "at most 24 on the student's samples" in repr(jbond)
+    free = estimate(rows, loss="jbond", judge=lambda row, response: 1.0, **common)  # a verifier costs nothing
+    assert (
+        free.onpolicy_judge_requests == 0
+        and free.teacher_cost_max == estimate(rows, judge=lambda row, response: 1.0, **common).teacher_cost_max
+    )
