@@ -65,8 +65,11 @@ class JBondEngine:
 
     def prepare(self, model: Any, examples: Sequence[TokenizedPair]) -> None:
         """No reference log-probs are needed (the anchor replaces the frozen reference); start the anchor."""
+        lora = self._lora(model)
         if self.anchor is None:
-            self.anchor = init_anchor(self._lora(model).items())
+            self.anchor = init_anchor(lora.items())
+        else:  # restored from a checkpoint (loaded on the CPU): keep it beside the weights it follows
+            self.anchor = {name: value.to(lora[name].device) for name, value in self.anchor.items()}
 
     def after_step(self, model: Any) -> None:
         """Move the anchor towards the weights the optimiser just wrote."""
