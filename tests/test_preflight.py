@@ -105,6 +105,8 @@ CASES = [
     Case("verifier with the wrong arity", lambda t: {"judge": wrong_arity}, JudgeError, "judge"),
     Case("workdir/runs is a file", lambda t: {"workdir": _runs_is_a_file(t / "wd-file")}, ConfigError, "workdir"),
     Case("workdir is a file", lambda t: {"workdir": _write(t / "wd.txt", b"x")}, DistillError, "workdir"),
+    Case("onpolicy with a text-only teacher", lambda t: {"loss": "onpolicy"}, ConfigError, "loss"),
+    Case("jbond on the fast engine", lambda t: {"loss": "jbond", "engine": "fast"}, TrainingError, "engine"),
 ]  # fmt: skip
 
 

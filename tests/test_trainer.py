@@ -482,7 +482,7 @@ def test_pairs_from_store_records() -> None:
 
     prompts = [PromptRecord(hash="h1", messages=[{"role": "user", "content": "q"}], row={})]
     out = TrainPair.from_records([PairRecord("h1", 0, "good", "bad")], prompts)
-    assert out == [TrainPair([{"role": "user", "content": "q"}], "good", "bad")]
+    assert out == [TrainPair([{"role": "user", "content": "q"}], "good", "bad", prompt=prompts[0])]
     with pytest.raises(TrainingError):
         TrainPair.from_records([PairRecord("h2", 0, "good", None)], prompts)
 

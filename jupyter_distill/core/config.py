@@ -65,6 +65,25 @@ class DistillConfig(BaseModel):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | None = Field(None, description="LoRA targets; None = per-architecture default.")
+    loss: Literal["sft", "bond", "jbond", "onpolicy"] = Field(
+        "bond",
+        description=(
+            "Training loss: 'sft' (NLL on the chosen only), 'bond' (NLL + preference + KL anchor), "
+            "'jbond' (on-policy J-BOND: student samples judged against the teacher's candidates), "
+            "'onpolicy' (per-token reverse KL; needs a teacher that scores tokens)."
+        ),
+    )
+    jbond_n: int = Field(2, ge=1, le=16, description="jbond: student samples per prompt per step.")
+    jbond_anchor_decay: float = Field(
+        0.99, ge=0.0, lt=1.0, description="jbond: EMA decay of the anchor's LoRA weights (0 = anchor is the policy)."
+    )
+    jbond_mix: float = Field(
+        0.5, ge=0.0, le=1.0, description="jbond: Jeffreys mix; 0 = forward KL only, 1 = backward KL only."
+    )
+    jbond_kl: float = Field(0.05, ge=0.0, le=10.0, description="jbond: weight of the KL to the EMA anchor.")
+    jbond_max_new_tokens: int = Field(
+        64, ge=1, le=4096, description="jbond/onpolicy: longest student sample generated during training."
+    )
     bond_beta: float = Field(0.5, ge=0.0, le=1.0)
     bond_gamma: float = Field(0.1, ge=0.0, le=1.0)
     bond_tau: float = Field(0.1, gt=0.0, le=100.0)

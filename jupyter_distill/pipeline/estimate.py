@@ -62,6 +62,8 @@ class Estimate:
     memory_gb: float
     quantization: str | None = None
     memory_breakdown: dict[str, float] | None = None  # GB by what holds it (weights, lora, activations, logits)
+    #: loss='jbond': at most this many judge calls on the student's own samples (repeats are cached)
+    onpolicy_judge_requests: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +77,15 @@ class Estimate:
         return [
             ("prompts", f"{self.prompts} ({self.train_prompts} train, {self.heldout_prompts} held-out)"),
             ("teacher requests", f"{self.teacher_requests} new ({self.cached_samples} samples already cached)"),
-            ("judge requests", str(self.judge_requests)),
+            (
+                "judge requests",
+                str(self.judge_requests)
+                + (
+                    f" + at most {self.onpolicy_judge_requests} on the student's samples (jbond)"
+                    if self.onpolicy_judge_requests
+                    else ""
+                ),
+            ),
             (
                 "tokens",
                 f"{self.input_tokens:,} in, {self.output_tokens_typical:,} out typical "
@@ -153,6 +163,14 @@ def estimate_config(config: DistillConfig) -> Estimate:
             (input_tokens + out_max + judge_requests * 120) * judge_price[0] + judge_requests * 60 * judge_price[1]
         ) / 1e6
 
+    # jbond: every step judges jbond_n samples per prompt (an LLM judge is paid; a verifier is free)
+    onpolicy = config.steps * config.batch_size * config.grad_accum * config.jbond_n if config.loss == "jbond" else 0
+    paid_judge = config.judge is None or isinstance(config.judge, str)
+    if onpolicy and paid_judge and judge_price is not None:
+        per_call_in = sum(prompt_tokens) / max(1, len(prompt_tokens)) + config.jbond_max_new_tokens + 120
+        cost_max += onpolicy * (per_call_in * judge_price[0] + 60 * judge_price[1]) / 1e6
+        cost_typical += onpolicy * (per_call_in * judge_price[0] + 60 * judge_price[1]) / 1e6  # repeats are cached
+
     params_m = _student_params_m(config.student)
     device = _device(config.device)
     response_tokens = config.max_tokens * TYPICAL_OUTPUT_SHARE
@@ -162,6 +180,11 @@ def estimate_config(config: DistillConfig) -> Estimate:
     flops = (
         config.steps * config.batch_size * config.grad_accum * params_m * 1e6 * (6 * pair_tokens + 2 * response_tokens)
     )
+    if onpolicy:  # sampling (a forward per generated token) + policy fwd/bwd and anchor fwd on the samples
+        sample_tokens = mean_prompt + config.jbond_max_new_tokens * TYPICAL_OUTPUT_SHARE
+        flops += (
+            onpolicy * params_m * 1e6 * (2 * config.jbond_max_new_tokens * TYPICAL_OUTPUT_SHARE + 8 * sample_tokens)
+        )
     cuda = device.startswith("cuda")
     seconds = flops / (GPU_EFFECTIVE_FLOPS if cuda else CPU_FLOPS_PER_CORE * max(1, os.cpu_count() or 1))
     shape = _student_shape(config.student, params_m)
@@ -195,6 +218,7 @@ def estimate_config(config: DistillConfig) -> Estimate:
         memory_gb=round(peak.total / 1e9, 2),
         quantization=config.quantization,
         memory_breakdown=peak.to_dict(),
+        onpolicy_judge_requests=onpolicy if paid_judge else 0,
     )
 
 

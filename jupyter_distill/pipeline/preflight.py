@@ -8,6 +8,7 @@ student costs milliseconds instead of a paid sampling phase.
 
 What is checked, in order (the first problem raises its ``DistillError``):
 
+0. the loss: ``onpolicy`` needs a teacher that scores tokens, and ``jbond`` the plain engine;
 1. the student: a map key, an HF folder or a ``.gguf`` file that exists and is what it claims;
 2. its architecture can be exported for the chosen ``quantize`` (``export.check_exportable``);
 3. it can be loaded here: weights available offline, safetensors, a tokenizer, an architecture
@@ -52,6 +53,7 @@ def check_run(config: DistillConfig, run_name: str, judge: Any = None) -> Studen
     """Every check above for ``config``; returns what the student is. Raises the first problem."""
     from jupyter_distill.export.gguf import check_exportable
 
+    check_loss(config)
     plan = read_student(config.student)
     check_exportable(plan.architecture, config.quantize)
     check_loadable(plan, config.device)
@@ -62,6 +64,31 @@ def check_run(config: DistillConfig, run_name: str, judge: Any = None) -> Studen
         check_judge(judge)
     check_workdir(config.workdir, run_name)
     return plan
+
+
+# ---------------------------------------------------------------------------------- the loss
+def check_loss(config: DistillConfig) -> None:
+    """The loss can be trained with this teacher, said before the teacher is paid for samples.
+
+    ``onpolicy`` needs the teacher's log-probs of the student's own tokens (and the student's
+    tokenizer); the teachers here return text only, so it is refused with the loss that works
+    with any teacher, ``jbond``. Then the trainer's own refusal runs (``jbond`` on the fast engine),
+    so a combination it cannot train never reaches it after a paid sampling phase.
+    """
+    from jupyter_distill.train.trainer import check_trainable_loss
+
+    if config.loss == "onpolicy":
+        teacher = config.teacher if isinstance(config.teacher, str) else type(config.teacher).__name__
+        raise ConfigError(
+            f"loss='onpolicy' needs a teacher that scores the student's tokens (per-token log-probs with the "
+            f"student's tokenizer); the teacher {short_repr(teacher)} returns text only. "
+            "Fix: use loss='jbond', which judges the student's samples against the teacher's candidates "
+            "and works with any teacher.",
+            field="loss",
+            value="onpolicy",
+            fix="use loss='jbond'",
+        )
+    check_trainable_loss(config.loss, config.engine)
 
 
 # ---------------------------------------------------------------------------------- the student

@@ -447,9 +447,18 @@ class Run:
         )  # fmt: skip
         examples = TrainPair.from_records(pairs, self.store.get_prompts(self.name))
         output_dir = Path(config.workdir) / "runs" / self.name / "train"
+        rewards = None
+        if config.loss == "jbond":  # the run's judge scores the student's samples against the teacher's
+            from jupyter_distill.train.rewards import OnPolicyRewards, teacher_scores
+
+            prompts = [e.prompt for e in examples if e.prompt is not None]
+            judge = self._loaded_judge
+            rewards = OnPolicyRewards(
+                judge, teacher_scores(self.store, prompts, judge.id), concurrency=config.concurrency
+            )
         trainer = BondTrainer(
             student, examples, settings, output_dir=output_dir, store=self.store, run_id=self.name,
-            emit=self.emit, stop=self._stop, engine=config.engine,
+            emit=self.emit, stop=self._stop, engine=config.engine, rewards=rewards,
         )  # fmt: skip
         self._preparing("measuring the student before training")
         before = self._evaluate_student(student, label="student_before")

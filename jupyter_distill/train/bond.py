@@ -155,7 +155,13 @@ def bond_loss(
 
     nll_mean = nll.mean()
     kl_mean = kl.mean()
-    loss = (1.0 - beta) * nll_mean + beta * pref + gamma * kl_mean
+    # A term with weight 0 is left out, not multiplied by 0: ``sft`` (beta = gamma = 0) is then the
+    # plain mean NLL, even where a huge margin would make 0 · pref a NaN.
+    loss = (1.0 - beta) * nll_mean
+    if beta:
+        loss = loss + beta * pref
+    if gamma:
+        loss = loss + gamma * kl_mean
 
     with torch.no_grad():
         maskf = mask.to(margin.dtype)

@@ -45,6 +45,8 @@ from jupyter_distill.core.hashing import content_hash
 from jupyter_distill.core.store import PairRecord, PromptRecord, RunStore
 from jupyter_distill.train.choice import select_engine
 from jupyter_distill.train.engines import StepEngine, TokenizedPair
+from jupyter_distill.train.jbond_engine import JBOND_METRICS
+from jupyter_distill.train.rollout import step_seed
 from jupyter_distill.train.student import LoadedStudent
 
 ALL_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -75,6 +77,9 @@ STEP_METRICS: tuple[str, ...] = (
     "tokens_per_s",
 )
 
+#: every value of ``DistillConfig.loss``, and those this trainer runs
+LOSSES: tuple[str, ...] = ("sft", "bond", "jbond", "onpolicy")
+TRAINABLE_LOSSES: tuple[str, ...] = ("sft", "bond", "jbond")
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
 _STATE_FILE = "trainer_state.pt"
@@ -87,6 +92,8 @@ class TrainPair:
     messages: list[dict[str, Any]]
     chosen: str
     rejected: str | None = None
+    #: the stored prompt (its row is what a verifier judges against); on-policy losses need it
+    prompt: PromptRecord | None = None
 
     @classmethod
     def from_records(cls, pairs: Sequence[PairRecord], prompts: Sequence[PromptRecord]) -> list[TrainPair]:
@@ -103,7 +110,9 @@ class TrainPair:
                     value=pair.prompt_hash,
                     fix="pass the prompts the pairs were built from",
                 )
-            out.append(cls(messages=list(prompt.messages), chosen=pair.chosen_text, rejected=pair.rejected_text))
+            out.append(
+                cls(messages=list(prompt.messages), chosen=pair.chosen_text, rejected=pair.rejected_text, prompt=prompt)
+            )
         return out
 
 
@@ -120,9 +129,19 @@ class TrainSettings:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: list[str] | None = None
+    #: ``sft`` and ``bond`` train through :func:`~jupyter_distill.train.bond.bond_loss` (``sft`` is
+    #: it with ``beta = gamma = 0``, i.e. the plain mean NLL of the chosen); ``jbond`` through
+    #: :class:`~jupyter_distill.train.jbond_engine.JBondEngine` (plain engine only); ``onpolicy``
+    #: is refused
+    loss: str = "bond"
     beta: float = 0.5
     gamma: float = 0.1
     tau: float = 0.1
+    jbond_n: int = 2
+    jbond_anchor_decay: float = 0.99
+    jbond_mix: float = 0.5
+    jbond_kl: float = 0.05
+    jbond_max_new_tokens: int = 64
     checkpoint_every: int = 50
     seed: int = 0
     device: str = "auto"
@@ -144,9 +163,15 @@ class TrainSettings:
             ("lora_r", self.lora_r >= 1, "use a rank of at least 1, e.g. 16"),
             ("lora_alpha", self.lora_alpha >= 1, "use e.g. 2 x lora_r"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "use a value in [0, 1)"),
+            ("loss", self.loss in LOSSES, f"use one of {', '.join(LOSSES)}"),
             ("beta", 0.0 <= self.beta <= 1.0, "use a value in [0, 1]"),
             ("gamma", self.gamma >= 0.0, "use 0 or a small positive value"),
             ("tau", self.tau > 0.0, "use a positive temperature, e.g. 0.1"),
+            ("jbond_n", 1 <= self.jbond_n <= 16, "use 1 to 16 samples per prompt"),
+            ("jbond_anchor_decay", 0.0 <= self.jbond_anchor_decay < 1.0, "use a value in [0, 1), e.g. 0.99"),
+            ("jbond_mix", 0.0 <= self.jbond_mix <= 1.0, "use a value in [0, 1]"),
+            ("jbond_kl", self.jbond_kl >= 0.0, "use 0 or a small positive value"),
+            ("jbond_max_new_tokens", self.jbond_max_new_tokens >= 1, "use at least 1 token"),
             ("checkpoint_every", self.checkpoint_every >= 1, "use at least 1"),
             ("max_length", self.max_length >= 8, "use at least 8 tokens"),
             ("max_grad_norm", self.max_grad_norm > 0, "use a positive norm, e.g. 1.0"),
@@ -174,9 +199,16 @@ class TrainSettings:
             "lora_alpha": config.lora_alpha,
             "lora_dropout": config.lora_dropout,
             "target_modules": list(config.target_modules) if config.target_modules else None,
-            "beta": config.bond_beta,
-            "gamma": config.bond_gamma,
+            "loss": config.loss,
+            # sft is bond_loss with both extra terms off: exactly the mean NLL of the chosen
+            "beta": 0.0 if config.loss == "sft" else config.bond_beta,
+            "gamma": 0.0 if config.loss == "sft" else config.bond_gamma,
             "tau": config.bond_tau,
+            "jbond_n": config.jbond_n,
+            "jbond_anchor_decay": config.jbond_anchor_decay,
+            "jbond_mix": config.jbond_mix,
+            "jbond_kl": config.jbond_kl,
+            "jbond_max_new_tokens": config.jbond_max_new_tokens,
             "checkpoint_every": config.checkpoint_every,
             "seed": config.seed,
             "device": config.device,
@@ -189,6 +221,9 @@ class TrainSettings:
         data = asdict(self)
         for volatile in ("checkpoint_every", "device"):
             data.pop(volatile)
+        if data["loss"] in ("sft", "bond"):  # offline losses: checkpoints written before ``loss`` existed resume
+            for key in [k for k in data if k == "loss" or k.startswith("jbond_")]:
+                data.pop(key)
         if data["gradient_checkpointing"] is None:  # the default: checkpoints written before it existed resume
             data.pop("gradient_checkpointing")
         return content_hash("train-settings", data)
@@ -340,7 +375,12 @@ class BondTrainer:
         emit: Emit = no_emit,
         stop: threading.Event | None = None,
         engine: str | StepEngine = "auto",
+        rewards: Any = None,
     ):
+        """``rewards`` (an :class:`~jupyter_distill.train.rewards.OnPolicyRewards`) is required for
+        ``loss='jbond'``: the run's judge and the teacher's judged candidates."""
+        self.rewards = rewards
+        self._onpolicy: Any = None
         if not pairs:
             raise TrainingError(
                 "there are no training pairs. Fix: check that sampling and judging produced at least one "
@@ -419,11 +459,14 @@ class BondTrainer:
 
         started = time.time()
         s = self.settings
+        check_trainable_loss(s.loss, self.engine_choice if isinstance(self.engine_choice, str) else "plain")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         examples = tokenize_pairs(self.student, self.pairs, s.max_length)
         pad_id = int(self.student.tokenizer.pad_token_id)
         options = {"beta": s.beta, "gamma": s.gamma, "tau": s.tau, "pad_token_id": pad_id}
-        if isinstance(self.engine_choice, str):
+        if s.loss == "jbond":
+            engine, reason = self._jbond_engine(examples, pad_id), "jbond runs on the plain PEFT engine"
+        elif isinstance(self.engine_choice, str):
             engine, reason = select_engine(self.student.info.device, self.engine_choice, **options)
         else:
             engine, reason = self.engine_choice, f"engine object {type(self.engine_choice).__name__} passed in"
@@ -458,6 +501,8 @@ class BondTrainer:
                     )
             adapter = load_file(str(self.output_dir / CHECKPOINT_DIR / ADAPTER_DIR / "adapter_model.safetensors"))
             set_peft_model_state_dict(model, adapter)
+            if self._onpolicy is not None:
+                self._onpolicy.load_state_dict(checkpoint.get("onpolicy", {}))
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
             step, epoch, position = checkpoint["step"], checkpoint["epoch"], checkpoint["position"]
@@ -490,7 +535,10 @@ class BondTrainer:
             total=s.steps,
             data={"engine": engine.name, "engine_reason": reason, "pairs": len(examples)},
         )
-        self._prepare_reference(engine, model, examples)
+        if self._onpolicy is not None:  # no reference log-probs: the EMA anchor (restored or fresh) replaces them
+            self._onpolicy.prepare(model, examples)
+        else:
+            self._prepare_reference(engine, model, examples)
 
         last_saved = step
         stopped = False
@@ -507,8 +555,12 @@ class BondTrainer:
                     epoch, position = epoch + 1, 0
                     order = batch_order(lengths, s.batch_size, s.seed, epoch, s.bucket_batches)
                 batch = [examples[i] for i in order[position]]
+                if self._onpolicy is not None:  # seeded by its place in the data order: resume redraws it
+                    draw = step_seed(s.seed, epoch * 1_000_003 + position)
+                    loss, parts = self._onpolicy.loss(model, batch, seed=draw)
+                else:
+                    loss, parts = engine.loss(model, batch)
                 position += 1
-                loss, parts = engine.loss(model, batch)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"the loss became {float(loss)} at step {step + 1}. Fix: lower lr (now {s.lr}) or "
@@ -530,12 +582,18 @@ class BondTrainer:
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
+            if self._onpolicy is not None:
+                self._onpolicy.after_step(model)
             step += 1
             elapsed = time.perf_counter() - t0
             tokens = sums.pop("tokens", 0.0)
+            calls = sums.pop("judge_calls", None)
             metrics = {name: value / micro for name, value in sums.items() if name != "n_pref"}
             metrics.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / max(elapsed, 1e-9)})
-            metrics = {k: metrics[k] for k in STEP_METRICS if k in metrics and math.isfinite(metrics[k])}
+            if calls is not None:
+                metrics["judge_calls"] = calls
+            names = STEP_METRICS + JBOND_METRICS if self._onpolicy is not None else STEP_METRICS
+            metrics = {k: metrics[k] for k in names if k in metrics and math.isfinite(metrics[k])}
             self.history.append({"step": float(step), **metrics})
             if self.store is not None:
                 self.store.put_metrics(self.run_id, step, metrics)  # type: ignore[arg-type]
@@ -564,6 +622,34 @@ class BondTrainer:
             seconds=time.time() - started,
             history=list(self.history),
         )
+
+    def _jbond_engine(self, examples: Sequence[TokenizedPair], pad_id: int) -> StepEngine:
+        from jupyter_distill.train.jbond_engine import JBondEngine
+
+        if self.rewards is None:
+            raise TrainingError(
+                "loss='jbond' needs the run's judge and the teacher's judged candidates to reward the "
+                "student's samples. Fix: pass rewards=OnPolicyRewards(judge, teacher_scores(store, prompts, "
+                "judge.id)) to BondTrainer (jd.distill does this).",
+                field="rewards",
+                value=None,
+                fix="pass rewards=OnPolicyRewards(...)",
+            )
+        s = self.settings
+        prompts = [pair.prompt or _prompt_record(pair.messages) for pair in self.pairs]
+        assert len(prompts) == len(examples)
+        self._onpolicy = JBondEngine(
+            self.student,
+            prompts,
+            self.rewards,
+            n=s.jbond_n,
+            max_new_tokens=s.jbond_max_new_tokens,
+            mix=s.jbond_mix,
+            kl_weight=s.jbond_kl,
+            anchor_decay=s.jbond_anchor_decay,
+            pad_token_id=pad_id,
+        )
+        return self._onpolicy
 
     def _reference_fingerprint(self) -> str:
         """Where the cached reference log-probs were computed: the same numbers need the same device
@@ -613,8 +699,41 @@ class BondTrainer:
             "pairs": pairs_hash,
             "history": self.history,
         }
+        if self._onpolicy is not None:
+            state["onpolicy"] = self._onpolicy.state_dict()
         self._save_checkpoint(model, state)
         self._event("progress", message=f"checkpoint at step {step}", step=step, data={"checkpoint": step})
+
+
+def check_trainable_loss(loss: str, engine: str = "auto") -> None:
+    """Refuse a loss this trainer cannot optimise (or not with ``engine``), before any model is loaded.
+
+    ``onpolicy`` needs a teacher that scores tokens, which no teacher here does; ``jbond`` samples
+    from the student inside the step, which the CUDA fast path (packed, compiled forwards) does not
+    do yet, so it runs on the plain PEFT engine ("auto" picks it), and an explicit "fast" is refused
+    rather than silently replaced.
+    """
+    if loss not in TRAINABLE_LOSSES:
+        raise TrainingError(
+            f"loss={loss!r} cannot be trained here: it needs a teacher that scores the student's tokens. "
+            "Fix: use loss='jbond' (on-policy with any teacher), 'bond' (the default) or 'sft'.",
+            field="loss",
+            value=loss,
+            fix="use loss='jbond', 'bond' or 'sft'",
+        )
+    if loss == "jbond" and engine == "fast":
+        raise TrainingError(
+            "loss='jbond' samples from the student inside each step, which the CUDA fast engine does not do yet. "
+            "Fix: use engine='plain' or engine='auto' (it picks the plain PEFT engine for jbond).",
+            field="engine",
+            value=engine,
+            fix="use engine='plain' or 'auto'",
+        )
+
+
+def _prompt_record(messages: Sequence[dict[str, Any]]) -> PromptRecord:
+    """A prompt record for a pair built without one (no row: a verifier sees only the messages)."""
+    return PromptRecord(hash=content_hash("prompt", list(messages)), messages=list(messages), row={})
 
 
 def _get_rng() -> dict[str, Any]:
