@@ -47,6 +47,8 @@ class TeacherModel:
     output_usd_per_m: float
     terms: Terms
     licence: str = ""
+    # price factor of the provider's batch API (OpenAI and Anthropic charge half; 1.0: no discount)
+    batch_discount: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -305,6 +305,7 @@ class Run:
             enforce_distillable=config.enforce_distillable,
             concurrency=config.concurrency,
             max_cost=config.max_cost,
+            **({"batch": True} if config.batch else {}),
         )
         # a policy='warn' decision is announced by the sampling stage, with the samples it affects
         self.state.summary["teacher"] = teacher.spec
