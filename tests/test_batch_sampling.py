@@ -9,6 +9,7 @@ import pytest
 from jupyter_distill.core.data import load_dataset
 from jupyter_distill.core.errors import ConfigError, PolicyError
 from jupyter_distill.core.store import RunStore
+from jupyter_distill.pipeline.estimate import estimate
 from jupyter_distill.sampling.stage import BatchPending, sample, sample_key
 from jupyter_distill.teachers import load_teacher
 from tests.batch_server import BatchServer, reply
@@ -168,3 +169,17 @@ def test_eight_threads_share_one_batch(server, tmp_path):
     assert len(store.existing_sample_keys(e["key"] for e in store.list_batches("r1")[0]["keys"].values())) == 8
     assert [b["status"] for b in store.list_batches("r1")] == ["collected"]
     store.close()
+
+
+def test_estimate_shows_online_and_batch_cost_and_the_wait():
+    data = [{"prompt": f"question {i}"} for i in range(20)]
+    online = estimate(data, teacher="openai:gpt-4o-mini", student="smollm2-135m", n_samples=4)
+    batched = estimate(data, teacher="openai:gpt-4o-mini", student="smollm2-135m", n_samples=4, batch=True)
+    assert online.teacher_only_cost_online and online.teacher_only_cost_online > 0
+    assert online.teacher_only_cost_batch == pytest.approx(online.teacher_only_cost_online * 0.5, rel=1e-3)
+    assert "set batch: true" in repr(online) and "batch: true (chosen)" in repr(batched)
+    assert "up to 24 h" in repr(batched) and "online vs batch" in repr(batched)
+    local = estimate(data, teacher="local:smollm2-135m", student="smollm2-135m")
+    assert local.teacher_only_cost_batch is None and "online vs batch" not in repr(local)
+    router = estimate(data, teacher="openrouter:openai/gpt-4o-mini", student="smollm2-135m")
+    assert router.teacher_only_cost_batch is None
