@@ -165,6 +165,10 @@ def test_eight_threads_share_one_batch(server, tmp_path):
             server.polls_until_done = 0
     assert all(not isinstance(o, Exception) for o in outcomes), outcomes
     assert server.chat_requests == 0
+    # the batch was collected by one caller: its candidates are new (and paid) once, cached for the rest
+    assert sum(o.new for o in outcomes) == 8 and sum(o.cached for o in outcomes) == 7 * 8
+    assert sum(o.cost for o in outcomes) == pytest.approx(8 * ONLINE_COST * 0.5)
+    assert all(sum(len(v) for v in o.samples.values()) == 8 for o in outcomes)
     store = RunStore(tmp_path / "wd")
     assert len(store.existing_sample_keys(e["key"] for e in store.list_batches("r1")[0]["keys"].values())) == 8
     assert [b["status"] for b in store.list_batches("r1")] == ["collected"]

@@ -63,7 +63,10 @@ async def run_batch(
     run_id: str,
     emit: Emit,
 ) -> tuple[list[SampleRecord], set[str]]:
-    """Submit, poll or collect this call's batch; returns (stored records, keys the batch covered).
+    """Submit, poll or collect this call's batch; returns (records this call stored, keys the batch covered).
+
+    When another caller collected the same batch first, no records are returned: the stage
+    finds them in the store.
 
     Raises :class:`BatchPending` while the batch runs and ``PolicyError`` for a teacher whose use
     the policy does not allow (checked before any request, as online).
@@ -80,7 +83,16 @@ async def run_batch(
     group = batch_group(teacher.spec, params)
     row = store.open_batch(group)
     if row is None:
-        row_id = store.claim_batch(group, run_id, teacher.spec, client.provider, client.base_url)
+        wanted = {keys[p.hash][i] for p, missing in todo for i in missing}
+        # checked and claimed in one write transaction: a batch another caller collected since this
+        # call read the store is seen here, so its candidates are never submitted a second time
+        with store.transaction():
+            stored = store.existing_sample_keys(wanted)
+            todo = [(p, [i for i in missing if keys[p.hash][i] not in stored]) for p, missing in todo]
+            todo = [(p, missing) for p, missing in todo if missing]
+            row_id = store.claim_batch(group, run_id, teacher.spec, client.provider, client.base_url) if todo else None
+        if not todo:
+            return [], wanted
         if row_id is None:  # another caller claimed it between our read and our insert
             row = store.open_batch(group)
         else:
@@ -112,12 +124,18 @@ async def run_batch(
             finished=status.finished,
             total=status.total,
         )
+    covered = {entry["key"] for entry in row["keys"].values()}
     records = _records(teacher, row, await client.results(status), params, run_id, store)
     with store.transaction():
+        current = store.get_batch(row["id"])
+        if current is None or current["status"] != "submitted":  # another caller collected it first
+            return [], covered
         if records:
             store.put_samples(records)
         store.set_batch_status(row["id"], "collected", {**row["info"], "state": status.state})
-    return records, {entry["key"] for entry in row["keys"].values()}
+    with teacher._state_lock:  # this caller stored them: its teacher's spend counts them, once
+        teacher.spent += sum(r.cost for r in records)
+    return records, covered
 
 
 async def _submit(
@@ -163,8 +181,6 @@ def _records(
         samples, _ = teacher._to_samples(item.data, messages, 1, params["temperature"], params["max_tokens"], seed, 1)
         sample = samples[0]
         cost = sample.cost * discount
-        with teacher._state_lock:
-            teacher.spent += cost
         provenance = {
             **sample.provenance,
             "cost_usd": cost,

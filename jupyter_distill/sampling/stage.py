@@ -278,11 +278,16 @@ async def asample(
     if todo and getattr(teacher, "batch_client", None) is not None:
         # one provider batch for every missing candidate; what it failed to answer goes online below
         _ensure_prompts(store, [p for p, _ in todo])
-        got, _covered = await run_batch(store, teacher, todo, keys, params, run_id, emit)
+        got, covered = await run_batch(store, teacher, todo, keys, params, run_id, emit)
         received.update((r.key, r) for r in got)
         state["new"] += len(got)
         state["cost"] += sum(r.cost for r in got)
-        todo = [(p, [i for i in missing if keys[p.hash][i] not in received]) for p, missing in todo]
+        # candidates another caller collected from the same batch meanwhile are cached, not missing
+        elsewhere = store.existing_sample_keys(covered - received.keys())
+        existing = set(existing) | elsewhere
+        cached += len(elsewhere)
+        have = existing | received.keys()
+        todo = [(p, [i for i in missing if keys[p.hash][i] not in have]) for p, missing in todo]
         todo = [(p, missing) for p, missing in todo if missing]
 
     if todo:
