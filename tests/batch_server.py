@@ -30,6 +30,7 @@ class BatchServer:
         self.fail_ids: set[str] = set()
         self.expire = False
         self.expire_after = 0
+        self.reject_create = 0  # answer this many batch creations with HTTP 500
         self.submissions = 0
         self.uploads = 0
         self.polls = 0
@@ -198,12 +199,14 @@ class BatchServer:
                         return self._send(400, {"error": {"message": "bad endpoint or completion_window"}})
                     lines = [json.loads(x) for x in server.files[body["input_file_id"]].splitlines() if x]
                     assert all(x["method"] == "POST" and x["url"] == "/v1/chat/completions" for x in lines)
-                    return self._send(200, server._create("openai", [(x["custom_id"], x["body"]) for x in lines]))
+                    created = server._create("openai", [(x["custom_id"], x["body"]) for x in lines])
+                    return self._send(200, created) if created else self._send(500, {"error": {"message": "down"}})
                 if self.path == "/v1/messages/batches":
                     if self.headers.get("anthropic-version") is None:
                         return self._send(400, {"error": {"message": "anthropic-version header required"}})
                     reqs = [(r["custom_id"], r["params"]) for r in body["requests"]]
-                    return self._send(200, server._create("anthropic", reqs))
+                    created = server._create("anthropic", reqs)
+                    return self._send(200, created) if created else self._send(500, {"error": {"message": "down"}})
                 if self.path == "/v1/chat/completions":
                     with server.lock:
                         server.chat_requests += 1
@@ -224,8 +227,11 @@ class BatchServer:
 
         return Handler
 
-    def _create(self, kind: str, requests: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    def _create(self, kind: str, requests: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
         with self.lock:
+            if self.reject_create > 0:
+                self.reject_create -= 1
+                return None
             self.submissions += 1
             batch_id = f"batch_{self.submissions}"
             self.batches[batch_id] = {"kind": kind, "requests": requests, "polls": 0}

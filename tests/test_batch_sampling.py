@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from jupyter_distill.core.data import load_dataset
-from jupyter_distill.core.errors import ConfigError, PolicyError
+from jupyter_distill.core.errors import ConfigError, PolicyError, TeacherError
 from jupyter_distill.core.store import RunStore
 from jupyter_distill.pipeline.estimate import estimate
 from jupyter_distill.sampling.stage import BatchPending, sample, sample_key
@@ -187,3 +187,23 @@ def test_estimate_shows_online_and_batch_cost_and_the_wait():
     assert local.teacher_only_cost_batch is None and "online vs batch" not in repr(local)
     router = estimate(data, teacher="openrouter:openai/gpt-4o-mini", student="smollm2-135m")
     assert router.teacher_only_cost_batch is None
+
+
+def test_local_teachers_refuse_batch_naming_the_supported_providers():
+    with pytest.raises(ConfigError) as err:
+        load_teacher("local:smollm2-135m", batch=True)
+    assert err.value.field == "batch" and "openai:" in str(err.value)
+
+
+@pytest.mark.parametrize("scheme", ["openai", "anthropic"])
+def test_a_failed_submission_frees_the_claim_and_a_rerun_submits(server, tmp_path, scheme):
+    server.reject_create, server.polls_until_done = 1, 2
+    store = open_store(tmp_path)
+    with pytest.raises(TeacherError) as err:
+        sample(store, teacher(server, scheme), prompts(2), 2, run_id="r1")
+    assert "HTTP 500" in str(err.value) and "k-123456" not in str(err.value)
+    assert [b["status"] for b in store.list_batches("r1")] == ["abandoned"]
+    with pytest.raises(BatchPending):
+        sample(store, teacher(server, scheme), prompts(2), 2, run_id="r1")
+    assert server.submissions == 1 and [b["status"] for b in store.list_batches("r1")] == ["abandoned", "submitted"]
+    store.close()
