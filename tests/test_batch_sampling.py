@@ -207,3 +207,39 @@ def test_a_failed_submission_frees_the_claim_and_a_rerun_submits(server, tmp_pat
         sample(store, teacher(server, scheme), prompts(2), 2, run_id="r1")
     assert server.submissions == 1 and [b["status"] for b in store.list_batches("r1")] == ["abandoned", "submitted"]
     store.close()
+
+
+def test_distill_with_batch_true_ends_waiting_then_a_rerun_collects_and_goes_on(server, tmp_path, monkeypatch):
+    """The config route: batch: true reaches the teacher, the run waits, the re-run polls the same batch."""
+    import jupyter_distill as jd
+    from jupyter_distill.judging.judges import exact_match
+
+    monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "k-123456")
+    server.polls_until_done = 2
+    options = dict(
+        dataset=[{"prompt": f"q{i}", "expected": "x"} for i in range(3)],
+        teacher="openai:m",
+        authorization=AUTH,
+        batch=True,
+        student="smollm2-135m",
+        judge=exact_match("expected"),
+        n_samples=2,
+        max_tokens=8,
+        workdir=str(tmp_path / "wd"),
+        name="batched",
+    )
+    with pytest.raises(BatchPending, match="waiting for batch batch_1"):
+        jd.distill(on_progress=lambda e: None, **options)
+    store = RunStore(tmp_path / "wd")
+    assert store.get_run("batched")["status"] == "waiting-batch"
+    store.close()
+    with pytest.raises(Exception) as later:  # sampling completes; no candidate matches "x", so selection stops the run
+        jd.distill(on_progress=lambda e: None, **options)
+    assert not isinstance(later.value, BatchPending), later.value
+    assert "pass" in str(later.value).lower() or "candidate" in str(later.value).lower(), later.value
+    assert server.submissions == 1 and server.chat_requests == 0
+    store = RunStore(tmp_path / "wd")
+    assert [b["status"] for b in store.list_batches()] == ["collected"]
+    store.close()
