@@ -100,6 +100,11 @@ class DistillConfig(BaseModel):
     max_prompts: int | None = Field(None, ge=1, description="Use at most this many prompts (after dedupe).")
 
     concurrency: int = Field(16, ge=1, le=1024)
+    batch: bool = Field(
+        False,
+        description="Submit the missing teacher candidates as one provider batch (openai:, anthropic:): "
+        "half the price, answers within 24 h; re-run the cell to collect.",
+    )
     max_cost: float | None = Field(None, ge=0.0, description="USD budget for teacher and judge calls.")
     policy: Literal["strict", "warn", "off"] = "strict"
     authorization: str | None = Field(None, description="Your written authorisation to distil a closed API.")

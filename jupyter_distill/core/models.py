@@ -47,6 +47,8 @@ class TeacherModel:
     output_usd_per_m: float
     terms: Terms
     licence: str = ""
+    # price factor of the provider's batch API (OpenAI and Anthropic charge half; 1.0: no discount)
+    batch_discount: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,13 @@ def teacher_price(spec: str) -> tuple[float, float] | None:
         return None
     entry = find_teacher_model(scheme, target.rpartition("#")[2])
     return (entry.input_usd_per_m, entry.output_usd_per_m) if entry is not None else None
+
+
+def teacher_batch_discount(spec: str) -> float:
+    """Batch price / online price for a teacher spec (0.5 unless its model entry says otherwise)."""
+    scheme, _, target = (spec or "").partition(":")
+    entry = find_teacher_model(scheme, target.rpartition("#")[2]) if scheme in PRICE_KEY_PREFIX else None
+    return entry.batch_discount if entry is not None else 0.5
 
 
 LOCAL_MODELS: dict[str, LocalModel] = {

@@ -24,7 +24,7 @@ from typing import Any
 
 from jupyter_distill.core.errors import DistillError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Version 1 is the first public layout. Version 2 added `runs.summary_json`, `failures` and
 # `eval_results`; `_MIGRATIONS[v]` upgrades a store from version v to v + 1.
@@ -150,6 +150,23 @@ CREATE TABLE IF NOT EXISTS eval_results (
     created_at REAL NOT NULL,
     PRIMARY KEY (run_id, label, prompt_hash)
 );
+""",
+    2: """
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_key TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    teacher TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    batch_id TEXT,
+    status TEXT NOT NULL,
+    keys_json TEXT NOT NULL DEFAULT '{}',
+    info_json TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS batches_one_open ON batches(group_key) WHERE status IN ('submitting', 'submitted');
 """,
 }
 
@@ -642,6 +659,61 @@ class RunStore:
         with self.transaction() as conn:
             conn.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (run_id, step))
 
+    # ------------------------------------------------------------------ provider batches
+    def claim_batch(self, group_key: str, run_id: str, teacher: str, provider: str, endpoint: str) -> int | None:
+        """Reserve the one open batch of ``group_key`` before it is submitted; None when another holds it.
+
+        A partial unique index allows one 'submitting'/'submitted' row per group, so of several
+        threads or processes only one gets a row id and submits; the others poll that batch.
+        """
+        now = time.time()
+        try:
+            with self.transaction() as conn:
+                cursor = conn.execute(
+                    "INSERT INTO batches(group_key, run_id, teacher, provider, endpoint, status, created_at, "
+                    "updated_at) VALUES(?, ?, ?, ?, ?, 'submitting', ?, ?)",
+                    (group_key, run_id, teacher, provider, endpoint, now, now),
+                )
+                return int(cursor.lastrowid or 0)
+        except sqlite3.IntegrityError:
+            return None
+
+    def batch_submitted(self, row: int, batch_id: str, keys: dict[str, Any], info: dict[str, Any]) -> None:
+        """Record the provider's batch id and the custom_id -> sample key map of a claimed row."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE batches SET batch_id=?, status='submitted', keys_json=?, info_json=?, updated_at=? WHERE id=?",
+                (batch_id, _dumps(keys), _dumps(info), time.time(), row),
+            )
+
+    def set_batch_status(self, row: int, status: str, info: dict[str, Any] | None = None) -> None:
+        """Move a batch row on ('collected', 'abandoned'); a closed row frees its group for a new batch."""
+        with self.transaction() as conn:
+            if info is None:
+                conn.execute("UPDATE batches SET status=?, updated_at=? WHERE id=?", (status, time.time(), row))
+            else:
+                conn.execute(
+                    "UPDATE batches SET status=?, info_json=?, updated_at=? WHERE id=?",
+                    (status, _dumps(info), time.time(), row),
+                )
+
+    def get_batch(self, row: int) -> dict[str, Any] | None:
+        found = self.conn.execute("SELECT * FROM batches WHERE id=?", (row,)).fetchone()
+        return _batch_row(found) if found else None
+
+    def open_batch(self, group_key: str) -> dict[str, Any] | None:
+        """The group's batch still being submitted or waited for, if any."""
+        found = self.conn.execute(
+            "SELECT * FROM batches WHERE group_key=? AND status IN ('submitting', 'submitted')", (group_key,)
+        ).fetchone()
+        return _batch_row(found) if found else None
+
+    def list_batches(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM batches", ()
+        if run_id is not None:
+            sql, args = sql + " WHERE run_id=?", (run_id,)
+        return [_batch_row(r) for r in self.conn.execute(sql + " ORDER BY id", args).fetchall()]
+
     # ------------------------------------------------------------------ artifacts
     def put_artifact(
         self,
@@ -795,3 +867,14 @@ def _sample(row: sqlite3.Row) -> SampleRecord:
         provenance=json.loads(row["provenance_json"]),
         created_at=row["created_at"],
     )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _batch_row(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    out["keys"] = json.loads(out.pop("keys_json") or "{}")
+    out["info"] = json.loads(out.pop("info_json") or "{}")
+    return out

@@ -26,9 +26,11 @@ from jupyter_distill.core.models import (
     STUDENT_SHAPES,
     ModelShape,
     shape_from_config,
+    teacher_batch_discount,
     teacher_price,
 )
 from jupyter_distill.core.store import RunStore
+from jupyter_distill.teachers.batch import BATCH_SCHEMES
 from jupyter_distill.train.memory import training_peak
 
 CHARS_PER_TOKEN = 4.0
@@ -38,6 +40,8 @@ TYPICAL_OUTPUT_SHARE = 0.5  # answers usually stop well before max_tokens
 # (~140 tokens/s), and a conservative 35% of bf16 peak on a datacenter GPU.
 CPU_FLOPS_PER_CORE = 5.5e10
 GPU_EFFECTIVE_FLOPS = 2.5e14
+# What the batch APIs promise (OpenAI's and Anthropic's completion window is 24 h; most finish sooner).
+BATCH_WAIT = "up to 24 h (often minutes to a few hours); re-run the cell to collect"
 
 
 @dataclass
@@ -64,6 +68,11 @@ class Estimate:
     memory_breakdown: dict[str, float] | None = None  # GB by what holds it (weights, lora, activations, logits)
     #: loss='jbond': at most this many judge calls on the student's own samples (repeats are cached)
     onpolicy_judge_requests: int = 0
+    # the teacher's share of the cost online and through its provider's batch API (None: no batch API)
+    teacher_only_cost_online: float | None = None
+    teacher_only_cost_batch: float | None = None
+    batch: bool = False  # the config asks for batch sampling
+    batch_wait: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +101,7 @@ class Estimate:
                 f"({self.output_tokens_max:,} max)",
             ),
             ("teacher cost", cost),
+            *self._batch_lines(),
             ("student", f"{self.student_params_m:.0f}M parameters"),
             ("training", f"~{_duration(self.training_seconds)} on {self.device}"),
             (
@@ -105,6 +115,18 @@ class Estimate:
                     else ""
                 ),
             ),
+        ]
+
+    def _batch_lines(self) -> list[tuple[str, str]]:
+        if self.teacher_only_cost_batch is None or not self.priced:
+            return []
+        chosen = "batch: true (chosen)" if self.batch else "set batch: true to use it"
+        return [
+            (
+                "online vs batch",
+                f"${self.teacher_only_cost_online:.4f} online, ${self.teacher_only_cost_batch:.4f} as a provider batch "
+                f"(typical sampling cost; {chosen}); batch wait: {self.batch_wait}",
+            )
         ]
 
     def __repr__(self) -> str:
@@ -156,6 +178,10 @@ def estimate_config(config: DistillConfig) -> Estimate:
     if price is not None:
         cost_typical = (input_tokens * price[0] + out_typical * price[1]) / 1e6
         cost_max = (input_tokens * price[0] + out_max * price[1]) / 1e6
+    online_only = cost_typical
+    batch_cost = None
+    if teacher_spec.partition(":")[0] in BATCH_SCHEMES and price is not None:
+        batch_cost = round(online_only * teacher_batch_discount(teacher_spec), 6)
     if judge_requests and judge_price is not None:
         judge_in = input_tokens + out_typical + judge_requests * 120
         cost_typical += (judge_in * judge_price[0] + judge_requests * 60 * judge_price[1]) / 1e6
@@ -219,6 +245,10 @@ def estimate_config(config: DistillConfig) -> Estimate:
         quantization=config.quantization,
         memory_breakdown=peak.to_dict(),
         onpolicy_judge_requests=onpolicy if paid_judge else 0,
+        teacher_only_cost_online=round(online_only, 6) if batch_cost is not None else None,
+        teacher_only_cost_batch=batch_cost,
+        batch=bool(config.batch),
+        batch_wait=BATCH_WAIT if batch_cost is not None else None,
     )
 
 

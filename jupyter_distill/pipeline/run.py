@@ -31,6 +31,7 @@ from jupyter_distill.core.events import PHASES, Emit, Event, fan_out
 from jupyter_distill.core.hashing import content_hash, file_sha256
 from jupyter_distill.core.loops import run_sync
 from jupyter_distill.core.store import PromptRecord, RunLock, RunLockedError, RunStore
+from jupyter_distill.sampling.batched import BatchPending
 
 #: Held-out pass rate the served (quantized) model may lose against fp32 before the summary warns.
 T = TypeVar("T")
@@ -246,6 +247,11 @@ class Run:
             store.update_run(self.name, status="stopped")
             self._announce(Event("run_end", run=self.name, message=str(exc), data={"status": "stopped"}))
             raise
+        except BatchPending as exc:  # not a failure: the provider batch runs on; a re-run collects it
+            self.state.status = "waiting-batch"
+            store.update_run(self.name, status="waiting-batch")
+            self._announce(Event("run_end", run=self.name, message=str(exc), data={"status": "waiting-batch"}))
+            raise
         except DistillError as exc:
             self._fail(str(exc))
             raise
@@ -323,6 +329,7 @@ class Run:
             enforce_distillable=config.enforce_distillable,
             concurrency=config.concurrency,
             max_cost=config.max_cost,
+            **({"batch": True} if config.batch else {}),
         )
         # a policy='warn' decision is announced by the sampling stage, with the samples it affects
         self.state.summary["teacher"] = teacher.spec

@@ -38,6 +38,7 @@ from jupyter_distill.core.events import Emit, Event, fan_out, no_emit
 from jupyter_distill.core.hashing import content_hash
 from jupyter_distill.core.loops import run_sync
 from jupyter_distill.core.store import PromptRecord, RunStore, SampleRecord
+from jupyter_distill.sampling.batched import BatchPending, run_batch
 from jupyter_distill.teachers import Teacher, load_teacher
 from jupyter_distill.teachers.base import FatalTeacherError, check_sample_args
 
@@ -274,6 +275,21 @@ async def asample(
             )
         )
 
+    if todo and getattr(teacher, "batch_client", None) is not None:
+        # one provider batch for every missing candidate; what it failed to answer goes online below
+        _ensure_prompts(store, [p for p, _ in todo])
+        got, covered = await run_batch(store, teacher, todo, keys, params, run_id, emit)
+        received.update((r.key, r) for r in got)
+        state["new"] += len(got)
+        state["cost"] += sum(r.cost for r in got)
+        # candidates another caller collected from the same batch meanwhile are cached, not missing
+        elsewhere = store.existing_sample_keys(covered - received.keys())
+        existing = set(existing) | elsewhere
+        cached += len(elsewhere)
+        have = existing | received.keys()
+        todo = [(p, [i for i in missing if keys[p.hash][i] not in have]) for p, missing in todo]
+        todo = [(p, missing) for p, missing in todo if missing]
+
     if todo:
         _ensure_prompts(store, [p for p, _ in todo])
         queue: asyncio.Queue[tuple[PromptRecord, list[int]]] = asyncio.Queue()
@@ -505,4 +521,4 @@ def sample(
     return run_sync(run, thread_name="jupyter-distill-sampling", on_worker_exit=store.close)
 
 
-__all__ = ["SamplingResult", "asample", "decoding_params", "import_spool", "sample", "sample_key"]
+__all__ = ["BatchPending", "SamplingResult", "asample", "decoding_params", "import_spool", "sample", "sample_key"]

@@ -52,6 +52,10 @@ def load_teacher(
             )
         return spec_or_teacher
     parsed = parse_spec(spec_or_teacher)
+    if parsed.scheme in ("local", "gguf", "hf") and options.pop("batch", False):
+        from jupyter_distill.teachers.batch import make_batch_client
+
+        make_batch_client(parsed.scheme, "", None)  # raises: batch APIs are a provider's, not a local model's
     if parsed.scheme in ("local", "gguf"):
         from jupyter_distill.teachers.local import build_llama_teacher
 

@@ -118,6 +118,7 @@ HTTP_OPTIONS = (
     "extra_body",
     "check_models",
     "transport",
+    "batch",
 )
 
 
@@ -252,6 +253,8 @@ class HTTPTeacher:
         self._unreachable: str | None = None  # why the endpoint was given up on, once it was
         self.spent = 0.0  # USD
         self._reserved = 0.0
+        self.batch_client: Any = None  # a teachers.batch.BatchClient when built with batch=True
+        self.batch_discount = 0.5  # batch price / online price
 
     def __repr__(self) -> str:
         return f"HTTPTeacher(spec={self.spec!r}, concurrency={self.concurrency}, max_cost={self.max_cost!r})"
@@ -764,7 +767,12 @@ def build_http_teacher(
         prices, price_source = None, "unknown price (cost counted as 0; pass input_usd_per_m/output_usd_per_m)"
     supports_n = options.get("supports_n", info.supports_n)
     check_models = options.get("check_models", parsed.scheme == "openrouter")
-    return HTTPTeacher(
+    batch_client = None
+    if options.get("batch"):  # refused for a provider without a batch client before anything else happens
+        from jupyter_distill.teachers.batch import make_batch_client
+
+        batch_client = make_batch_client(parsed.scheme, str(base_url), api_key, float(options.get("timeout", 120.0)))
+    teacher = HTTPTeacher(
         scheme=parsed.scheme,
         model=model,
         base_url=str(base_url),
@@ -787,6 +795,9 @@ def build_http_teacher(
         check_models=bool(check_models),
         transport=options.get("transport"),
     )
+    teacher.batch_client = batch_client  # sampling submits missing candidates as one batch when set
+    teacher.batch_discount = entry.batch_discount if entry is not None else 0.5
+    return teacher
 
 
 # ---------------------------------------------------------------------- helpers
