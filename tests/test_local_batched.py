@@ -102,9 +102,11 @@ def test_stop_event_ends_generation_within_one_step(model_path):
 def test_decode_failure_raises_a_clear_error(model_path):
     with use_llama(model_path, n_threads=1) as llm:
         tokens, stops = format_chat(llm, _messages("word " * 300))
-        with BatchContext(llm, n_seq=4, n_ctx=256, n_threads=1) as batch:
-            with pytest.raises(TeacherError, match="n_ctx") as info:
-                batch.generate([tokens], [[0, 1, 2, 3]], temperature=1.0, max_tokens=50, stop_strings=stops)
+        with (
+            BatchContext(llm, n_seq=4, n_ctx=256, n_threads=1) as batch,
+            pytest.raises(TeacherError, match="n_ctx") as info,
+        ):
+            batch.generate([tokens], [[0, 1, 2, 3]], temperature=1.0, max_tokens=50, stop_strings=stops)
     assert "llama_decode failed" in str(info.value)
 
 
@@ -122,7 +124,7 @@ def test_teacher_shared_between_threads(model_path):
     def worker(k: int) -> None:
         try:
             results[k] = run(PROMPTS[k % len(PROMPTS)])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
@@ -132,3 +134,16 @@ def test_teacher_shared_between_threads(model_path):
         t.join(timeout=240)
     assert not errors
     assert all(results[k] == expected[PROMPTS[k % len(PROMPTS)]] for k in range(6))
+
+
+def test_llama_responder_batches_greedy_answers(model_path):
+    from jupyter_distill.evaluate import llama_responder
+
+    respond = llama_responder(model_path, max_tokens=10)
+    batched = respond.batch([_messages(p) for p in PROMPTS])
+    with use_llama(model_path) as llm:
+        plain = [
+            llm.create_chat_completion(_messages(p), temperature=0.0, max_tokens=10)["choices"][0]["message"]["content"]
+            for p in PROMPTS
+        ]
+    assert batched == plain

@@ -12,9 +12,10 @@ seed and the model's logits for its own sequence. The logits of a sequence do no
 other sequences share the batch in exact arithmetic; llama.cpp's CPU kernels compute each row of
 a batch independently, but the matrix kernels pick their tiling from the batch size, so the last
 bits of a float can differ with the batch width, and a sampled token can (rarely) flip when two
-tokens are nearly tied. What is guaranteed, and tested: the same prompt, seeds and batch layout
-give the same texts, and greedy decoding (temperature 0) gives the same text whatever shares
-the batch.
+tokens are nearly tied. What is guaranteed, and tested: the same prompts, seeds and batch layout
+give the same texts (the decode is deterministic). That a prompt's greedy text is the same alone
+and in a shared batch is tested on a few prompts; it holds unless two top logits are within
+float rounding of each other.
 """
 
 from __future__ import annotations
