@@ -147,3 +147,17 @@ def test_llama_responder_batches_greedy_answers(model_path):
             for p in PROMPTS
         ]
     assert batched == plain
+
+
+def test_batched_threads_honours_override_and_stays_in_range(monkeypatch):
+    import os
+
+    from jupyter_distill.teachers.llama_batch import batched_threads
+
+    monkeypatch.setenv("JUPYTER_DISTILL_LLAMA_THREADS", "3")
+    assert batched_threads() == 3
+    monkeypatch.delenv("JUPYTER_DISTILL_LLAMA_THREADS")
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 0.0, 0.0))
+    assert batched_threads() == 1  # every core busy: one thread, never zero
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert batched_threads() == max(1, os.cpu_count() or 1)

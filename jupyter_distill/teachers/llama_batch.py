@@ -271,11 +271,18 @@ class BatchContext:
 
 
 def batched_threads() -> int:
-    """Threads for the batched path: ``JUPYTER_DISTILL_LLAMA_THREADS`` if set, else every core.
+    """Threads for the batched path: ``JUPYTER_DISTILL_LLAMA_THREADS`` if set, else the idle cores.
 
-    llama.cpp threads spin-wait for each other, so on a machine whose cores are busy with other
-    work fewer threads can be faster; ``benchmarks/local_sampling.py --threads 1,2`` measures it.
+    llama.cpp threads spin-wait for each other, so a thread on a core that another process is
+    using stalls every step: on a 2-core machine with a load of about 5, two threads decoded
+    4-7 tokens/s where one thread decoded 53-80 (``benchmarks/local_sampling.py --threads 1,2``).
+    The default therefore counts the cores the 1-minute load average leaves idle (at least one).
     """
-    from jupyter_distill.runtime import default_threads
+    import os
 
-    return default_threads()
+    value = os.environ.get("JUPYTER_DISTILL_LLAMA_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    cores = max(1, os.cpu_count() or 1)
+    idle = cores - os.getloadavg()[0]
+    return max(1, min(cores, int(idle + 0.5)))
