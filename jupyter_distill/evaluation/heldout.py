@@ -299,22 +299,55 @@ def student_responder(student: Any, *, max_new_tokens: int = 128, batch_size: in
     )
 
 
+class LlamaResponder:
+    """Greedy answers from a GGUF through llama.cpp, several prompts decoded as one batch.
+
+    ``evaluate`` hands it ``batch_size`` prompts at a time; each becomes one sequence of a
+    :class:`~jupyter_distill.teachers.llama_batch.BatchContext`, so a decode step reads the
+    weights once for all of them. Greedy decoding depends on the other sequences of the batch only
+    through float rounding (see ``teachers/llama_batch``), so an answer is the one ``completion()``
+    gives for the prompt alone unless two top tokens are tied to the last bits.
+    """
+
+    def __init__(self, gguf_path: Any, *, max_tokens: int = 128, n_ctx: int = 2048, batch_size: int = 8):
+        self.gguf_path = gguf_path
+        self.max_tokens = max_tokens
+        self.n_ctx = n_ctx
+        self.batch_size = batch_size
+
+    def __call__(self, messages: Messages) -> str:
+        return self.batch([messages])[0]
+
+    def batch(self, batch: Sequence[Messages]) -> list[str]:
+        from jupyter_distill.core.runtime import use_llama
+        from jupyter_distill.teachers.llama_batch import BatchContext, batched_threads, format_chat
+
+        with use_llama(self.gguf_path, n_ctx=self.n_ctx) as llm:
+            prompts = [format_chat(llm, list(m)) for m in batch]
+            size = sum(len(t) for t, _ in prompts) + len(prompts) * self.max_tokens
+            with BatchContext(
+                llm, n_seq=len(prompts), n_ctx=-(-size // 256) * 256, n_threads=batched_threads()
+            ) as context:
+                results = context.generate(
+                    [t for t, _ in prompts],
+                    [[0] for _ in prompts],
+                    temperature=0.0,
+                    max_tokens=self.max_tokens,
+                    stop_strings=prompts[0][1],
+                )
+        return [r[0].text for r in results]
+
+
 def llama_responder(gguf_path: Any, *, max_tokens: int = 128, n_ctx: int = 2048) -> Respond:
     """``respond`` for a GGUF served by llama.cpp (greedy), as ``completion()`` would serve it."""
-    from jupyter_distill.core.runtime import use_llama
-
-    def respond(messages: Messages) -> str:
-        with use_llama(gguf_path, n_ctx=n_ctx) as llm:
-            out = llm.create_chat_completion(list(messages), temperature=0.0, max_tokens=max_tokens)
-        return str(out["choices"][0]["message"]["content"] or "")
-
-    return respond
+    return LlamaResponder(gguf_path, max_tokens=max_tokens, n_ctx=n_ctx)
 
 
 __all__ = [
     "PASS_THRESHOLD",
     "EvalSummary",
     "HFResponder",
+    "LlamaResponder",
     "evaluate",
     "evaluate_best_of_n",
     "llama_responder",

@@ -8,8 +8,12 @@ because a llama.cpp context is not re-entrant.
 Generation runs in a worker thread (``asyncio.to_thread``) so the event loop, and with it
 progress events and the Stop button, stays responsive.
 
-llama.cpp's chat completion has no ``n``: candidates are generated one by one, candidate ``i``
-with seed ``seed + i``, so any single candidate can be regenerated exactly on its own.
+The ``n`` candidates of a prompt decode as parallel sequences over one evaluation of the prompt
+(:mod:`jupyter_distill.teachers.llama_batch`): on a CPU a decode step costs about the same for one
+sequence as for several, because it is bound by reading the weights. Candidate ``i`` samples with
+its own sampler seeded ``seed + i`` (the seed recorded in its provenance and key), so the same
+seeds give the same texts. Cancelling the call (the Stop button) sets an event the decode loop
+checks before every step, so the worker thread ends within one step instead of finishing the batch.
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ from jupyter_distill.core.models import LOCAL_MODELS, resolve_local_gguf
 from jupyter_distill.core.policy import PolicyDecision, PolicyMode, decide
 from jupyter_distill.core.runtime import use_llama
 from jupyter_distill.teachers.base import FatalTeacherError, ParsedSpec, Sample, check_sample_args, local_provenance
+from jupyter_distill.teachers.llama_batch import (
+    BatchContext,
+    Generation,
+    GenerationStopped,
+    batched_threads,
+    format_chat,
+)
 
 LOCAL_OPTIONS = ("n_ctx", "n_threads", "licence")
 _sha_cache: dict[tuple[str, int, int], str] = {}
@@ -77,8 +88,13 @@ class LlamaTeacher:
         return f"LlamaTeacher(spec={self.spec!r}, path={str(self.path)!r})"
 
     def _generate(
-        self, messages: list[dict[str, Any]], temperature: float, max_tokens: int, seed: int
-    ) -> tuple[dict[str, Any], float]:
+        self,
+        messages: list[dict[str, Any]],
+        temperature: float,
+        max_tokens: int,
+        seeds: list[int],
+        stop: threading.Event,
+    ) -> tuple[list[Generation], float]:
         try:
             with use_llama(self.path, n_ctx=self.n_ctx, n_threads=self.n_threads) as llm:
                 if not self.decision.licence:
@@ -87,10 +103,29 @@ class LlamaTeacher:
                 if self._sha256 is None:
                     self._sha256 = model_file_sha256(self.path)
                 started = time.monotonic()
-                result = llm.create_chat_completion(
-                    messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed
-                )
-                return result, time.monotonic() - started
+                tokens, stop_strings = format_chat(llm, messages)
+                if len(tokens) + max_tokens > self.n_ctx:
+                    raise TeacherError(
+                        f"teacher {self.spec}: the prompt ({len(tokens)} tokens) plus max_tokens={max_tokens} "
+                        f"does not fit the context of {self.n_ctx} tokens. Fix: shorten the prompt, lower "
+                        "max_tokens, or load the teacher with a larger n_ctx=.",
+                        field="n_ctx",
+                        value=self.n_ctx,
+                    )
+                # The KV cells of the prompt are shared, so the context holds one prompt plus each
+                # candidate's own tokens.
+                size = -(-(len(tokens) + len(seeds) * max_tokens) // 256) * 256
+                threads = self.n_threads or batched_threads()
+                with BatchContext(llm, n_seq=len(seeds), n_ctx=size, n_threads=threads) as batch:
+                    generations = batch.generate(
+                        [tokens],
+                        [seeds],
+                        temperature=temperature,
+                        max_tokens=max_tokens,
+                        stop_strings=stop_strings,
+                        stop=stop,
+                    )[0]
+                return generations, time.monotonic() - started
         except ExportError as exc:  # only loading raises it: the file is missing or not a model
             raise FatalTeacherError(
                 f"teacher {self.spec}: {exc}", field="teacher", value=self.spec, fix=exc.fix
@@ -104,36 +139,48 @@ class LlamaTeacher:
         max_tokens: int = 256,
         seed: int | None = None,
     ) -> list[Sample]:
-        """``n`` candidates generated one after another, candidate ``i`` with seed ``seed + i``."""
+        """``n`` candidates decoded together, candidate ``i`` sampled with seed ``seed + i``."""
         check_sample_args(n, temperature, max_tokens)
         base = seed if seed is not None else random.randrange(2**31 - n)
+        seeds = [base + i for i in range(n)]
+        stop = threading.Event()
+        try:
+            generations, seconds = await asyncio.to_thread(
+                self._generate, messages, temperature, max_tokens, seeds, stop
+            )
+        except asyncio.CancelledError:
+            stop.set()  # the worker thread ends at its next decode step
+            raise
+        except GenerationStopped:
+            raise asyncio.CancelledError from None
+        except DistillError:
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise TeacherError(
+                f"teacher {self.spec} could not generate: {exc}. Fix: shorten the prompt or load the teacher "
+                f"with a larger n_ctx= (now {self.n_ctx}).",
+                field="teacher",
+                value=self.spec,
+            ) from None
+        self.requests_sent += n
         samples = []
-        for i in range(n):
-            try:
-                result, seconds = await asyncio.to_thread(self._generate, messages, temperature, max_tokens, base + i)
-            except DistillError:
-                raise
-            except (ValueError, RuntimeError) as exc:  # e.g. prompt longer than the context
-                raise TeacherError(
-                    f"teacher {self.spec} could not generate: {exc}. Fix: shorten the prompt or load the teacher "
-                    f"with a larger n_ctx= (now {self.n_ctx}).",
-                    field="teacher",
-                    value=self.spec,
-                ) from None
-            self.requests_sent += 1
-            choice = result["choices"][0]
-            usage = {k: int(v) for k, v in (result.get("usage") or {}).items() if isinstance(v, int)}
+        for i, generation in enumerate(generations):
+            usage = {
+                "prompt_tokens": generation.prompt_tokens,
+                "completion_tokens": generation.completion_tokens,
+                "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+            }
             samples.append(
                 Sample(
-                    text=choice["message"].get("content") or "",
+                    text=generation.text,
                     usage=usage,
                     cost=0.0,
-                    finish_reason=choice.get("finish_reason"),
+                    finish_reason=generation.finish_reason,
                     provenance=local_provenance(
                         self,
-                        {"temperature": temperature, "max_tokens": max_tokens, "seed": base + i, "n_per_request": 1},
+                        {"temperature": temperature, "max_tokens": max_tokens, "seed": seeds[i], "n_per_request": 1},
                         usage,
-                        seconds,
+                        seconds / n,
                         "llama-cpp-python",
                         model_file=self.path.name,
                         model_sha256=self._sha256,
