@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jupyter_distill.examples import make_extraction_rows  # noqa: E402
+from jupyter_distill.core.examples import make_extraction_rows  # noqa: E402
 from jupyter_distill.core.runtime import use_llama  # noqa: E402
 from jupyter_distill.teachers import load_teacher  # noqa: E402
 from jupyter_distill.teachers.llama_batch import BatchContext, format_chat  # noqa: E402
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "local_sampling.json")
     args = parser.parse_args()
 
-    from jupyter_distill.models import resolve_local_gguf
+    from jupyter_distill.core.models import resolve_local_gguf
 
     path = resolve_local_gguf("smollm2-135m")
     messages = [[{"role": "user", "content": r["prompt"]}] for r in make_extraction_rows(args.prompts, seed=0)]

@@ -10,8 +10,8 @@ import pytest
 from jupyter_distill.core.config import DistillConfig
 from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
 from jupyter_distill.judging.agreement import cohen_kappa, judge_agreement
-from jupyter_distill.judging.judges import judgment_key
 from jupyter_distill.judging.review import Decision
+from jupyter_distill.judging.stage import judgment_key
 from jupyter_distill.pipeline.calibration import judge_agreement as store_agreement
 from jupyter_distill.pipeline.run import Run
 from jupyter_distill.serving.student import Student

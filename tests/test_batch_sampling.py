@@ -212,7 +212,7 @@ def test_a_failed_submission_frees_the_claim_and_a_rerun_submits(server, tmp_pat
 def test_distill_with_batch_true_ends_waiting_then_a_rerun_collects_and_goes_on(server, tmp_path, monkeypatch):
     """The config route: batch: true reaches the teacher, the run waits, the re-run polls the same batch."""
     import jupyter_distill as jd
-    from jupyter_distill.judging.judges import exact_match
+    from jupyter_distill.judging.verifiers import exact_match
 
     monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OPENAI_BASE_URL", server.url)

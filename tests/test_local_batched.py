@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from jupyter_distill.core.errors import TeacherError
-from jupyter_distill.models import resolve_local_gguf
+from jupyter_distill.core.models import resolve_local_gguf
 from jupyter_distill.core.runtime import use_llama
 from jupyter_distill.teachers import load_teacher
 from jupyter_distill.teachers.llama_batch import BatchContext, GenerationStopped, format_chat
@@ -137,7 +137,7 @@ def test_teacher_shared_between_threads(model_path):
 
 
 def test_llama_responder_batches_greedy_answers(model_path):
-    from jupyter_distill.evaluate import llama_responder
+    from jupyter_distill.evaluation.heldout import llama_responder
 
     respond = llama_responder(model_path, max_tokens=10)
     batched = respond.batch([_messages(p) for p in PROMPTS])

@@ -11,7 +11,9 @@ import torch
 
 from jupyter_distill.core.errors import BudgetExceeded
 from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
-from jupyter_distill.judging.judges import JudgeResult, judgment_key, load_judge
+from jupyter_distill.judging.llm_judge import load_judge
+from jupyter_distill.judging.stage import judgment_key
+from jupyter_distill.judging.verifiers import JudgeResult
 from jupyter_distill.train.jbond import quantile_reward
 from jupyter_distill.train.rewards import OnPolicyRewards, teacher_scores
 

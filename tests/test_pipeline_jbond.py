@@ -8,7 +8,7 @@ from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.core.store import RunStore
-from jupyter_distill.judging.judges import exact_match
+from jupyter_distill.judging.verifiers import exact_match
 
 
 def answer(body: dict, index: int) -> str:

@@ -13,7 +13,7 @@ from tiny_models import CHECK_PROMPTS, add_lora_adapter, build_tiny_llama
 import jupyter_distill as jd
 from jupyter_distill.core.errors import AliasError
 from jupyter_distill.core.store import PromptRecord, RunStore
-from jupyter_distill.export.gguf_export import export_gguf
+from jupyter_distill.export.gguf import export_gguf
 from jupyter_distill.pipeline.promote import PromotionReport, percentile
 from jupyter_distill.serving import registry
 from jupyter_distill.serving import student as serving

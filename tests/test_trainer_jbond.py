@@ -13,7 +13,7 @@ from test_trainer import _adapter, pairs, settings, tiny_student
 from jupyter_distill.core.errors import TrainingError
 from jupyter_distill.core.events import Event
 from jupyter_distill.core.store import RunStore
-from jupyter_distill.judging.judges import load_judge
+from jupyter_distill.judging.llm_judge import load_judge
 from jupyter_distill.train.rewards import OnPolicyRewards
 from jupyter_distill.train.trainer import BondTrainer, TrainPair, _prompt_record
 

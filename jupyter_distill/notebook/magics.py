@@ -812,7 +812,7 @@ class DistillMagics(Magics):
 
     def handle_export(self, command: ExportCommand) -> Any:
         """Export a finished run's adapter to GGUF in the foreground (seconds for small students)."""
-        from jupyter_distill.export.gguf_export import export_gguf
+        from jupyter_distill.export.gguf import export_gguf
         from jupyter_distill.train.student import resolve_student_folder
 
         store = self._store_for(command.name)

@@ -68,9 +68,9 @@ def rejudge(
     model). The verdicts of the old rubric stay in the store; the new judge id and its agreement
     are recorded in the run's summary under ``rejudged``.
     """
-    from jupyter_distill.judging.judges import LLMJudge, load_judge
-    from jupyter_distill.judging.judges import judge as run_judge
+    from jupyter_distill.judging.llm_judge import LLMJudge, load_judge
     from jupyter_distill.judging.review import ReviewSession
+    from jupyter_distill.judging.stage import judge as run_judge
 
     ref = resolve_run(run, workdir)
     model = judge if judge is not None else _judge_model(ref)

@@ -143,7 +143,7 @@ def _candidate(ref: RunRef, run: Any) -> tuple[dict[str, Any], Any]:
 
 def _score_fn(ref: RunRef, judge: Any) -> ScoreFn:
     """Scores on the run's scale: ``judge`` when given, else the run's own judge."""
-    from jupyter_distill.judging.judges import load_judge
+    from jupyter_distill.judging.llm_judge import load_judge
 
     the_judge = None
     if judge is not None:
