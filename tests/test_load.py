@@ -141,7 +141,7 @@ def _v1_store(folder: Path) -> None:
 def test_store_migrates_from_the_previous_schema_version_keeping_every_row(tmp_path: Path) -> None:
     _v1_store(tmp_path)
     store = RunStore(tmp_path)
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3  # v1 -> v2 -> v3 (batches)
     run = store.get_run("old")
     assert run is not None and run["status"] == "done" and run["config"] == {"steps": 3} and run["summary"] == {}
     assert [p.row for p in store.get_prompts("old")] == [{"expected": "a"}]
