@@ -15,7 +15,7 @@ from jupyter_distill.core.errors import AliasError
 from jupyter_distill.core.store import PromptRecord, RunStore
 from jupyter_distill.export.gguf import export_gguf
 from jupyter_distill.pipeline.promote import PromotionReport, percentile
-from jupyter_distill.serving import registry
+from jupyter_distill.serving import hf_backend, registry
 from jupyter_distill.serving import student as serving
 
 
@@ -23,7 +23,7 @@ from jupyter_distill.serving import student as serving
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
     yield tmp_path / "home"
-    serving.release_all()
+    hf_backend.release_all()
 
 
 @pytest.fixture(scope="module")
