@@ -64,7 +64,7 @@ def load_teacher(
         from jupyter_distill.teachers.hf import build_hf_teacher
 
         return build_hf_teacher(parsed, policy=policy, authorization=authorization, **options)
-    from jupyter_distill.teachers.http import build_http_teacher
+    from jupyter_distill.teachers.http_build import build_http_teacher
 
     return build_http_teacher(
         parsed,
