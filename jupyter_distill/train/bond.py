@@ -5,7 +5,7 @@ and CUDA, and the CUDA fast path), so the engines can only differ in *how* they 
 per-sequence statistics, never in what they optimise. It is a pure function of shape-``(B,)``
 tensors so it can be unit-tested against a float64 reference and ``torch.autograd.gradcheck``.
 
-The formula (``DESIGN.md``, "BOND training")::
+The formula::
 
     L = (1 − β) · mean_b NLL(y+_b | x_b)
       +      β  · mean_{b: has y-} −log σ(τ · (Δ(y+_b) − Δ(y-_b)))
