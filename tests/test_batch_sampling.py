@@ -243,3 +243,67 @@ def test_distill_with_batch_true_ends_waiting_then_a_rerun_collects_and_goes_on(
     store = RunStore(tmp_path / "wd")
     assert [b["status"] for b in store.list_batches()] == ["collected"]
     store.close()
+
+
+def _stale_claim(store: RunStore, server: BatchServer, who: dict, age_s: float = 0.0) -> int:
+    """A 'submitting' row as a caller leaves it when it dies between claim and submission."""
+    import time
+
+    from jupyter_distill.sampling.batched import batch_group
+
+    group = batch_group("openai:m", {"temperature": 0.8, "max_tokens": 256, "seed": 0})
+    row = store.claim_batch(group, "r1", "openai:m", "openai", server.url, who)
+    assert row is not None
+    with store.transaction() as conn:
+        conn.execute("UPDATE batches SET updated_at=? WHERE id=?", (time.time() - age_s, row))
+    return row
+
+
+def test_a_claim_whose_process_died_is_expired_and_the_rerun_submits(server, tmp_path):
+    """A kernel killed between claim and submit must not block the teacher's batches for ever."""
+    import socket
+    import subprocess
+    import sys
+
+    server.polls_until_done = 2
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = open_store(tmp_path)
+    _stale_claim(store, server, {"host": socket.gethostname(), "pid": dead.pid})
+    with pytest.raises(BatchPending) as pending:
+        sample(store, teacher(server), prompts(2), 2, run_id="r1")
+    assert pending.value.batch_id == "batch_1" and server.submissions == 1
+    first, second = store.list_batches("r1")
+    assert (first["status"], second["status"]) == ("abandoned", "submitted")
+    assert f"process {dead.pid}" in first["info"]["expired"]
+    store.close()
+
+
+def test_a_live_claim_is_waited_for_and_an_old_one_from_elsewhere_expires(server, tmp_path):
+    import os
+    import socket
+
+    server.polls_until_done = 2
+    store = open_store(tmp_path)
+    live = _stale_claim(store, server, {"host": socket.gethostname(), "pid": os.getppid()})
+    with pytest.raises(BatchPending, match="another sampling call is submitting"):
+        sample(store, teacher(server), prompts(2), 2, run_id="r1")
+    assert server.submissions == 0
+    store.set_batch_status(live, "abandoned")
+    _stale_claim(store, server, {"host": "another-host", "pid": 1}, age_s=31 * 60)
+    with pytest.raises(BatchPending):
+        sample(store, teacher(server), prompts(2), 2, run_id="r1")
+    assert server.submissions == 1 and [b["status"] for b in store.list_batches("r1")][-1] == "submitted"
+    assert "never submitted" in store.list_batches("r1")[1]["info"]["expired"]
+    store.close()
+
+
+def test_a_submission_that_lands_after_its_claim_expired_is_recorded_not_collected(server, tmp_path):
+    store = open_store(tmp_path)
+    row = _stale_claim(store, server, {"host": "another-host", "pid": 1})
+    assert store.expire_claim(row, "test") and not store.expire_claim(row, "twice")
+    assert not store.batch_submitted(row, "batch_late", {"c": {"key": "k"}}, {"requests": 1})
+    [closed] = store.list_batches("r1")
+    assert (closed["status"], closed["batch_id"]) == ("abandoned", "batch_late")
+    assert closed["info"]["submitted_after_expiry"] and store.open_batch(closed["group_key"]) is None
+    store.close()

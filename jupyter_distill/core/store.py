@@ -660,31 +660,73 @@ class RunStore:
             conn.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (run_id, step))
 
     # ------------------------------------------------------------------ provider batches
-    def claim_batch(self, group_key: str, run_id: str, teacher: str, provider: str, endpoint: str) -> int | None:
+    def claim_batch(
+        self,
+        group_key: str,
+        run_id: str,
+        teacher: str,
+        provider: str,
+        endpoint: str,
+        claimant: dict[str, Any] | None = None,
+    ) -> int | None:
         """Reserve the one open batch of ``group_key`` before it is submitted; None when another holds it.
 
         A partial unique index allows one 'submitting'/'submitted' row per group, so of several
         threads or processes only one gets a row id and submits; the others poll that batch.
+        ``claimant`` (host and pid) is kept in the row's info so a claim whose process died can
+        be told apart from one still uploading (:meth:`expire_claim`).
         """
         now = time.time()
+        info = {"claimant": claimant} if claimant else {}
         try:
             with self.transaction() as conn:
                 cursor = conn.execute(
-                    "INSERT INTO batches(group_key, run_id, teacher, provider, endpoint, status, created_at, "
-                    "updated_at) VALUES(?, ?, ?, ?, ?, 'submitting', ?, ?)",
-                    (group_key, run_id, teacher, provider, endpoint, now, now),
+                    "INSERT INTO batches(group_key, run_id, teacher, provider, endpoint, status, info_json, "
+                    "created_at, updated_at) VALUES(?, ?, ?, ?, ?, 'submitting', ?, ?, ?)",
+                    (group_key, run_id, teacher, provider, endpoint, _dumps(info), now, now),
                 )
                 return int(cursor.lastrowid or 0)
         except sqlite3.IntegrityError:
             return None
 
-    def batch_submitted(self, row: int, batch_id: str, keys: dict[str, Any], info: dict[str, Any]) -> None:
-        """Record the provider's batch id and the custom_id -> sample key map of a claimed row."""
+    def expire_claim(self, row: int, reason: str) -> bool:
+        """Close a 'submitting' row whose submitter is gone, freeing its group; False if it moved on.
+
+        The update is conditional, so a submission that completes at the same moment wins and
+        its batch is polled, never submitted a second time.
+        """
         with self.transaction() as conn:
+            found = conn.execute("SELECT info_json FROM batches WHERE id=? AND status='submitting'", (row,)).fetchone()
+            if found is None:
+                return False
+            info = {**json.loads(found[0] or "{}"), "expired": reason}
+            conn.execute(
+                "UPDATE batches SET status='abandoned', info_json=?, updated_at=? WHERE id=? AND status='submitting'",
+                (_dumps(info), time.time(), row),
+            )
+            return True
+
+    def batch_submitted(self, row: int, batch_id: str, keys: dict[str, Any], info: dict[str, Any]) -> bool:
+        """Record the provider's batch id and the custom_id -> sample key map of a claimed row.
+
+        Returns False when the claim was expired meanwhile (its submitter was taken for dead):
+        the batch id is still recorded on the closed row, so the spend can be traced.
+        """
+        with self.transaction() as conn:
+            found = conn.execute("SELECT status, info_json FROM batches WHERE id=?", (row,)).fetchone()
+            if found is not None and found[0] != "submitting":
+                late = {**json.loads(found[1] or "{}"), **info, "submitted_after_expiry": True}
+                conn.execute(
+                    "UPDATE batches SET batch_id=?, keys_json=?, info_json=?, updated_at=? WHERE id=?",
+                    (batch_id, _dumps(keys), _dumps(late), time.time(), row),
+                )
+                return False
+            kept = {**json.loads(found[1] or "{}"), **info} if found is not None else info
             conn.execute(
                 "UPDATE batches SET batch_id=?, status='submitted', keys_json=?, info_json=?, updated_at=? WHERE id=?",
-                (batch_id, _dumps(keys), _dumps(info), time.time(), row),
+                (batch_id, _dumps(keys), _dumps(kept), time.time(), row),
             )
+            return True
 
     def set_batch_status(self, row: int, status: str, info: dict[str, Any] | None = None) -> None:
         """Move a batch row on ('collected', 'abandoned'); a closed row frees its group for a new batch."""

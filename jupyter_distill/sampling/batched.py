@@ -13,11 +13,17 @@ a batch: the sampling stage requests them online in the same call, at the online
 finished batch always ends in a complete candidate set (or in ordinary per-prompt failures).
 
 Only one open batch per (teacher, decoding parameters) exists at a time: the store's partial
-unique index lets exactly one caller claim it, whichever thread or process asks first.
+unique index lets exactly one caller claim it, whichever thread or process asks first. A claim
+whose process died before the provider answered (a killed kernel) would block the group for
+ever, so a claim is taken for dead when its process is gone from this host, or after
+:data:`SUBMIT_CLAIM_TTL_S` without a batch id, and the next call claims and submits anew.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from typing import Any
 
 from jupyter_distill.core.errors import DistillError, PolicyError
@@ -34,6 +40,38 @@ class BatchPending(DistillError):
         self.batch_id = batch_id
         self.finished = finished
         self.total = total
+
+
+# A submission uploads one file and creates one batch: minutes at most. A claim this old with no
+# batch id was made by a caller that is gone (on another host, where its pid cannot be checked).
+SUBMIT_CLAIM_TTL_S = 30 * 60.0
+
+
+def claimant() -> dict[str, Any]:
+    """Who is claiming: this host and process, so a later caller can tell whether it still lives."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def claim_is_stale(row: dict[str, Any], now: float | None = None) -> str | None:
+    """Why a 'submitting' row's submitter is taken for dead, or None while it may still be uploading.
+
+    Dead means: its process is gone from this host (checked with signal 0), or the claim is older
+    than :data:`SUBMIT_CLAIM_TTL_S` (a reused pid or another host cannot be checked otherwise).
+    """
+    age = (time.time() if now is None else now) - float(row["updated_at"])
+    if age > SUBMIT_CLAIM_TTL_S:
+        return f"claimed {age:.0f} s ago and never submitted (limit {SUBMIT_CLAIM_TTL_S:.0f} s)"
+    who = row["info"].get("claimant") or {}
+    pid = who.get("pid")
+    if who.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"the claiming process {pid} on this host has ended"
+    except PermissionError:  # alive, owned by another user
+        return None
+    return None
 
 
 def batch_group(teacher_spec: str, params: dict[str, Any]) -> str:
@@ -82,6 +120,9 @@ async def run_batch(
     client = teacher.batch_client
     group = batch_group(teacher.spec, params)
     row = store.open_batch(group)
+    if row is not None and row["status"] == "submitting" and (why := claim_is_stale(row)) is not None:
+        store.expire_claim(row["id"], why)  # conditional: a submission finishing now keeps its row
+        row = store.open_batch(group)
     if row is None:
         wanted = {keys[p.hash][i] for p, missing in todo for i in missing}
         # checked and claimed in one write transaction: a batch another caller collected since this
@@ -90,7 +131,11 @@ async def run_batch(
             stored = store.existing_sample_keys(wanted)
             todo = [(p, [i for i in missing if keys[p.hash][i] not in stored]) for p, missing in todo]
             todo = [(p, missing) for p, missing in todo if missing]
-            row_id = store.claim_batch(group, run_id, teacher.spec, client.provider, client.base_url) if todo else None
+            row_id = (
+                store.claim_batch(group, run_id, teacher.spec, client.provider, client.base_url, claimant())
+                if todo
+                else None
+            )
         if not todo:
             return [], wanted
         if row_id is None:  # another caller claimed it between our read and our insert
@@ -160,7 +205,15 @@ async def _submit(
     except BaseException:
         store.set_batch_status(row_id, "abandoned")
         raise
-    store.batch_submitted(row_id, batch_id, mapping, {"requests": len(requests)})
+    if not store.batch_submitted(row_id, batch_id, mapping, {"requests": len(requests)}):
+        raise BatchPending(
+            f"batch {batch_id} was submitted after this call's claim had been taken for dead, and another call "
+            "owns this teacher's batch now; its id is kept in the store (status 'abandoned'). Re-run this cell to "
+            "poll the current batch.",
+            batch_id=batch_id,
+            finished=0,
+            total=len(requests),
+        )
     row = store.get_batch(row_id)
     assert row is not None
     return row
