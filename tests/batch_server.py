@@ -1,8 +1,12 @@
-"""A real HTTP server on 127.0.0.1 speaking the OpenAI and Anthropic batch APIs (no mocked clients).
+"""A real HTTP server on 127.0.0.1 speaking the OpenAI, Anthropic and OpenRouter batch APIs.
 
 OpenAI shape: ``POST /v1/files`` (multipart, ``purpose=batch``), ``POST /v1/batches``,
 ``GET /v1/batches/{id}``, ``GET /v1/files/{id}/content``. Anthropic shape:
 ``POST /v1/messages/batches``, ``GET /v1/messages/batches/{id}``, ``GET .../{id}/results``.
+OpenRouter shape: ``POST /v1/batches`` with inline ``requests`` (400 unless ``endpoint`` and
+``model`` come first in the body), ``GET /v1/batches/{id}`` (results inline when terminal, up to
+``inline_results_limit``), ``GET /v1/batches/{id}/results?cursor=`` (``page_size`` rows a page),
+and ``GET /v1/models`` (``distillable``).
 Online ``POST /v1/chat/completions`` answers too, so failed batch items can be retried online.
 
 Knobs: ``polls_until_done`` (GETs of a batch before it ends), ``fail_ids`` (custom_ids answered
@@ -16,6 +20,7 @@ from __future__ import annotations
 import email.parser
 import json
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,6 +43,10 @@ class BatchServer:
         self.headers: list[dict[str, str]] = []
         self.files: dict[str, str] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        self.inline_results_limit = 10**6  # OpenRouter: a terminal poll carries results up to this many
+        self.page_size = 2  # OpenRouter: results per cursor page
+        self.distillable: dict[str, bool] = {}  # OpenRouter /models: is_trainable_text per model id
+        self.bodies: list[dict[str, Any]] = []  # every request body an OpenRouter batch carried
         self.lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -119,6 +128,22 @@ class BatchServer:
                         self.files[fid] = "".join(json.dumps(r) + "\n" for r in rows)
                         data["output_file_id" if suffix == "out" else "error_file_id"] = fid
             return data
+        if batch["kind"] == "openrouter":
+            rows = [self._openrouter_row(cid, body) for cid, body in outcomes]
+            data = {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": "/v1/chat/completions",
+                "model": batch["model"],
+                "status": ("expired" if self.expire else "completed") if done else "in_progress",
+                "request_counts": {
+                    "total": len(outcomes),
+                    "completed": ok if done else 0,
+                    "failed": len(outcomes) - ok if done else 0,
+                },
+                "results": rows if done and len(rows) <= self.inline_results_limit else [],
+            }
+            return data
         counts = {"processing": 0 if done else len(outcomes), "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         if done:
             counts["succeeded"] = ok
@@ -130,6 +155,18 @@ class BatchServer:
             "request_counts": counts,
             "results_url": f"{self.url}/messages/batches/{batch_id}/results" if done else None,
         }
+
+    def _openrouter_row(self, cid: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        if body is not None:
+            return {"custom_id": cid, "id": f"r-{cid}", "response": {"status_code": 200, "body": self.chat(body)}}
+        message = "expired before it ran" if self.expire else "boom"
+        return {"custom_id": cid, "id": f"r-{cid}", "response": None, "error": {"message": message}}
+
+    def _openrouter_page(self, batch_id: str, cursor: str | None) -> dict[str, Any]:
+        rows = [self._openrouter_row(cid, body) for cid, body in self._outcomes(self.batches[batch_id])]
+        start = int(cursor or 0)
+        end = start + self.page_size
+        return {"data": rows[start:end], "next_cursor": str(end) if end < len(rows) else None}
 
     def _anthropic_results(self, batch_id: str) -> str:
         rows = []
@@ -194,6 +231,17 @@ class BatchServer:
                     server.files[fid] = parts["file"].get_payload(decode=True).decode()
                     return self._send(200, {"id": fid, "object": "file", "purpose": "batch"})
                 body = json.loads(raw or b"{}")
+                if self.path == "/v1/batches" and "requests" in body:  # OpenRouter: inline requests
+                    order = [raw.find(b'"endpoint"'), raw.find(b'"model"'), raw.find(b'"requests"')]
+                    if min(order) < 0 or order[2] < max(order[:2]):
+                        return self._send(400, {"error": {"message": "endpoint and model must precede requests"}})
+                    reqs = [(r["custom_id"], {"model": body["model"], **r["body"]}) for r in body["requests"]]
+                    if any(b["model"] != body["model"] for _, b in reqs):
+                        return self._send(400, {"error": {"message": "a request's model differs from the batch's"}})
+                    with server.lock:
+                        server.bodies.extend(r["body"] for r in body["requests"])
+                    created = server._create("openrouter", reqs, model=body["model"])
+                    return self._send(202, created) if created else self._send(500, {"error": {"message": "down"}})
                 if self.path == "/v1/batches":
                     if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
                         return self._send(400, {"error": {"message": "bad endpoint or completion_window"}})
@@ -215,6 +263,13 @@ class BatchServer:
 
             def do_GET(self) -> None:
                 path = self.path
+                if path == "/v1/models":
+                    models = [{"id": m, "is_trainable_text": ok} for m, ok in server.distillable.items()]
+                    return self._send(200, {"data": models})
+                if path.startswith("/v1/batches/") and "/results" in path:
+                    query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+                    cursor = (query.get("cursor") or [None])[0]
+                    return self._send(200, server._openrouter_page(path.split("/")[3], cursor))
                 if path.startswith("/v1/batches/"):
                     return self._send(200, server._poll(path.rsplit("/", 1)[1]))
                 if path.startswith("/v1/files/") and path.endswith("/content"):
@@ -227,14 +282,14 @@ class BatchServer:
 
         return Handler
 
-    def _create(self, kind: str, requests: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    def _create(self, kind: str, requests: list[tuple[str, dict[str, Any]]], model: str = "") -> dict[str, Any] | None:
         with self.lock:
             if self.reject_create > 0:
                 self.reject_create -= 1
                 return None
             self.submissions += 1
             batch_id = f"batch_{self.submissions}"
-            self.batches[batch_id] = {"kind": kind, "requests": requests, "polls": 0}
-        if kind == "openai":
+            self.batches[batch_id] = {"kind": kind, "requests": requests, "polls": 0, "model": model}
+        if kind in ("openai", "openrouter"):
             return {"id": batch_id, "object": "batch", "status": "validating", "request_counts": {"total": 0}}
         return {"id": batch_id, "type": "message_batch", "processing_status": "in_progress"}

@@ -41,7 +41,7 @@ def open_store(tmp_path) -> RunStore:
     return store
 
 
-@pytest.mark.parametrize("scheme", ["openai", "anthropic"])
+@pytest.mark.parametrize("scheme", ["openai", "anthropic", "openrouter"])
 def test_batch_is_submitted_once_polled_after_a_restart_and_stored_like_online(server, tmp_path, scheme):
     server.polls_until_done = 2
     data = prompts(3)
@@ -70,7 +70,7 @@ def test_batch_is_submitted_once_polled_after_a_restart_and_stored_like_online(s
     assert result.cost == pytest.approx(6 * ONLINE_COST * 0.5)
     for p in data:
         texts = [s.text for s in result.samples[p.hash]]
-        seeds = [0, 1] if scheme == "openai" else ["none", "none"]
+        seeds = ["none", "none"] if scheme == "anthropic" else [0, 1]  # the Messages API takes no seed
         assert texts == [reply(p.messages[-1]["content"], s) for s in seeds]
         prov = result.samples[p.hash][0].provenance
         assert prov["batch"]["id"] == "batch_1" and prov["batch"]["provider"] == scheme
@@ -118,11 +118,35 @@ def test_an_expired_batch_keeps_its_answers_and_fetches_the_rest_online(server, 
     store.close()
 
 
-def test_openrouter_batch_is_refused_naming_the_supported_providers(monkeypatch):
-    monkeypatch.setenv("OPENROUTER_API_KEY", "k-123456")
-    with pytest.raises(ConfigError) as err:
-        load_teacher("openrouter:meta-llama/llama-3.1-8b-instruct", batch=True)
-    assert err.value.field == "batch" and "openai:" in str(err.value) and "anthropic:" in str(err.value)
+@pytest.mark.parametrize("inline", [True, False])
+def test_openrouter_batch_carries_the_distillable_flag_and_reads_results_inline_or_by_page(server, tmp_path, inline):
+    """OpenRouter: inline requests, the distillable-only routing in every body, results either way."""
+    server.polls_until_done = 2
+    server.inline_results_limit = 10**6 if inline else 0
+    server.distillable = {"m": True}
+    server.expire, server.expire_after = True, 4  # the last 2 requests expire: they go online
+    store = open_store(tmp_path)
+    router = teacher(server, "openrouter")
+    with pytest.raises(BatchPending):
+        sample(store, router, prompts(3), 2, run_id="r1")
+    assert server.submissions == 1 and len(server.bodies) == 6
+    assert all(b["provider"] == {"enforce_distillable_text": True} for b in server.bodies)
+    result = sample(store, teacher(server, "openrouter"), prompts(3), 2, run_id="r1")
+    assert result.new == 6 and server.chat_requests == 2 and server.submissions == 1
+    candidates = [s for v in result.samples.values() for s in v]
+    assert sorted(s.text for s in candidates) == sorted(reply(f"q{i}", seed) for i in range(3) for seed in (0, 1))
+    assert sum(1 for s in candidates if s.provenance.get("batch", {}).get("provider") == "openrouter") == 4
+    store.close()
+
+
+def test_openrouter_batch_is_refused_before_submitting_for_a_model_listed_not_distillable(server, tmp_path):
+    server.distillable = {"m": False}
+    store = open_store(tmp_path)
+    router = load_teacher("openrouter:m", base_url=server.url, api_key="k-123456", batch=True, **PRICES)
+    with pytest.raises(PolicyError, match="not distillable"):
+        sample(store, router, prompts(2), 2, run_id="r1")
+    assert server.submissions == 0 and store.list_batches("r1") == []
+    store.close()
 
 
 def test_a_teacher_the_policy_refuses_never_reaches_the_batch_api(server):
@@ -186,7 +210,7 @@ def test_estimate_shows_online_and_batch_cost_and_the_wait():
     local = estimate(data, teacher="local:smollm2-135m", student="smollm2-135m")
     assert local.teacher_only_cost_batch is None and "online vs batch" not in repr(local)
     router = estimate(data, teacher="openrouter:openai/gpt-4o-mini", student="smollm2-135m")
-    assert router.teacher_only_cost_batch is None
+    assert router.teacher_only_cost_batch == pytest.approx(router.teacher_only_cost_online * 0.5, rel=1e-3)
 
 
 def test_local_teachers_refuse_batch_naming_the_supported_providers():

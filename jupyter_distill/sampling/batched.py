@@ -89,6 +89,8 @@ def _body(teacher: Any, messages: list[dict[str, Any]], params: dict[str, Any], 
     }
     if params["seed"] is not None:
         body["seed"] = params["seed"] + index
+    if getattr(teacher, "scheme", "") == "openrouter" and getattr(teacher, "enforce_distillable", False):
+        body["provider"] = {"enforce_distillable_text": True}  # as online: only distillable providers answer
     return body
 
 
@@ -117,6 +119,8 @@ async def run_batch(
             value=teacher.spec,
             fix="pass authorization=... or choose another teacher",
         )
+    if getattr(teacher, "check_models", False) and not getattr(teacher, "_models_checked", True):
+        await teacher.check_distillable()  # a model listed as not distillable is refused before submitting
     client = teacher.batch_client
     group = batch_group(teacher.spec, params)
     row = store.open_batch(group)

@@ -1,13 +1,18 @@
 """Provider batch APIs: submit many chat requests at once, poll, and read the answers back.
 
 Batch APIs answer within 24 hours at a discount (half the online price at OpenAI and Anthropic),
-which suits sampling thousands of candidates nobody waits for. Two wire shapes are spoken:
+which suits sampling thousands of candidates nobody waits for. Three wire shapes are spoken:
 
 * OpenAI: upload a JSON-lines file (``POST /files``, ``purpose=batch``), create the batch
   (``POST /batches`` with ``endpoint=/v1/chat/completions``, ``completion_window=24h``), poll
   ``GET /batches/{id}``, then read ``GET /files/{output_file_id}/content`` and the error file;
 * Anthropic: ``POST /messages/batches`` with ``requests[custom_id, params]``, poll
-  ``GET /messages/batches/{id}``, then read the JSON-lines ``results_url``.
+  ``GET /messages/batches/{id}``, then read the JSON-lines ``results_url``;
+* OpenRouter: ``POST /batches`` with ``endpoint``, ``model`` and an inline ``requests[custom_id,
+  body]`` array (in that key order: the server stream-parses the body), poll ``GET /batches/{id}``,
+  whose terminal answer carries the results, else page through ``GET /batches/{id}/results``. Its
+  batch-level routing takes only ``provider.only``, so the distillable-only flag travels in each
+  request body, and the models list is checked before anything is submitted.
 
 Every answer comes back as an OpenAI chat-completion dict (Anthropic messages are converted),
 so the teacher's own ``_to_samples`` gives batch candidates the same usage and provenance as
@@ -25,7 +30,7 @@ import httpx
 
 from jupyter_distill.core.errors import ConfigError, TeacherError
 
-BATCH_SCHEMES = ("openai", "anthropic")
+BATCH_SCHEMES = ("openai", "anthropic", "openrouter")
 ANTHROPIC_VERSION = "2023-06-01"
 OPENAI_TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
@@ -134,18 +139,68 @@ class OpenAIBatchClient(BatchClient):
                 continue
             text = (await self._request("GET", f"{self.base_url}/files/{file_id}/content")).text
             for line in text.splitlines():
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                response = row.get("response") or {}
-                body = response.get("body")
-                if response.get("status_code") == 200 and isinstance(body, dict) and body.get("choices"):
-                    items.append(BatchItem(row["custom_id"], data=body))
-                else:
-                    error = row.get("error") or (body or {}).get("error") or {}
-                    message = error.get("message") if isinstance(error, dict) else str(error)
-                    items.append(BatchItem(row["custom_id"], error=f"{status.state}: {message or 'no answer'}"))
+                if line.strip():
+                    items.append(_result_row_item(json.loads(line), status.state))
         return items
+
+
+def _result_row_item(row: dict[str, Any], state: str) -> BatchItem:
+    """One OpenAI-shaped result row (``custom_id``, ``response{status_code, body}``, ``error``)."""
+    response = row.get("response") or {}
+    body = response.get("body")
+    if response.get("status_code") == 200 and isinstance(body, dict) and body.get("choices"):
+        return BatchItem(row["custom_id"], data=body)
+    error = row.get("error") or (body or {}).get("error") or {}
+    message = error.get("message") if isinstance(error, dict) else str(error)
+    return BatchItem(row["custom_id"], error=f"{state}: {message or 'no answer'}")
+
+
+class OpenRouterBatchClient(BatchClient):
+    """OpenRouter's batch API: inline requests, results in the terminal poll or by cursor pages."""
+
+    provider = "openrouter"
+    max_pages = 10_000  # a cursor that never ends is a server bug, not a reason to loop for ever
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    async def submit(self, model: str, requests: list[tuple[str, dict[str, Any]]]) -> str:
+        payload = {  # endpoint and model before requests: the server reads the body as a stream
+            "endpoint": "/v1/chat/completions",
+            "model": model,
+            "completion_window": "24h",
+            "requests": [{"custom_id": cid, "body": body} for cid, body in requests],
+        }
+        created = await self._request("POST", f"{self.base_url}/batches", json=payload)
+        return str(created.json()["id"])
+
+    async def poll(self, batch_id: str) -> BatchStatus:
+        data = (await self._request("GET", f"{self.base_url}/batches/{batch_id}")).json()
+        counts = data.get("request_counts") or {}
+        state = str(data.get("status"))
+        total = int(counts.get("total") or 0)
+        inline = data.get("results") if isinstance(data.get("results"), list) else None
+        return BatchStatus(
+            state=state,
+            done=state in OPENAI_TERMINAL,
+            finished=int(counts.get("completed") or 0) + int(counts.get("failed") or 0),
+            total=total,
+            info={"batch_id": batch_id, "inline": inline if inline and len(inline) >= total else None},
+        )
+
+    async def results(self, status: BatchStatus) -> list[BatchItem]:
+        rows = status.info.get("inline")
+        if rows is None:  # not all inline: read the cursor pages
+            rows, cursor = [], None
+            for _ in range(self.max_pages):
+                params = {"cursor": cursor} if cursor else None
+                url = f"{self.base_url}/batches/{status.info['batch_id']}/results"
+                page = (await self._request("GET", url, params=params)).json()
+                rows.extend(page.get("data") or page.get("results") or [])
+                cursor = page.get("next_cursor")
+                if not cursor:
+                    break
+        return [_result_row_item(row, status.state) for row in rows if isinstance(row, dict) and "custom_id" in row]
 
 
 class AnthropicBatchClient(BatchClient):
@@ -238,10 +293,12 @@ def make_batch_client(scheme: str, base_url: str, api_key: str | None, timeout: 
         return OpenAIBatchClient(base_url, api_key, timeout)
     if scheme == "anthropic":
         return AnthropicBatchClient(base_url, api_key, timeout)
+    if scheme == "openrouter":
+        return OpenRouterBatchClient(base_url, api_key, timeout)
     raise ConfigError(
         f"invalid value for 'batch': True with teacher scheme {scheme!r}: batch sampling is implemented for "
         f"{', '.join(s + ':' for s in BATCH_SCHEMES)} teachers only. Fix: set batch: false, or use an "
-        "openai: or anthropic: teacher (with its authorisation).",
+        "openai:, anthropic: or openrouter: teacher (with its authorisation where the policy asks for one).",
         field="batch",
         value=True,
         fix="set batch: false",
