@@ -1,6 +1,6 @@
 """``%%distill`` / ``%distill`` in a real IPython ``InteractiveShell``.
 
-Only the heavy method is patched: ``DistillMagics._launch`` where a test checks the config a
+Only the heavy method is patched: ``DistillMagics.launch`` where a test checks the config a
 cell produces, or ``Run.run`` (tests/distill_fakes.py) where a test needs a whole run.
 """
 
@@ -65,7 +65,7 @@ def captured(magics: DistillMagics, monkeypatch: pytest.MonkeyPatch) -> list[Dis
     def launch(self: DistillMagics, config: DistillConfig, *, resume: bool, wait: bool) -> None:
         configs.append(config)
 
-    monkeypatch.setattr(DistillMagics, "_launch", launch)
+    monkeypatch.setattr(DistillMagics, "launch", launch)
     return configs
 
 
