@@ -94,7 +94,7 @@ class PromoteCommand:
     min_pass_rate: float | None = None
     max_latency_ms: float | None = None
     min_gain: float | None = 0.0
-    judge: str | None = None  # a judge spec, or `$name` for a kernel variable (default: the run's judge)
+    judge: str | None = None  # a kernel variable's name or a judge model spec (default: the run's judge)
 
 
 @dataclass(frozen=True, kw_only=True)

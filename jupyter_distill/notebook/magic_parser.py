@@ -167,7 +167,9 @@ def _add_promotion_commands(add: Any) -> None:
     p.add_argument(
         "--judge",
         default=None,
-        help="score answers with this judge spec, or `$name` for a kernel variable (default: the run's judge)",
+        metavar="NAME|SPEC",
+        help="score answers with the judge (a verifier function) in the kernel variable NAME, or with the judge "
+        "model SPEC (default: the run's own judge)",
     )
     p = add("rollback", RollbackCommand, "point an alias back at its previous target (recorded as a new version)")
     p.add_argument("alias")

@@ -7,6 +7,7 @@ assumes the new model); the registry is left exactly as it was.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,12 @@ from typing import Any
 from IPython.display import display
 
 from jupyter_distill.core.errors import DistillError
-from jupyter_distill.notebook.cell_config import lookup, variable_name
+from jupyter_distill.notebook.cell_config import lookup
 from jupyter_distill.notebook.commands import HistoryCommand, PromoteCommand, RollbackCommand
 from jupyter_distill.notebook.display import Notice, Table
 from jupyter_distill.notebook.handlers.context import MagicContext
 
+_NAME = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
 _COLUMNS = ["model", "target", "pass rate", "mean score", "p50 ms", "p95 ms", "cost / 1k calls"]
 
 
@@ -61,14 +63,19 @@ def promotion_table(report: Any) -> Table:
     )
 
 
-def _judge(ctx: MagicContext, spec: str | None) -> Any:
-    """``--judge``: a judge spec as written, or the kernel variable a ``$name`` names."""
-    if spec is None:
+def _judge(ctx: MagicContext, value: str | None) -> Any:
+    """``--judge``: the kernel variable a Python name (``verify``, ``checks.strict``) names, else a model spec.
+
+    A bare name, not ``$name``: IPython itself replaces ``$name`` in a line magic by the variable's
+    text before the magic sees it, which turns a function into ``<function ...>``. Model specs
+    always carry a ``scheme:``, so a name cannot be mistaken for one.
+    """
+    if value is None:
         return None
-    expression = variable_name(spec)
-    if expression is None:
-        return spec
-    return lookup(expression, "judge", None, ctx.user_namespace())
+    namespace = ctx.user_namespace()
+    if _NAME.match(value) and value.split(".")[0] in namespace:
+        return lookup(value, "judge", None, namespace)
+    return value
 
 
 def handle_promote(ctx: MagicContext, command: PromoteCommand) -> Table:
