@@ -536,3 +536,17 @@ def test_python_api_review_run_in_a_kernel_refuses_a_missing_dataset_before_its_
     with pytest.raises(DatasetError, match="does not exist"):
         jd.distill(dataset="gone.jsonl", review=True, workdir=str(tmp_path / "wd"))
     assert drawn == []
+
+
+def test_status_card_keeps_costs_literal_in_html(
+    magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, dataset: Path
+) -> None:
+    """`%distill status` is the run card: HTML and text beside the card's MIME type, `$` kept literal."""
+    from jupyter_distill.notebook.htmltext import NO_MATH_CLASSES
+
+    shell.run_cell_magic("distill", "priced --wait", f"dataset: {dataset}\n")
+    magics.runs["priced"].store.update_run("priced", summary={"teacher_cost": 0.25})
+    bundle = shell.run_line_magic("distill", "status priced")._repr_mimebundle_()
+    assert {"text/plain", "text/html", RUN_MIME_TYPE} <= set(bundle)
+    assert "&#36;0.25" in bundle["text/html"] and "$" not in bundle["text/html"]
+    assert NO_MATH_CLASSES in bundle["text/html"]
