@@ -11,7 +11,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from tiny_models import CHECK_PROMPTS, add_lora_adapter, build_tiny_llama
 
-from jupyter_distill.core.errors import AliasError
+from jupyter_distill.core.errors import AliasError, ConfigError
 from jupyter_distill.core.store import PromptRecord, RunStore
 from jupyter_distill.export.gguf import export_gguf
 from jupyter_distill.notebook.magics import (
@@ -153,9 +153,23 @@ def test_promote_then_history_and_rollback(
     assert empty.rows == [] and "does not exist" in repr(empty)
 
 
+def test_an_undefined_judge_variable_is_named(shell: InteractiveShell, home: Path, tmp_path: Path, gguf: Path) -> None:
+    _seed_run(tmp_path / "wd", gguf)
+    shell.user_ns.pop("verfy", None)
+    result = shell.run_cell("%distill promote prom --alias prod --judge verfy", store_history=False)
+    assert isinstance(result.error_in_exec, ConfigError) and result.error_in_exec.field == "judge"
+    assert "no variable `verfy`" in str(result.error_in_exec)
+    assert not (home / "aliases.json").exists()
+
+
 def test_an_unknown_run_is_a_clean_cell_error(shell: InteractiveShell, home: Path, tmp_path: Path, gguf: Path) -> None:
     _seed_run(tmp_path / "wd", gguf)
     result = shell.run_cell("%distill promote ghost --alias prod", store_history=False)
     assert "no run named 'ghost'" in str(result.error_in_exec) and "prom" in str(result.error_in_exec)
     assert result.error_in_exec._render_traceback_()
     assert not (home / "aliases.json").exists()
+
+
+def test_a_bad_gain_names_what_it_expects() -> None:
+    with pytest.raises(MagicUsageError, match="expected a number or 'none', got 'lots'"):
+        parse_line("promote prom --alias prod --min-gain lots")

@@ -122,8 +122,13 @@ def _overrides(namespace: argparse.Namespace) -> dict[str, Any]:
 
 
 def _float_or_none(value: str) -> float | None:
-    """A float, or ``none`` to switch a gate off (argparse reports a ``ValueError`` as an invalid value)."""
-    return None if value.strip().lower() == "none" else float(value)
+    """A float, or ``none`` to switch a gate off."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value!r}") from None
 
 
 def build_cell_parser() -> _Parser:

@@ -14,8 +14,7 @@
     %distill rollback ALIAS | history ALIAS
 
 This module is the thin IPython class: it holds the settings and this kernel's runs, parses a
-line into a typed command and dispatches it to its handler. Why it is built this way (the
-parser/handler split of jupyter-ai's magics, the ipywidgets threading rules):
+line into a typed command and dispatches it to its handler. Why it is built this way:
 
 - Parsing (:mod:`~jupyter_distill.notebook.magic_parser`) turns ``shlex.split`` + ``argparse``
   into one frozen dataclass per subcommand (:mod:`~jupyter_distill.notebook.commands`), and each

@@ -14,7 +14,7 @@ from typing import Any
 
 from IPython.display import display
 
-from jupyter_distill.core.errors import DistillError
+from jupyter_distill.core.errors import ConfigError, DistillError
 from jupyter_distill.notebook.cell_config import lookup
 from jupyter_distill.notebook.commands import HistoryCommand, PromoteCommand, RollbackCommand
 from jupyter_distill.notebook.display import Notice, Table
@@ -68,14 +68,22 @@ def _judge(ctx: MagicContext, value: str | None) -> Any:
 
     A bare name, not ``$name``: IPython itself replaces ``$name`` in a line magic by the variable's
     text before the magic sees it, which turns a function into ``<function ...>``. Model specs
-    always carry a ``scheme:``, so a name cannot be mistaken for one.
+    always carry a ``scheme:``, so a bare name is always a variable (an undefined one is an error).
     """
     if value is None:
         return None
+    if not _NAME.match(value):
+        return value
     namespace = ctx.user_namespace()
-    if _NAME.match(value) and value.split(".")[0] in namespace:
-        return lookup(value, "judge", None, namespace)
-    return value
+    root = value.split(".")[0]
+    if root not in namespace:
+        raise ConfigError(
+            f"--judge {value!r}: the kernel has no variable `{root}`, and a judge model spec needs a scheme "
+            "(e.g. openrouter:MODEL). Fix: run the cell that defines it first, or pass a spec.",
+            field="judge",
+            value=value,
+        )
+    return lookup(value, "judge", None, namespace)
 
 
 def handle_promote(ctx: MagicContext, command: PromoteCommand) -> Table:
