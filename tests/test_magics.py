@@ -1,6 +1,6 @@
 """``%%distill`` / ``%distill`` in a real IPython ``InteractiveShell``.
 
-Only the heavy method is patched: ``DistillMagics._launch`` where a test checks the config a
+Only the heavy method is patched: ``DistillMagics.launch`` where a test checks the config a
 cell produces, or ``Run.run`` (tests/distill_fakes.py) where a test needs a whole run.
 """
 
@@ -65,7 +65,7 @@ def captured(magics: DistillMagics, monkeypatch: pytest.MonkeyPatch) -> list[Dis
     def launch(self: DistillMagics, config: DistillConfig, *, resume: bool, wait: bool) -> None:
         configs.append(config)
 
-    monkeypatch.setattr(DistillMagics, "_launch", launch)
+    monkeypatch.setattr(DistillMagics, "launch", launch)
     return configs
 
 
@@ -536,3 +536,17 @@ def test_python_api_review_run_in_a_kernel_refuses_a_missing_dataset_before_its_
     with pytest.raises(DatasetError, match="does not exist"):
         jd.distill(dataset="gone.jsonl", review=True, workdir=str(tmp_path / "wd"))
     assert drawn == []
+
+
+def test_status_card_keeps_costs_literal_in_html(
+    magics: DistillMagics, shell: InteractiveShell, fake_pipeline: None, dataset: Path
+) -> None:
+    """`%distill status` is the run card: HTML and text beside the card's MIME type, `$` kept literal."""
+    from jupyter_distill.notebook.htmltext import NO_MATH_CLASSES
+
+    shell.run_cell_magic("distill", "priced --wait", f"dataset: {dataset}\n")
+    magics.runs["priced"].store.update_run("priced", summary={"teacher_cost": 0.25})
+    bundle = shell.run_line_magic("distill", "status priced")._repr_mimebundle_()
+    assert {"text/plain", "text/html", RUN_MIME_TYPE} <= set(bundle)
+    assert "&#36;0.25" in bundle["text/html"] and "$" not in bundle["text/html"]
+    assert NO_MATH_CLASSES in bundle["text/html"]
