@@ -399,3 +399,42 @@ def test_r_rejudges_with_the_edited_rubric_and_shows_the_new_agreement(tmp_path,
     judges = {j.judge for j in s.judgments_for_samples([f"h{i}-s{k}" for i in range(2) for k in range(2)])}
     assert judges == {"old-judge", w.rubric.after.judge}  # both rubrics' judgments stay in the store
     assert "re-judged with the edited rubric" in w.status.value and not w.rubric.judge_button.disabled
+
+
+def test_rejudge_started_from_many_threads_at_once_runs_once(tmp_path, openai_server):
+    import json
+    import threading
+    import time
+
+    spec = openai_server.spec("judge-model")
+
+    def slow_grade(body, index):
+        time.sleep(0.2)  # keeps the first re-judge running while the other starts arrive
+        return json.dumps({"score": 7, "rationale": "ok"})
+
+    openai_server.responder = slow_grade
+    s = RunStore(tmp_path)
+    s.create_run("cal", {"teacher": "t", "judge": spec})
+    s.put_prompts("cal", [PromptRecord("h0", [{"role": "user", "content": "q"}], {}, 0)])
+    s.put_samples([SampleRecord(f"h0-s{i}", "h0", "t", {}, i, f"answer {i}") for i in range(2)])
+    s.put_judgments([JudgmentRecord(f"j{i}", f"h0-s{i}", "old-judge", 0.5) for i in range(2)])
+    w = ReviewWidget(s, "cal")
+    w.handle_key({"key": "1"})
+    w.handle_key({"key": "r"})
+    w.rubric.editor.value = "A new rubric."
+    barrier = threading.Barrier(8)
+    started = []
+
+    def click():
+        barrier.wait()
+        started.append(w.rubric.start())
+
+    clickers = [threading.Thread(target=click) for _ in range(8)]
+    for t in clickers:
+        t.start()
+    for t in clickers:
+        t.join(30)
+    assert len({id(t) for t in started}) == 1 and started[0] is not None
+    started[0].join(60)
+    assert openai_server.requests_total == 2  # the reviewed prompt's two candidates, judged once
+    assert w.rubric.after is not None and w.rubric.after.reviewed_prompts == 1

@@ -45,7 +45,7 @@ def agreement_line(before: Agreement | None, after: Agreement) -> str:
 
 
 class RubricPanel(widgets.VBox):
-    """The rubric editor of the review widget: ``open()``, edit, ``start()``; ``close()`` hides it.
+    """The rubric editor of the review widget: ``show()``, edit, ``start()``; ``hide()`` hides it.
 
     ``run`` is what :func:`~jupyter_distill.pipeline.calibration.rejudge` accepts (a ``Run`` or
     the run's name, looked up in ``store.workdir``). ``on_done`` callables get the new
@@ -60,6 +60,7 @@ class RubricPanel(widgets.VBox):
         self.run = run
         self.on_done: list[Callable[[Agreement], Any]] = list(on_done or [])
         self.thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()  # two clicks (or callers) never start two re-judges
         self.before: Agreement | None = None
         self.after: Agreement | None = None
         self.title = widgets.HTML(
@@ -132,7 +133,14 @@ class RubricPanel(widgets.VBox):
         self.layout.display = "none"
 
     def start(self, *, background: bool = True) -> threading.Thread | None:
-        """Re-judge the reviewed prompts with the editor's rubric (on a thread unless ``background=False``)."""
+        """Re-judge the reviewed prompts with the editor's rubric (on a thread unless ``background=False``).
+
+        While one re-judge runs, another start is refused (and returns the running thread).
+        """
+        with self._start_lock:
+            return self._start(background)
+
+    def _start(self, background: bool) -> threading.Thread | None:
         if self.busy:
             self._show("a re-judge is already running", error=True)
             return self.thread
