@@ -21,10 +21,10 @@ so it is in the store the moment it is made.
 its ``value`` to the kernel; an observer feeds each new character to :meth:`ReviewWidget.handle_key`
 and clears the box. In JupyterLab the extension (``labextension/src/reviewkeys.ts``) moves the
 focus to that box on any click inside the widget (root class ``jd-review``) and keeps every
-unmodified key typed inside the widget away from the notebook's shortcuts, so ``x`` never cuts
-the cell. A marker beside the box says whether keys are active: it is plain CSS on the box's
-focus, so it is truthful in any front end. Tests call :meth:`handle_key` directly, and the
-browser test types into that box.
+key typed inside the widget without Ctrl/Cmd away from the notebook's shortcuts, so ``x``
+never cuts the cell. A marker beside the box reads "keys active" while the box has the focus (the
+extension's stylesheet, on the box's focus); without the extension it shows a neutral hint only.
+Tests call :meth:`handle_key` directly, and the browser test clicks and types in JupyterLab.
 
 **A finished run.** "Train on what is reviewed" releases a run that waits for this review; for a
 run that has ended it says so and offers the real alternative: resume the run with the review
@@ -54,19 +54,13 @@ _MARK_COLOURS = {"best": "#2e7d32", "accepted": "#1565c0", "rejected": "#c62828"
 _STATE_COLOURS = {"chosen": "#2e7d32", "rejected": "#c62828", "reviewed": "#f9a825", "open": "#bdbdbd"}
 _SNIPPET = 48  # characters of a prompt quoted in feedback lines
 
-# The "keys active" marker: plain CSS on the key box's focus (the marker is the box's next sibling),
-# so it tells the truth in every front end; the whole widget is outlined while its keys are live.
-_KEY_MARKER = """<style>
-.jd-review-keymark .jd-keys-on { display: none; color: #2e7d32; font-weight: bold; }
-.jd-review-keymark .jd-keys-off { color: #757575; }
-.jd-review-keys:focus-within + .jd-review-keymark .jd-keys-on { display: inline; }
-.jd-review-keys:focus-within + .jd-review-keymark .jd-keys-off { display: none; }
-.jd-review:has(.jd-review-keys input:focus) { outline: 2px solid #2e7d32; outline-offset: 2px; }
-.jd-review-strip span.jd-strip-cell { display: inline-block; width: 10px; height: 10px; margin: 1px; }
-.jd-review-strip span.jd-strip-current { outline: 2px solid currentColor; outline-offset: 1px; }
-</style>
-<span class="jd-keys-on">&#9679; keys active</span>
-<span class="jd-keys-off">&#9675; keys inactive: click anywhere in the review</span>"""
+# The "keys active" marker beside the key box. In JupyterLab the extension's stylesheet shows the
+# "active" text while the key box has the focus (CSS on the box's focus: always true to it); the
+# text is hidden inline, so a front end without that stylesheet shows only the neutral hint.
+_KEY_MARKER = (
+    "<span class='jd-keys-on' style='display:none'>&#9679; keys active</span>"
+    "<span class='jd-keys-off' style='opacity:0.7'>&#9675; click anywhere in the review to use its keys</span>"
+)
 
 
 class _Card:
@@ -305,10 +299,11 @@ class ReviewWidget(widgets.VBox):
                 self.cancel_edit()
                 return True
             return False
-        if self.rubric.is_open:  # typing goes to the rubric; Escape closes it
+        if self.rubric.is_open:  # typing goes to the rubric; Escape (or its close button) closes it
             if key == "Escape":
                 self.rubric.hide()
                 return True
+            self._say("the rubric editor is open: close it to use the review keys", error=True)
             return False
         if key in ("j", "ArrowDown"):
             self.next()
@@ -638,9 +633,11 @@ def _status_strip(items: list[ReviewItem], decisions: dict[str, Decision], index
         state = decision.state if decision is not None else "open"
         counts[state] += 1
         current = " jd-strip-current" if i == index else ""
+        outline = f"outline:2px solid {_STATE_COLOURS[state]};outline-offset:1px;" if current else ""
         cells.append(
             f"<span class='jd-strip-cell jd-strip-{state}{current}' title='prompt {i + 1}: {state}' "
-            f"style='background:{_STATE_COLOURS[state]};color:{_STATE_COLOURS[state]}'></span>"
+            f"style='display:inline-block;width:10px;height:10px;margin:2px;background:{_STATE_COLOURS[state]};"
+            f"{outline}'></span>"
         )
     legend = " · ".join(
         f"<span style='color:{_STATE_COLOURS[s]}'>&#9632;</span> {counts[s]} {label}"

@@ -72,7 +72,7 @@ class RubricPanel(widgets.VBox):
         self.judge_button = widgets.Button(
             description="re-judge reviewed prompts", button_style="primary", layout=widgets.Layout(width="auto")
         )
-        self.close_button = widgets.Button(description="close (Esc)", layout=widgets.Layout(width="auto"))
+        self.close_button = widgets.Button(description="close", layout=widgets.Layout(width="auto"))
         self.result = widgets.HTML()
         self.judge_button.on_click(lambda _b: self.start())
         self.close_button.on_click(lambda _b: self.hide())

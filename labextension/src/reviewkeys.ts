@@ -13,7 +13,7 @@
  *   while the browser still types the character into the focused box (its default action).
  *   Ctrl/Cmd combinations (save, undo in a text area) pass through as everywhere else.
  *
- * The "keys active" marker beside the key box is CSS on the box's focus, drawn by the widget.
+ * The "keys active" marker beside the key box follows the box's focus (style/reviewkeys.css).
  */
 import type { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 
