@@ -440,3 +440,32 @@ def test_rejudge_started_from_many_threads_at_once_runs_once(tmp_path, openai_se
     started[0].join(60)
     assert openai_server.requests_total == 2  # the reviewed prompt's two candidates, judged once
     assert w.rubric.after is not None and w.rubric.after.reviewed_prompts == 1
+
+
+def test_resume_with_review_starts_the_run_again_with_review_off(store, tmp_path, monkeypatch):
+    """The default resume: a real Run from the stored config, review off, its dashboard in the widget.
+
+    Only the run's stages are the stand-in of the notebook tests (``distill_fakes.fake_run``): no
+    teacher, no model; the control flow, store writes and events are the real ones.
+    """
+    from distill_fakes import fake_run
+
+    from jupyter_distill.pipeline import run as pipeline
+
+    monkeypatch.setattr(pipeline.Run, "run", fake_run)
+    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "0")
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "q"}\n')
+    store.create_run("again", {"dataset": str(data), "teacher": "t", "student": "smollm2-135m", "review": True})
+    store.put_prompts("again", store.get_prompts("r"))
+    store.update_run("again", status="done")
+    w = ReviewWidget(store, "again")
+    w.handle_key({"key": "1"})
+    w.continue_button.click()
+    w.resume_button.click()
+    assert w.resumed is not None and w.resumed.config.review is False and w.resumed.name == "again"
+    assert w.resumed.wait(60) == "fake-student"
+    assert store.get_run("again")["status"] == "done"
+    assert len(w.resumed_slot.children) == 1  # the resumed run's dashboard, inside the widget
+    assert w.continue_button.disabled and w.choice_box.layout.display == "none"
+    assert ReviewSession(store, "again").decisions()  # the review is still there for selection
