@@ -123,6 +123,24 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         )
     )
 
+    # The review widget between two cells: keys pressed in it must never act on the notebook.
+    (root / "review_keys.ipynb").write_text(
+        json.dumps(
+            notebook(
+                [
+                    code_cell("before = 1", ident="c0"),
+                    code_cell(
+                        "from jupyter_distill.core.store import RunStore\n"
+                        "from jupyter_distill.notebook.review_widget import ReviewWidget\n"
+                        "ReviewWidget(RunStore('.distill'), 'live')",
+                        ident="c1",
+                    ),
+                    code_cell("after = 2", ident="c2"),
+                ]
+            )
+        )
+    )
+
     gguf = base / "student.gguf"
     gguf.write_bytes(b"GGUF" + b"\0" * 60)
     config_dir = base / "config"
@@ -222,6 +240,35 @@ def open_distill_panel(page: Any) -> Any:
     return panel
 
 
+def open_review_widget(lab: Lab, page: Any, name: str) -> Any:
+    """Open the notebook, run all its cells in a live kernel, and return the review widget's key box."""
+    # a workspace of its own: the default one would reopen the notebooks of earlier tests
+    page.goto(lab.page_url(f"/lab/workspaces/{Path(name).stem}/tree/{name}"))
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(state="visible")
+    keys = page.locator(".jd-review-keys input")
+    dialog = page.locator(".jp-Dialog")
+    kernel_idle = """() => {
+        const panel = window.jupyterapp.shell.currentWidget;
+        return panel?.sessionContext?.session?.kernel?.status === 'idle';
+    }"""
+    # Lab may ask which kernel to use (more than one kernelspec is installed): take its choice.
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while not page.evaluate(kernel_idle):
+        if dialog.count() and dialog.first.is_visible():
+            dialog.first.locator(".jp-mod-accept").click()
+        if time.monotonic() > deadline:
+            raise AssertionError("the notebook's kernel never became idle")
+        page.wait_for_timeout(250)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    try:
+        keys.wait_for(state="visible")
+    except Exception as exc:  # say what the cell printed instead (a traceback, a missing widget manager)
+        outputs = page.locator(".jp-Notebook .jp-OutputArea").all_inner_texts()
+        page.screenshot(path=str(lab.root.parent / "review-failure.png"))
+        raise AssertionError(f"no review widget; the cell's output: {outputs}") from exc
+    return keys
+
+
 def test_saved_run_output_renders_as_a_card_without_a_kernel(lab: Lab, page: Any) -> None:
     page.goto(lab.page_url("/lab/tree/runs.ipynb"))
     card = page.locator('.jp-Distill-card[data-run-id="tickets"]')
@@ -277,29 +324,7 @@ def test_toolbar_button_inserts_a_distill_template(lab: Lab, page: Any) -> None:
 def test_review_widget_keyboard_decision_reaches_the_store(lab: Lab, page: Any) -> None:
     store = RunStore(lab.workdir)
     assert store.get_reviews("tickets") == []
-    page.goto(lab.page_url("/lab/tree/review.ipynb"))
-    page.locator(".jp-Notebook .jp-Cell").first.wait_for(state="visible")
-    keys = page.locator(".jd-review-keys input")
-    dialog = page.locator(".jp-Dialog")
-    kernel_idle = """() => {
-        const panel = window.jupyterapp.shell.currentWidget;
-        return panel?.sessionContext?.session?.kernel?.status === 'idle';
-    }"""
-    # Lab may ask which kernel to use (more than one kernelspec is installed): take its choice.
-    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
-    while not page.evaluate(kernel_idle):
-        if dialog.count() and dialog.first.is_visible():
-            dialog.first.locator(".jp-mod-accept").click()
-        if time.monotonic() > deadline:
-            raise AssertionError("the notebook's kernel never became idle")
-        page.wait_for_timeout(250)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    try:
-        keys.wait_for(state="visible")
-    except Exception as exc:  # say what the cell printed instead (a traceback, a missing widget manager)
-        outputs = page.locator(".jp-Notebook .jp-OutputArea").all_inner_texts()
-        page.screenshot(path=str(lab.root.parent / "review-failure.png"))
-        raise AssertionError(f"no review widget; the cell's output: {outputs}") from exc
+    keys = open_review_widget(lab, page, "review.ipynb")
     keys.click()
     page.keyboard.type("2")  # candidate 2 is the best answer to the first prompt
 
@@ -308,3 +333,37 @@ def test_review_widget_keyboard_decision_reaches_the_store(lab: Lab, page: Any) 
     assert [(r["prompt_hash"], r["action"], r["sample_key"]) for r in reviews] == [
         (first_prompt.hash, "choose", sample_key(first_prompt, 1))
     ]
+
+
+def test_keys_after_clicking_the_review_header_never_reach_the_notebook(lab: Lab, page: Any) -> None:
+    """`x` after a click on the widget's header used to cut the cell; `j`/`k` moved the cell selection."""
+    store = RunStore(lab.workdir)
+    open_review_widget(lab, page, "review_keys.ipynb")
+    notebook_state = """() => {
+        const notebook = window.jupyterapp.shell.currentWidget.content;
+        return {
+            sources: notebook.widgets.map(cell => cell.model.sharedModel.getSource()),
+            active: notebook.activeCellIndex,
+        };
+    }"""
+    before = page.evaluate(notebook_state)
+    assert len(before["sources"]) == 3 and before["sources"][2] == "after = 2"
+    marker_on = page.locator(".jd-review-keymark .jd-keys-on")
+    assert not marker_on.is_visible()  # keys are not active before the widget is clicked
+    assert ".jd-keys-on" not in page.locator(".jd-review").inner_text()  # no stray CSS shown as text
+
+    page.locator(".jd-review").get_by_text("Prompt 1 of").click()  # the header, not the key box
+    page.wait_for_function("() => document.activeElement?.closest('.jd-review-keys') != null", timeout=30_000)
+    marker_on.wait_for(state="visible", timeout=30_000)
+    page.keyboard.press("x")  # the widget rejects prompt 1; the notebook must not cut the cell
+    first_prompt = fixture_prompts()[0]
+    reviews = wait_for(lambda: store.get_reviews("live"), 60, "the widget's decision in the store")
+    assert [(r["prompt_hash"], r["action"], r["sample_key"]) for r in reviews] == [(first_prompt.hash, "reject", None)]
+    page.keyboard.press("k")
+    page.keyboard.press("j")
+    page.wait_for_timeout(500)  # a notebook command would have acted synchronously on the key press
+    after = page.evaluate(notebook_state)
+    assert after["sources"] == before["sources"]  # every cell in place
+    assert after["active"] == 1  # the widget's cell (focused by the click), not moved by j/k
+    page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-InputArea-prompt").click()  # leave the widget
+    marker_on.wait_for(state="hidden", timeout=30_000)

@@ -10,13 +10,15 @@ import pytest
 
 from jupyter_distill.core.errors import ReviewError
 from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
-from jupyter_distill.judging.review import Decision, ReviewSession, replay
+from jupyter_distill.judging.review import Decision, Rationale, ReviewSession, judge_label, replay
 
 
-def build(store, scores_by_prompt, run="r"):
+def build(store, scores_by_prompt, run="r", rows=None):
     store.create_run(run, {"teacher": "t"})
     prompts = [
-        PromptRecord(hash=f"p{i}", messages=[{"role": "user", "content": f"q{i}"}], row={}, position=i)
+        PromptRecord(
+            hash=f"p{i}", messages=[{"role": "user", "content": f"q{i}"}], row=(rows or {}).get(i, {}), position=i
+        )
         for i in range(len(scores_by_prompt))
     ]
     store.put_prompts(run, prompts)
@@ -137,8 +139,8 @@ def test_items_carry_candidates_scores_rationales_and_order(store):
     assert [it.prompt_hash for it in items] == ["p0", "p1", "p2"]
     p1 = items[1]
     assert [(c.index, c.text, c.score, c.rationale, c.mark) for c in p1.candidates] == [
-        (0, "a0", 0.5, "because 0", "rejected"),
-        (1, "a1", 0.5, "because 1", "best"),
+        (0, "a0", 0.5, "check v · 0.50 · because 0", "rejected"),
+        (1, "a1", 0.5, "check v · 0.50 · because 1", "best"),
     ]
     assert items[2].candidates[0].status == "failed" and items[2].candidates[0].score is None
     assert items[0].judge_best == "p0-s0"
@@ -196,3 +198,37 @@ def test_decisions_survive_a_process_restart(store, tmp_path):
     assert decisions["p0"].best == "p0-s1" and decisions["p0"].edits == {"p0-s0": "better"}
     assert decisions["p1"].rejected_prompt and decisions["p1"].accepted == []
     assert fresh.progress() == (2, 2)
+
+
+def test_judge_labels_are_readable_and_keep_rubrics_apart():
+    assert judge_label("llm:openai:gpt-4o-mini#3fa2b9c01d2e") == "LLM judge openai:gpt-4o-mini (rubric 3fa2b9)"
+    assert judge_label("llm:http://127.0.0.1:9/v1:m#ab") == "LLM judge http://127.0.0.1:9/v1:m (rubric ab)"
+    assert judge_label("mymodule.check_json#a1b2c3d4") == "check check_json"  # a plain function's verifier
+    assert judge_label("exact_match(field='expected')") == "check exact_match(field='expected')"
+    assert judge_label("combine(1*a#x, 1*b#y)") == "check combine(1*a#x, 1*b#y)"
+
+
+def test_rationales_name_the_judge_and_keep_its_own_text():
+    llm = JudgmentRecord("k1", "s", "llm:openai:m#0123456789ab", 0.8, rationale="Correct and concise.")
+    verifier = JudgmentRecord("k2", "s", "exact_match(field='expected')", 1.0, "exact_match(field='expected') -> 1")
+    failed = JudgmentRecord("k3", "s", "mod.fn#abcd", None, status="failed")
+    assert Rationale.from_judgment(llm).line() == "LLM judge openai:m (rubric 012345) · 0.80 · Correct and concise."
+    # a verifier restating its own id keeps only what it returned
+    assert Rationale.from_judgment(verifier).text == "returned 1"
+    assert Rationale.from_judgment(failed).line() == "check fn · failed · the judge failed on this candidate"
+
+
+def test_items_carry_the_reference_answer_and_a_status_per_prompt(store):
+    build(store, [[0.5, 0.4], [0.5], [0.5], [0.5, 0.2]], rows={0: {"q": "q0", "expected": "42", "answer": "", "x": 1}})
+    session = ReviewSession(store, "r")
+    items = session.items()
+    assert items[0].reference == {"expected": "42"}  # empty fields and non-reference columns are left out
+    assert items[1].reference == {}
+    session.choose_best("p0", "p0-s1")
+    session.reject("p1")
+    session.reject("p3", "p3-s1")
+    states = {h: d.state for h, d in session.decisions().items()}
+    assert states == {"p0": "chosen", "p1": "rejected", "p3": "reviewed"}
+    assert Decision("p2").state == "open"
+    session.edit("p3", "p3-s0", "fixed")
+    assert session.decision("p3").state == "chosen"

@@ -176,7 +176,8 @@ def test_browser_keystrokes_arrive_through_the_key_box(store):
     assert live(store)["p1"].best == "p1-s0"
 
 
-def test_train_button_calls_on_continue_callbacks(store):
+def test_train_button_releases_a_run_waiting_for_this_review(store):
+    store.update_run("r", status="waiting-review")
     calls = []
     w = ReviewWidget(store, "r", on_continue=lambda widget: calls.append(("first", widget)))
     w.on_continue.append(lambda widget: calls.append(("second", widget.session.progress())))
@@ -184,19 +185,78 @@ def test_train_button_calls_on_continue_callbacks(store):
     w.continue_button.click()
     assert calls == [("first", w), ("second", (1, 3))]
     assert w.continue_button.disabled and "1 of 3" in w.status.value
+    assert w.choice_box.layout.display == "none"
 
 
-def test_train_button_shows_callback_errors_and_no_callback(store):
-    w = ReviewWidget(store, "r")
-    w.continue_button.click()
-    assert "nothing is waiting" in w.status.value and not w.continue_button.disabled
+def test_train_button_shows_callback_errors(store):
+    store.update_run("r", status="waiting-review")
 
     def broken(widget):
-        raise RuntimeError("run already finished")
+        raise RuntimeError("the run's thread is gone")
 
-    w.on_continue.append(broken)
+    w = ReviewWidget(store, "r", on_continue=broken)
     w.continue_button.click()
-    assert "run already finished" in w.status.value and not w.continue_button.disabled
+    assert "the run&#x27;s thread is gone" in w.status.value and not w.continue_button.disabled
+
+
+@pytest.mark.parametrize("callbacks", [0, 1])
+def test_train_button_on_a_finished_run_offers_a_resume_and_starts_nothing(store, callbacks):
+    store.update_run("r", status="done")
+    released, retrained = [], []
+    w = ReviewWidget(store, "r", on_retrain=retrained.append)
+    if callbacks:
+        w.on_continue.append(released.append)  # a finished run's release does nothing: it is not called
+    w.handle_key({"key": "2"})
+    w.continue_button.click()
+    assert released == [] and retrained == []
+    assert w.choice_box.layout.display == "flex" and "has ended (status: done)" in w.choice_text.value
+    assert "nothing was started" in w.choice_text.value and "1 of 3 prompts" in w.choice_text.value
+    assert not w.continue_button.disabled and w.continue_button.description == "Train on what is reviewed"
+    w.not_now_button.click()
+    assert w.choice_box.layout.display == "none" and retrained == []
+    w.continue_button.click()
+    w.resume_button.click()
+    assert retrained == [w] and w.continue_button.description == "Resumed with this review"
+    assert "resumed with 1 of 3 prompts reviewed" in w.status.value
+
+
+def test_resume_of_a_run_made_from_python_objects_says_how_instead(store):
+    store.update_run("r", status="done")
+    store.create_run("objs", {"dataset": "<list of 3 rows>", "teacher": "t"})  # what to_public_dict stores
+    store.put_prompts("objs", store.get_prompts("r"))
+    store.update_run("objs", status="failed")
+    w = ReviewWidget(store, "objs")
+    w.continue_button.click()
+    assert "status: failed" in w.choice_text.value
+    w.resume_button.click()
+    assert "could not resume run objs" in w.status.value and "re-run its %%distill cell" in w.status.value
+    assert w.resumed is None and not w.resume_button.disabled
+
+
+def test_a_running_run_is_not_released_or_resumed(store):
+    store.update_run("r", status="running")
+    calls = []
+    w = ReviewWidget(store, "r", on_continue=calls.append, on_retrain=calls.append)
+    w.continue_button.click()
+    assert calls == [] and "still running" in w.status.value and w.choice_box.layout.display == "none"
+
+
+def test_config_for_retrain_turns_review_off_and_keeps_the_run(tmp_path):
+    from jupyter_distill.core.config import DistillConfig
+    from jupyter_distill.notebook.review_retrain import config_for_retrain
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "q"}\n')
+    s = RunStore(tmp_path / "wd")
+    s.create_run("done-run", {"dataset": str(data), "teacher": "t", "student": "smollm2-135m", "review": True})
+    config = config_for_retrain(s, "done-run")
+    assert config.review is False and config.name == "done-run" and config.dataset == str(data)
+    assert config.workdir == str(s.workdir)
+    from jupyter_distill.pipeline.run import Run
+
+    live = DistillConfig.from_kwargs(dataset=[{"prompt": "q"}], name="live", review=True, workdir=str(s.workdir))
+    kept = config_for_retrain(s, "live", Run(live))  # the Run's in-memory config: rows a store cannot hold
+    assert kept.review is False and kept.dataset == [{"prompt": "q"}] and live.review is True
 
 
 def test_mimebundle_has_text_and_html_fallbacks(store):
@@ -218,3 +278,194 @@ def test_empty_run_and_missing_run_id(store, tmp_path):
 
     with pytest.raises(DistillError, match="needs the run name"):
         ReviewWidget(store)
+
+
+def test_feedback_names_the_prompt_it_acted_on(store):
+    w = ReviewWidget(store, "r")
+    w.handle_key({"key": "2"})
+    assert "Prompt 1 (“question &lt;0&gt;”): candidate 2 chosen as best." in w.status.value
+    assert "Now showing prompt 2" in w.status.value and "Prompt 2 of 3" in w.title.value
+    w.handle_key({"key": "x"})
+    assert "Prompt 2 (“question &lt;1&gt;”): rejected" in w.status.value
+    w.handle_key({"key": "x"})  # the last prompt: nothing to move on to, and no claim that it moved
+    assert "Prompt 3 (“question &lt;2&gt;”): rejected" in w.status.value and "Now showing" not in w.status.value
+    w.handle_key({"key": "u"})
+    assert "Prompt 3 (“question &lt;2&gt;”): last decision undone" in w.status.value
+    w.cards[0].reject_button.click()
+    assert "Prompt 3 (“question &lt;2&gt;”): candidate 1 rejected." in w.status.value
+
+
+def test_cards_show_readable_rationales_and_the_reference_beside_them(tmp_path):
+    s = RunStore(tmp_path)
+    s.create_run("r", {})
+    prompt = PromptRecord(hash="p", messages=[{"role": "user", "content": "6*7?"}], row={"expected": "42"}, position=0)
+    bare = PromptRecord(hash="q", messages=[{"role": "user", "content": "hi"}], row={}, position=1)
+    s.put_prompts("r", [prompt, bare])
+    s.put_samples([SampleRecord("p-s0", "p", "t", {}, 0, "42"), SampleRecord("q-s0", "q", "t", {}, 0, "hello")])
+    s.put_judgments(
+        [
+            JudgmentRecord("j1", "p-s0", "llm:openai:judge-m#0a1b2c3d4e5f", 0.9, rationale="Matches <the> answer."),
+            JudgmentRecord("j2", "p-s0", "exact_match(field='expected')", 1.0, "exact_match(field='expected') -> 1"),
+            JudgmentRecord("j3", "q-s0", "exact_match(field='expected')", 0.0, "exact_match(field='expected') -> 0"),
+        ]
+    )
+    w = ReviewWidget(s, "r")
+    rationale = w.cards[0].rationale.value
+    assert "<b>LLM judge openai:judge-m (rubric 0a1b2c)</b> · 0.90: Matches &lt;the&gt; answer." in rationale
+    assert "<b>check exact_match(field=&#x27;expected&#x27;)</b> · 1.00: returned 1" in rationale
+    assert rationale.count("exact_match") == 1  # the id is not repeated as the "rationale"
+    assert w.reference_view.layout.display == "flex" and "Reference answer" in w.reference_view.value
+    assert "expected" in w.reference_view.value and "42" in w.reference_view.value
+    w.handle_key({"key": "j"})
+    assert w.reference_view.layout.display == "none"  # a row without a reference shows none
+
+
+def test_status_strip_shows_reviewed_chosen_and_rejected_per_prompt(store):
+    w = ReviewWidget(store, "r")
+    assert w.strip.value.count("jd-strip-open") == 3 and "3 open" in w.strip.value
+    w.handle_key({"key": "1"})  # p0 chosen
+    w.handle_key({"key": "x"})  # p1 rejected
+    w.cards[1].reject_button.click()  # p2: one candidate rejected, no pick
+    strip = w.strip.value
+    assert [c in strip for c in ("jd-strip-chosen", "jd-strip-rejected", "jd-strip-reviewed")] == [True] * 3
+    assert "1 chosen" in strip and "1 rejected" in strip and "1 reviewed" in strip and "0 open" in strip
+    assert strip.index("jd-strip-current") > strip.index("jd-strip-rejected")  # the current prompt is p2
+    assert "title='prompt 1: chosen'" in strip
+
+
+def test_key_marker_sits_beside_the_key_box_and_says_when_keys_are_active(store):
+    w = ReviewWidget(store, "r")
+    row = next(c for c in w.children if w.key_box in getattr(c, "children", ()))
+    assert list(row.children) == [w.key_box, w.key_marker]  # the CSS uses the key box's next sibling
+    assert "jd-review-keymark" in w.key_marker._dom_classes and "jd-review" in w._dom_classes
+    # "keys active" is hidden unless the extension's stylesheet sees the key box focused
+    assert "<span class='jd-keys-on' style='display:none'>&#9679; keys active</span>" in w.key_marker.value
+    assert "click anywhere in the review to use its keys" in w.key_marker.value
+
+
+def test_r_opens_the_rubric_and_keys_go_to_it_until_escape(store):
+    from jupyter_distill.judging.llm_judge import DEFAULT_RUBRIC
+
+    w = ReviewWidget(store, "r")
+    assert w.handle_key({"key": "r"}) and w.rubric.is_open
+    assert w.rubric.editor.value == DEFAULT_RUBRIC  # the run has no rubric of its own
+    assert "no prompt is reviewed yet" in w.rubric.result.value
+    assert w.handle_key({"key": "j"}) is False and w.index == 0  # typing belongs to the rubric
+    assert "rubric editor is open" in w.status.value
+    w.rubric.start()
+    assert w.rubric.thread is None and "no prompt is reviewed yet" in w.rubric.result.value
+    assert w.handle_key({"key": "Escape"}) and not w.rubric.is_open
+    assert w.handle_key({"key": "j"}) and w.index == 1
+    store.create_run("ruled", {"rubric": "Only exact numbers count."})
+    assert ReviewWidget(store, "ruled").rubric.current_rubric() == "Only exact numbers count."
+
+
+def test_r_rejudges_with_the_edited_rubric_and_shows_the_new_agreement(tmp_path, openai_server):
+    import json
+
+    spec = openai_server.spec("judge-model")
+
+    def grade(body, index):
+        system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
+        response = user.split("## Response to grade\n", 1)[1]
+        if "prefer good" in system:
+            return json.dumps({"score": 9 if "good" in response else 2, "rationale": "edited rubric"})
+        return json.dumps({"score": 5, "rationale": "old rubric"})
+
+    openai_server.responder = grade
+    s = RunStore(tmp_path)
+    s.create_run("cal", {"teacher": "t", "judge": spec})
+    s.update_run("cal", summary={"teacher": "t", "judge": "old-judge"})
+    s.put_prompts("cal", [PromptRecord(f"h{i}", [{"role": "user", "content": f"q{i}"}], {}, i) for i in range(2)])
+    texts = {"h0": ["good 0", "bad 0"], "h1": ["bad 1", "good 1"]}
+    s.put_samples(
+        [SampleRecord(f"{h}-s{i}", h, "t", {}, i, t) for h, pair in texts.items() for i, t in enumerate(pair)]
+    )
+    # the old judge gets h1 backwards
+    s.put_judgments(
+        [JudgmentRecord(f"j{h}{i}", f"{h}-s{i}", "old-judge", 0.9 if i == 0 else 0.2) for h in texts for i in range(2)]
+    )
+    w = ReviewWidget(s, "cal")
+    w.handle_key({"key": "1"})  # h0: good 0 is best
+    w.handle_key({"key": "2"})  # h1: good 1 is best
+    w.handle_key({"key": "r"})
+    # labelled items are the two chosen candidates: the old judge passes h0-s0 (0.9), fails h1-s1 (0.2)
+    assert "run&#x27;s judge now: 50% agreement" in w.rubric.result.value
+    w.rubric.editor.value = "Be strict; prefer good answers."
+    thread = w.rubric.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    result = w.rubric.result.value
+    assert "run&#x27;s judge 50%" in result and "edited rubric 100%" in result, result
+    assert w.rubric.after is not None and w.rubric.after.judge.startswith(f"llm:{spec}#")
+    judges = {j.judge for j in s.judgments_for_samples([f"h{i}-s{k}" for i in range(2) for k in range(2)])}
+    assert judges == {"old-judge", w.rubric.after.judge}  # both rubrics' judgments stay in the store
+    assert "re-judged with the edited rubric" in w.status.value and not w.rubric.judge_button.disabled
+
+
+def test_rejudge_started_from_many_threads_at_once_runs_once(tmp_path, openai_server):
+    import json
+    import threading
+    import time
+
+    spec = openai_server.spec("judge-model")
+
+    def slow_grade(body, index):
+        time.sleep(0.2)  # keeps the first re-judge running while the other starts arrive
+        return json.dumps({"score": 7, "rationale": "ok"})
+
+    openai_server.responder = slow_grade
+    s = RunStore(tmp_path)
+    s.create_run("cal", {"teacher": "t", "judge": spec})
+    s.put_prompts("cal", [PromptRecord("h0", [{"role": "user", "content": "q"}], {}, 0)])
+    s.put_samples([SampleRecord(f"h0-s{i}", "h0", "t", {}, i, f"answer {i}") for i in range(2)])
+    s.put_judgments([JudgmentRecord(f"j{i}", f"h0-s{i}", "old-judge", 0.5) for i in range(2)])
+    w = ReviewWidget(s, "cal")
+    w.handle_key({"key": "1"})
+    w.handle_key({"key": "r"})
+    w.rubric.editor.value = "A new rubric."
+    barrier = threading.Barrier(8)
+    started = []
+
+    def click():
+        barrier.wait()
+        started.append(w.rubric.start())
+
+    clickers = [threading.Thread(target=click) for _ in range(8)]
+    for t in clickers:
+        t.start()
+    for t in clickers:
+        t.join(30)
+    assert len({id(t) for t in started}) == 1 and started[0] is not None
+    started[0].join(60)
+    assert openai_server.requests_total == 2  # the reviewed prompt's two candidates, judged once
+    assert w.rubric.after is not None and w.rubric.after.reviewed_prompts == 1
+
+
+def test_resume_with_review_starts_the_run_again_with_review_off(store, tmp_path, monkeypatch):
+    """The default resume: a real Run from the stored config, review off, its dashboard in the widget.
+
+    Only the run's stages are the stand-in of the notebook tests (``distill_fakes.fake_run``): no
+    teacher, no model; the control flow, store writes and events are the real ones.
+    """
+    from distill_fakes import fake_run
+
+    from jupyter_distill.pipeline import run as pipeline
+
+    monkeypatch.setattr(pipeline.Run, "run", fake_run)
+    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "0")
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "q"}\n')
+    store.create_run("again", {"dataset": str(data), "teacher": "t", "student": "smollm2-135m", "review": True})
+    store.put_prompts("again", store.get_prompts("r"))
+    store.update_run("again", status="done")
+    w = ReviewWidget(store, "again")
+    w.handle_key({"key": "1"})
+    w.continue_button.click()
+    w.resume_button.click()
+    assert w.resumed is not None and w.resumed.config.review is False and w.resumed.name == "again"
+    assert w.resumed.wait(60) == "fake-student"
+    assert store.get_run("again")["status"] == "done"
+    assert len(w.resumed_slot.children) == 1  # the resumed run's dashboard, inside the widget
+    assert w.continue_button.disabled and w.choice_box.layout.display == "none"
+    assert ReviewSession(store, "again").decisions()  # the review is still there for selection

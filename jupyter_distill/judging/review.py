@@ -20,9 +20,11 @@ from typing import Any, Literal
 
 from jupyter_distill.core.errors import ReviewError
 from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.judging.llm_judge import REFERENCE_FIELDS
 from jupyter_distill.judging.scoring import candidate_scores, prompt_uncertainty
 
 Order = Literal["least_certain", "position"]
+PromptState = Literal["open", "chosen", "rejected", "reviewed"]
 
 
 @dataclass
@@ -55,6 +57,20 @@ class Decision:
     def reviewed(self) -> bool:
         """Whether anything the human said still stands (a fully undone prompt is unreviewed)."""
         return bool(self.best or self.accepted or self.rejected or self.edits or self.rejected_prompt)
+
+    @property
+    def state(self) -> PromptState:
+        """The prompt's place in a review status strip.
+
+        ``"rejected"``: the prompt is dropped; ``"chosen"``: the human picked, edited or accepted
+        a candidate to train on; ``"reviewed"``: only single candidates were rejected (the judge
+        still picks among the rest); ``"open"``: nothing stands.
+        """
+        if self.rejected_prompt:
+            return "rejected"
+        if self.chosen:
+            return "chosen"
+        return "reviewed" if self.reviewed else "open"
 
     def summary(self) -> str:
         """One line for labels and text fallbacks."""
@@ -118,6 +134,49 @@ def _discard(items: list[str], key: str) -> None:
         items.remove(key)
 
 
+def judge_label(judge_id: str) -> str:
+    """A judge id as a reviewer reads it: what kind of judge, and which one.
+
+    LLM judge ids are ``llm:<model spec>#<hash of rubric and settings>``: shown as the model and
+    a short rubric tag, so two rubrics of one model stay apart. A plain function's verifier id is
+    ``<module>.<name>#<source hash>``: shown as its name. Built-in verifiers spell out their
+    arguments, which is already readable.
+    """
+    if judge_id.startswith("llm:"):
+        spec, _, tag = judge_id[4:].partition("#")
+        return f"LLM judge {spec}" + (f" (rubric {tag[:6]})" if tag else "")
+    head, sep, tag = judge_id.partition("#")
+    if sep and "(" not in head:
+        return f"check {head.rsplit('.', 1)[-1]}"
+    return f"check {judge_id}"
+
+
+@dataclass(frozen=True)
+class Rationale:
+    """One judge's verdict on a candidate, readable: who judged, the score, the judge's own words."""
+
+    judge: str  # the judge id, as stored
+    label: str  # judge_label(judge)
+    score: float | None  # on the 0..1 scale; None when the judge failed
+    text: str  # the judge's reason; a verifier's "<id> -> <value>" is shortened to what it returned
+    status: str
+
+    @classmethod
+    def from_judgment(cls, judgment: JudgmentRecord) -> Rationale:
+        text = (judgment.rationale or "").strip()
+        head, arrow, value = text.rpartition(" -> ")
+        if arrow and head and (head == judgment.judge or head.split("#")[0] == judgment.judge.split("#")[0]):
+            text = f"returned {value}"  # a verifier restating its own id: keep the value only
+        if judgment.status != "ok" and not text:
+            text = "the judge failed on this candidate"
+        return cls(judgment.judge, judge_label(judgment.judge), judgment.score, text, judgment.status)
+
+    def line(self) -> str:
+        """``label · score · text`` for text views."""
+        score = "failed" if self.status != "ok" or self.score is None else f"{self.score:.2f}"
+        return " · ".join(part for part in (self.label, score, self.text) if part)
+
+
 @dataclass
 class Candidate:
     """One teacher candidate as a review UI shows it."""
@@ -132,6 +191,11 @@ class Candidate:
     mark: str | None = None  # "best" | "accepted" | "rejected" | None
     edited_text: str | None = None
 
+    @property
+    def rationales(self) -> list[Rationale]:
+        """Each judge's verdict on this candidate, readable (judge name, score, its own text)."""
+        return [Rationale.from_judgment(j) for j in self.judgments]
+
 
 @dataclass
 class ReviewItem:
@@ -145,6 +209,12 @@ class ReviewItem:
     @property
     def prompt_hash(self) -> str:
         return self.prompt.hash
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        """The row's reference answer fields (``expected``, ``answer``, ...), as the LLM judge reads them."""
+        row = self.prompt.row or {}
+        return {k: row[k] for k in REFERENCE_FIELDS if row.get(k) not in (None, "")}
 
     @property
     def judge_best(self) -> str | None:
@@ -363,7 +433,7 @@ class ReviewSession:
                     index=i,
                     text=s.text,
                     score=score,
-                    rationale=" | ".join(j.rationale for j in js if j.rationale),
+                    rationale=" | ".join(Rationale.from_judgment(j).line() for j in js),
                     status=status,
                     judgments=js,
                     mark=mark,
@@ -389,4 +459,4 @@ class ReviewSession:
         )
 
 
-__all__ = ["Candidate", "Decision", "ReviewItem", "ReviewSession", "replay"]
+__all__ = ["Candidate", "Decision", "Rationale", "ReviewItem", "ReviewSession", "judge_label", "replay"]

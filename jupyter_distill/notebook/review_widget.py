@@ -9,17 +9,26 @@ Keys (``handle_key({"key": ...})``; the same dict shape a browser ``keydown`` ev
 ``e``          edit the best candidate (the human's pick, else the judge's); ``Escape`` cancels
 ``u``          undo the last decision made here (goes back to that prompt)
 ``f``          toggle "least certain first"
+``r``          re-judge the reviewed prompts with an edited rubric; shows the new agreement
 =========  ==================================================================
 
 Each card also has buttons (best / reject / edit) for what the keys do not cover, such as
 rejecting a single candidate. Every decision goes through :class:`~jupyter_distill.judging.review.ReviewSession`,
 so it is in the store the moment it is made.
 
-**How keystrokes reach Python in the browser.** No extra front-end package: a small ``Text``
-widget (CSS class ``jd-review-keys``, placeholder "click here, then type j/k/1-9/x/e/u") is the
-key catcher. With ``continuous_update`` every typed character syncs its ``value`` to the kernel;
-an observer feeds each new character to :meth:`ReviewWidget.handle_key` and clears the box. Tests
-call :meth:`handle_key` directly, and the browser test types into that box.
+**How keystrokes reach Python in the browser.** A small ``Text`` widget (CSS class
+``jd-review-keys``) is the key catcher. With ``continuous_update`` every typed character syncs
+its ``value`` to the kernel; an observer feeds each new character to :meth:`ReviewWidget.handle_key`
+and clears the box. In JupyterLab the extension (``labextension/src/reviewkeys.ts``) moves the
+focus to that box on any click inside the widget (root class ``jd-review``) and keeps every
+key typed inside the widget without Ctrl/Cmd away from the notebook's shortcuts, so ``x``
+never cuts the cell. A marker beside the box reads "keys active" while the box has the focus (the
+extension's stylesheet, on the box's focus); without the extension it shows a neutral hint only.
+Tests call :meth:`handle_key` directly, and the browser test clicks and types in JupyterLab.
+
+**A finished run.** "Train on what is reviewed" releases a run that waits for this review; for a
+run that has ended it says so and offers the real alternative: resume the run with the review
+applied (:mod:`jupyter_distill.notebook.review_retrain`), shown in a dashboard inside the widget.
 
 The widget changes only widget traits (no ``with output:``), so it is safe to build from the
 run's worker thread, and its ``_repr_mimebundle_`` adds a text and HTML summary so a saved
@@ -36,11 +45,22 @@ import ipywidgets as widgets
 
 from jupyter_distill.core.errors import DistillError, ReviewError
 from jupyter_distill.core.store import RunStore
-from jupyter_distill.judging.review import Candidate, Order, ReviewItem, ReviewSession
+from jupyter_distill.judging.review import Candidate, Decision, Order, ReviewItem, ReviewSession
+from jupyter_distill.notebook.rubric_panel import RubricPanel
 
 MAX_CANDIDATES_SHOWN = 9  # digit keys 1-9
-KEY_HELP = "j/k move · 1-9 best · x reject prompt · e edit · u undo · f least certain first"
+KEY_HELP = "j/k move · 1-9 best · x reject prompt · e edit · u undo · f least certain first · r re-judge"
 _MARK_COLOURS = {"best": "#2e7d32", "accepted": "#1565c0", "rejected": "#c62828", None: "#9e9e9e"}
+_STATE_COLOURS = {"chosen": "#2e7d32", "rejected": "#c62828", "reviewed": "#f9a825", "open": "#bdbdbd"}
+_SNIPPET = 48  # characters of a prompt quoted in feedback lines
+
+# The "keys active" marker beside the key box. In JupyterLab the extension's stylesheet shows the
+# "active" text while the key box has the focus (CSS on the box's focus: always true to it); the
+# text is hidden inline, so a front end without that stylesheet shows only the neutral hint.
+_KEY_MARKER = (
+    "<span class='jd-keys-on' style='display:none'>&#9679; keys active</span>"
+    "<span class='jd-keys-off' style='opacity:0.7'>&#9675; click anywhere in the review to use its keys</span>"
+)
 
 
 class _Card:
@@ -81,11 +101,12 @@ class _Card:
         if candidate.edited_text is not None:
             badges.append("<i>edited</i>")
         self.header.value = " · ".join(badges)
-        self.rationale.value = (
-            f"<div style='color:#555;font-size:90%'>{html.escape(candidate.rationale)}</div>"
-            if candidate.rationale
-            else ""
-        )
+        lines = []
+        for r in candidate.rationales:
+            score = "failed" if r.status != "ok" or r.score is None else f"{r.score:.2f}"
+            text = f": {html.escape(r.text)}" if r.text else ""
+            lines.append(f"<div><b>{html.escape(r.label)}</b> · {score}{text}</div>")
+        self.rationale.value = f"<div style='opacity:0.8;font-size:90%'>{''.join(lines)}</div>" if lines else ""
         body = candidate.edited_text if candidate.edited_text is not None else candidate.text
         self.text.value = f"<pre style='white-space:pre-wrap;margin:0'>{html.escape(body)}</pre>"
         self.box.layout.border = f"2px solid {_MARK_COLOURS[candidate.mark]}"
@@ -99,7 +120,11 @@ class ReviewWidget(widgets.VBox):
     """Review a run's candidates: ``ReviewWidget(store, run_id)`` or ``ReviewWidget(session)``.
 
     ``on_continue`` is a list of callables ``(widget) -> None`` run by the "Train on what is
-    reviewed" button (the pipeline appends ``run.continue_after_review``).
+    reviewed" button while the run waits for this review (the pipeline appends
+    ``run.continue_after_review``). When nothing waits, the button offers to resume the run with
+    the review applied: ``on_retrain(widget)`` does that when given (a front end that tracks its
+    runs), else :func:`~jupyter_distill.notebook.review_retrain.resume_with_review`. ``run`` (the
+    ``Run``, optional) supplies its in-memory config and judge to the resume and the rubric panel.
     """
 
     def __init__(
@@ -108,6 +133,8 @@ class ReviewWidget(widgets.VBox):
         run_id: str | None = None,
         *,
         on_continue: Callable[[ReviewWidget], Any] | list[Callable[[ReviewWidget], Any]] | None = None,
+        on_retrain: Callable[[ReviewWidget], Any] | None = None,
+        run: Any = None,
         order: str = "position",
         auto_advance: bool = True,
         **session_options: Any,
@@ -130,6 +157,9 @@ class ReviewWidget(widgets.VBox):
         if callable(on_continue):
             on_continue = [on_continue]
         self.on_continue: list[Callable[[ReviewWidget], Any]] = list(on_continue or [])
+        self.on_retrain = on_retrain
+        self.run = run
+        self.resumed: Any = None  # the Run started by "resume with this review", once started
         self.auto_advance = auto_advance
         self.items: list[ReviewItem] = []
         self.index = 0
@@ -138,7 +168,13 @@ class ReviewWidget(widgets.VBox):
 
         self.title = widgets.HTML()
         self.counter = widgets.Label()
+        self.strip = widgets.HTML()
+        self.strip.add_class("jd-review-strip")
         self.prompt_view = widgets.HTML()
+        self.reference_view = widgets.HTML(
+            layout=widgets.Layout(flex="0 1 16em", min_width="10em", padding="6px", margin="2px", display="none")
+        )
+        self.reference_view.add_class("jd-review-reference")
         self.cards = [_Card(self, slot) for slot in range(MAX_CANDIDATES_SHOWN)]
         self.more = widgets.HTML()
         self.prev_button = widgets.Button(description="◀ prev (k)", layout=widgets.Layout(width="auto"))
@@ -155,6 +191,11 @@ class ReviewWidget(widgets.VBox):
             layout=widgets.Layout(width="100%"),
         )
         self.key_box.add_class("jd-review-keys")
+        self.key_marker = widgets.HTML(_KEY_MARKER, layout=widgets.Layout(width="auto", min_width="16em"))
+        self.key_marker.add_class("jd-review-keymark")
+        self.rubric = RubricPanel(
+            self.session.store, self.session.run_id, run=run, on_done=[lambda _agreement: self._rejudged()]
+        )
         self.editor = widgets.Textarea(layout=widgets.Layout(width="100%", height="10em"))
         self.save_button = widgets.Button(description="save edit", button_style="primary")
         self.cancel_button = widgets.Button(description="cancel")
@@ -167,6 +208,18 @@ class ReviewWidget(widgets.VBox):
         self.continue_button = widgets.Button(
             description="Train on what is reviewed", button_style="success", layout=widgets.Layout(width="auto")
         )
+        self.choice_text = widgets.HTML()
+        self.resume_button = widgets.Button(
+            description="Resume the run with this review", button_style="success", layout=widgets.Layout(width="auto")
+        )
+        self.not_now_button = widgets.Button(description="not now", layout=widgets.Layout(width="auto"))
+        self.resume_button.on_click(lambda _b: self.resume_with_review())
+        self.not_now_button.on_click(lambda _b: self._close_choice())
+        self.choice_box = widgets.VBox(
+            [self.choice_text, widgets.HBox([self.resume_button, self.not_now_button])],
+            layout=widgets.Layout(display="none", border="1px solid #2e7d32", padding="6px", margin="4px 0"),
+        )
+        self.resumed_slot = widgets.VBox()
 
         self.prev_button.on_click(lambda _b: self.previous())
         self.next_button.on_click(lambda _b: self.next())
@@ -181,10 +234,15 @@ class ReviewWidget(widgets.VBox):
         super().__init__(
             [
                 widgets.HBox([self.title, self.counter], layout=widgets.Layout(justify_content="space-between")),
+                self.strip,
                 self.prompt_view,
-                widgets.HBox([c.box for c in self.cards], layout=widgets.Layout(width="100%", align_items="stretch")),
+                widgets.HBox(
+                    [self.reference_view, *[c.box for c in self.cards]],
+                    layout=widgets.Layout(width="100%", align_items="stretch"),
+                ),
                 self.more,
                 self.edit_box,
+                self.rubric,
                 widgets.HBox(
                     [
                         self.prev_button,
@@ -195,8 +253,10 @@ class ReviewWidget(widgets.VBox):
                         self.continue_button,
                     ]
                 ),
-                self.key_box,
+                widgets.HBox([self.key_box, self.key_marker], layout=widgets.Layout(width="100%")),
                 self.status,
+                self.choice_box,
+                self.resumed_slot,
             ]
         )
         self.add_class("jd-review")
@@ -239,6 +299,12 @@ class ReviewWidget(widgets.VBox):
                 self.cancel_edit()
                 return True
             return False
+        if self.rubric.is_open:  # typing goes to the rubric; Escape (or its close button) closes it
+            if key == "Escape":
+                self.rubric.hide()
+                return True
+            self._say("the rubric editor is open: close it to use the review keys", error=True)
+            return False
         if key in ("j", "ArrowDown"):
             self.next()
         elif key in ("k", "ArrowUp"):
@@ -253,6 +319,8 @@ class ReviewWidget(widgets.VBox):
             self.undo()
         elif key == "f":
             self.filter_toggle.value = not self.filter_toggle.value
+        elif key == "r":
+            self.open_rubric()
         else:
             return False
         return True
@@ -283,13 +351,25 @@ class ReviewWidget(widgets.VBox):
             return None
         return item.candidates[slot]
 
-    def _decided(self, advance: bool) -> None:
+    def _decided(self, what: str, advance: bool) -> None:
+        """Record the decision on the current prompt, say what happened to which prompt, maybe move on."""
         item = self.current
         assert item is not None
+        acted_on = self._prompt_name(item, self.index)
         self._history.append(item.prompt_hash)
         self._refresh_current()
-        if advance and self.auto_advance:
+        moved = False
+        if advance and self.auto_advance and self.index < len(self.items) - 1:
             self.next()
+            moved = True
+        tail = f" Now showing prompt {self.index + 1}." if moved else ""
+        self._say(f"{acted_on}: {what}.{tail}")
+
+    def _prompt_name(self, item: ReviewItem, index: int) -> str:
+        snippet = _prompt_line(item)
+        if len(snippet) > _SNIPPET:
+            snippet = snippet[: _SNIPPET - 1] + "…"
+        return f"Prompt {index + 1} (“{snippet}”)"
 
     def choose(self, slot: int) -> None:
         """Candidate ``slot`` (0-based) is the best answer for this prompt."""
@@ -298,8 +378,7 @@ class ReviewWidget(widgets.VBox):
             return
         if not self._guard(lambda: self.session.choose_best(item.prompt_hash, candidate.key)):
             return
-        self._say(f"candidate {slot + 1} chosen as best")
-        self._decided(advance=True)
+        self._decided(f"candidate {slot + 1} chosen as best", advance=True)
 
     def reject_candidate(self, slot: int) -> None:
         """Candidate ``slot`` must never be trained on (it becomes the preferred 'rejected' side)."""
@@ -308,8 +387,7 @@ class ReviewWidget(widgets.VBox):
             return
         if not self._guard(lambda: self.session.reject(item.prompt_hash, candidate.key)):
             return
-        self._say(f"candidate {slot + 1} rejected")
-        self._decided(advance=False)
+        self._decided(f"candidate {slot + 1} rejected", advance=False)
 
     def reject_prompt(self) -> None:
         """Drop this prompt from training."""
@@ -318,8 +396,7 @@ class ReviewWidget(widgets.VBox):
             return
         if not self._guard(lambda: self.session.reject(item.prompt_hash)):
             return
-        self._say("prompt rejected: it will not be trained on")
-        self._decided(advance=True)
+        self._decided("rejected, it will not be trained on", advance=True)
 
     def start_edit(self, slot: int | None = None) -> None:
         """Open the editor on candidate ``slot``, or on the best one (human pick, else judge pick)."""
@@ -348,9 +425,9 @@ class ReviewWidget(widgets.VBox):
         key, text = self.editing, self.editor.value
         if not self._guard(lambda: self.session.edit(item.prompt_hash, key, text)):
             return
+        slot = next((c.index for c in item.candidates if c.key == key), 0)
         self._close_editor()
-        self._say("edit saved")
-        self._decided(advance=True)
+        self._decided(f"edit of candidate {slot + 1} saved (trained on as your answer)", advance=True)
 
     def cancel_edit(self) -> None:
         self._close_editor()
@@ -368,11 +445,11 @@ class ReviewWidget(widgets.VBox):
             return
         undone = self.session.undo(target)
         self._go_to(target)
+        self._refresh_current()
         if undone is None:
             self._say("nothing to undo", error=True)
-        else:
-            self._say("undone")
-        self._refresh_current()
+        elif self.current is not None:
+            self._say(f"{self._prompt_name(self.current, self.index)}: last decision undone (now {undone.summary()}).")
 
     def set_least_certain_first(self, on: bool) -> None:
         """Order prompts by the judge's uncertainty (most uncertain first), or by position."""
@@ -381,21 +458,87 @@ class ReviewWidget(widgets.VBox):
             return
         self.reload()
 
+    def run_status(self) -> str:
+        """The run's status as the store has it (``waiting-review`` while a run waits for this review)."""
+        return str((self.session.store.get_run(self.session.run_id) or {}).get("status") or "unknown")
+
     def continue_training(self) -> None:
-        """The "Train on what is reviewed" button: run every ``on_continue`` callback."""
-        if not self.on_continue:
-            self._say("nothing is waiting for this review; run the pipeline with review=True to train from it")
-            return
-        for callback in list(self.on_continue):
-            try:
-                callback(self)
-            except Exception as exc:  # show it where the user clicked; never kill the widget
-                self._say(f"could not continue: {exc}", error=True)
-                return
+        """The "Train on what is reviewed" button.
+
+        A run waiting for this review (``waiting-review`` with a callback to release it) continues.
+        Otherwise nothing is started behind the user's back: the widget says what state the run is
+        in and offers to resume it with the review applied.
+        """
+        status = self.run_status()
         reviewed, total = self.session.progress()
+        if status == "waiting-review" and self.on_continue:
+            for callback in list(self.on_continue):
+                try:
+                    callback(self)
+                except Exception as exc:  # show it where the user clicked; never kill the widget
+                    self._say(f"could not continue: {exc}", error=True)
+                    return
+            self.continue_button.disabled = True
+            self.continue_button.description = "Training continues"
+            self._say(
+                f"run {self.session.run_id} continues to training with {reviewed} of {total} prompts reviewed "
+                "(the rest as the judge ranked)"
+            )
+            return
+        if status == "running":
+            self._say(
+                f"run {self.session.run_id} is still running and does not wait for a review; your decisions "
+                "apply when it is resumed after it ends",
+                error=True,
+            )
+            return
+        why = (
+            "waits for a review in another kernel (or a kernel that has ended)"
+            if status == "waiting-review"
+            else f"has ended (status: {status})"
+        )
+        self.choice_text.value = (
+            f"<b>Run {html.escape(self.session.run_id)} {html.escape(why)}</b>: nothing waits for this review "
+            "here, so nothing was started. To train on what is reviewed "
+            f"({reviewed} of {total} prompts; the rest as the judge ranked), resume the run with the review "
+            "applied: samples and judgments come from the store (no new teacher requests), and training, "
+            "evaluation and export run again, from the initial student when the training pairs changed."
+        )
+        self.choice_box.layout.display = "flex"
+        self.resume_button.disabled = False
+        self._say("choose below: resume the run with this review, or not now")
+
+    def _close_choice(self) -> None:
+        self.choice_box.layout.display = "none"
+        self._say("nothing started")
+
+    def resume_with_review(self) -> None:
+        """Start the resumed run (``on_retrain``, else a background run with its dashboard shown here)."""
+        self.resume_button.disabled = True
+        try:
+            if self.on_retrain is not None:
+                self.on_retrain(self)
+            else:
+                from jupyter_distill.notebook.review_retrain import resume_with_review
+
+                self.resumed, dashboard = resume_with_review(self.session.store, self.session.run_id, self.run)
+                self.resumed_slot.children = (dashboard.widget,)
+        except Exception as exc:  # a config that cannot resume from here says why, in place
+            self.resume_button.disabled = False
+            self._say(f"could not resume run {self.session.run_id}: {exc}", error=True)
+            return
+        self.choice_box.layout.display = "none"
         self.continue_button.disabled = True
-        self.continue_button.description = "Training started"
-        self._say(f"training continues with {reviewed} of {total} prompts reviewed (the rest as the judge ranked)")
+        self.continue_button.description = "Resumed with this review"
+        reviewed, total = self.session.progress()
+        self._say(f"run {self.session.run_id} resumed with {reviewed} of {total} prompts reviewed")
+
+    def open_rubric(self) -> None:
+        """``r``: the rubric editor, to re-judge the reviewed prompts and compare the agreement."""
+        self.rubric.show()
+
+    def _rejudged(self) -> None:
+        self._say("re-judged with the edited rubric: the agreement is shown above the keys")
 
     def _guard(self, action: Callable[[], Any]) -> bool:
         try:
@@ -411,8 +554,10 @@ class ReviewWidget(widgets.VBox):
 
     # ------------------------------------------------------------------ rendering (traits only)
     def _render(self) -> None:
-        reviewed, total = self.session.progress()
+        decisions = self.session.decisions()
+        reviewed, total = len(decisions), len(self.session.prompts)
         self.counter.value = f"{reviewed} of {total} reviewed"
+        self.strip.value = _status_strip(self.items, decisions, self.index)
         item = self.current
         self.prev_button.disabled = item is None or self.index == 0
         self.next_button.disabled = item is None or self.index >= len(self.items) - 1
@@ -422,12 +567,15 @@ class ReviewWidget(widgets.VBox):
             for card in self.cards:
                 card.hide()
             self.more.value = ""
+            self.reference_view.layout.display = "none"
             return
         self.title.value = (
             f"<b>Prompt {self.index + 1} of {len(self.items)}</b> · uncertainty {item.uncertainty:.2f}"
             f" · {html.escape(item.decision.summary())}"
         )
         self.prompt_view.value = _render_prompt(item)
+        self.reference_view.value = _render_reference(item.reference)
+        self.reference_view.layout.display = "flex" if item.reference else "none"
         judge_pick = item.judge_best
         for slot, card in enumerate(self.cards):
             if slot < len(item.candidates):
@@ -474,6 +622,38 @@ def _prompt_line(item: ReviewItem) -> str:
     users = [m for m in item.prompt.messages if m.get("role") == "user"]
     content = (users[-1] if users else item.prompt.messages[-1]).get("content", "") if item.prompt.messages else ""
     return " ".join(str(content).split())
+
+
+def _status_strip(items: list[ReviewItem], decisions: dict[str, Decision], index: int) -> str:
+    """One coloured square per prompt in review order (current one outlined) and the counts."""
+    counts = {"chosen": 0, "rejected": 0, "reviewed": 0, "open": 0}
+    cells = []
+    for i, item in enumerate(items):
+        decision = decisions.get(item.prompt_hash)
+        state = decision.state if decision is not None else "open"
+        counts[state] += 1
+        current = " jd-strip-current" if i == index else ""
+        outline = f"outline:2px solid {_STATE_COLOURS[state]};outline-offset:1px;" if current else ""
+        cells.append(
+            f"<span class='jd-strip-cell jd-strip-{state}{current}' title='prompt {i + 1}: {state}' "
+            f"style='display:inline-block;width:10px;height:10px;margin:2px;background:{_STATE_COLOURS[state]};"
+            f"{outline}'></span>"
+        )
+    legend = " · ".join(
+        f"<span style='color:{_STATE_COLOURS[s]}'>&#9632;</span> {counts[s]} {label}"
+        for s, label in (("chosen", "chosen"), ("rejected", "rejected"), ("reviewed", "reviewed"), ("open", "open"))
+    )
+    return f"<div>{''.join(cells)}</div><div style='font-size:90%'>{legend}</div>" if items else ""
+
+
+def _render_reference(reference: dict[str, Any]) -> str:
+    if not reference:
+        return ""
+    blocks = "".join(
+        f"<div><i>{html.escape(str(k))}</i><pre style='white-space:pre-wrap;margin:0'>{html.escape(str(v))}</pre></div>"
+        for k, v in reference.items()
+    )
+    return f"<div style='border:2px dashed #9e9e9e;padding:6px;height:100%'><b>Reference answer</b>{blocks}</div>"
 
 
 def _render_prompt(item: ReviewItem) -> str:

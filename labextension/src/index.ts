@@ -1,6 +1,7 @@
 /**
  * jupyter-distill for JupyterLab: the Distill sidebar (runs and aliases of the server's
  * workdir) and the "Insert %%distill cell" command in the palette and the notebook toolbar.
+ * Keys typed in the review widget stay in it (src/reviewkeys.ts).
  * The run card MIME renderer is a separate mime extension (src/mime.ts) so it also loads
  * where only renderers are allowed.
  */
@@ -16,6 +17,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import iconSvg from '../style/icon.svg';
 import { templateCells } from './format';
 import { DistillPanel } from './panel';
+import { reviewKeysPlugin } from './reviewkeys';
 
 export const PANEL_ID = 'jupyter-distill-panel';
 
@@ -119,4 +121,4 @@ const templatePlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [panelPlugin, templatePlugin];
+export default [panelPlugin, templatePlugin, reviewKeysPlugin];
