@@ -59,7 +59,7 @@ def _start_with_review(
     check_source(config.dataset)  # a missing file fails the call, not a dashboard in the background
 
     def show_review(run: Run) -> None:  # runs on the run's thread: only sets widget traits
-        widget = ReviewWidget(run.store, run.name)
+        widget = ReviewWidget(run.store, run.name, run=run)
         widget.on_continue.append(lambda *_: run.continue_after_review())
         dashboard.show_review(widget)
 

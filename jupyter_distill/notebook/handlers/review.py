@@ -22,7 +22,7 @@ def review_widget(store: RunStore, name: str, run: Any | None) -> Any:
             field="review",
             value=name,
         ) from None
-    widget = ReviewWidget(store, name)
+    widget = ReviewWidget(store, name, run=run)
     if run is not None:
         widget.on_continue.append(lambda *_: run.continue_after_review())
     return widget
