@@ -26,9 +26,9 @@ def metric(step: int, **values: float) -> Event:
 
 def test_collects_training_and_eval_points() -> None:
     plot = LivePlot(display=False)
+    plot(Event(kind="metric", phase="eval", step=0, data={"label": "student_before", "pass_rate": 0.2}))
     for step in range(1, 4):
         plot(metric(step, loss=3.0 - step, nll=2.0, pref=0.69, kl=0.01 * step, pref_acc=0.5, lr=1e-4))
-    plot(Event(kind="metric", phase="eval", step=0, data={"label": "student_before", "pass_rate": 0.2}))
     plot(Event(kind="metric", phase="eval", step=3, data={"label": "student_after", "pass_rate": 0.8}))
     plot(Event(kind="progress", phase="training", current=3, total=3))  # ignored
     assert plot.series["loss"] == ([1, 2, 3], [2.0, 1.0, 0.0])

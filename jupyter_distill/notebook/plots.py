@@ -27,10 +27,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jupyter_distill.core.events import ConsoleRenderer, Emit, Event
+from jupyter_distill.notebook.metric_points import add_eval, eval_point
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +122,33 @@ class LivePlot:
                 steps.append(step)
                 values.append(float(value))
                 self._dirty = True
-        elif event.phase == "eval" and isinstance(event.data.get("pass_rate"), int | float):
-            label = str(event.data.get("label", "eval"))
-            points = [p for p in self.evals.get(label, []) if p[0] != step]
-            points.append((step, float(event.data["pass_rate"])))
-            self.evals[label] = sorted(points)
-            self._dirty = True
+        elif event.phase == "eval":
+            trained = max((steps[-1] for steps, _ in self.series.values() if steps), default=None)
+            point = eval_point(event, trained)  # drawn at the step of the model it measured
+            if point is not None:
+                label, at, rate = point
+                add_eval(self.evals.setdefault(label, []), at, rate)
+                self._dirty = True
+
+    def show(
+        self, series: Mapping[str, Sequence[tuple[int, float]]], evals: Mapping[str, Sequence[tuple[int, float]]]
+    ) -> None:
+        """Draw points folded elsewhere (the dashboard's state) instead of events; throttled as events are.
+
+        ``series``: training metric -> ``[(step, value), ...]``; ``evals``: label -> ``[(step, pass rate)]``.
+        """
+        started = self._clock()
+        with self._lock:
+            try:
+                new_series = {name: ([s for s, _ in pts], [v for _, v in pts]) for name, pts in series.items() if pts}
+                new_evals = {label: list(pts) for label, pts in evals.items() if pts}
+                if new_series != self.series or new_evals != self.evals:
+                    self.series, self.evals, self._dirty = new_series, new_evals, True
+                if self._dirty and self._due():
+                    self._draw()
+            finally:
+                self.stats["calls"] += 1
+                self.stats["seconds"] += self._clock() - started
 
     def _due(self) -> bool:
         interval = max(self.min_interval, self._draw_seconds / self.overhead_budget)
