@@ -47,7 +47,7 @@ from jupyter_distill.notebook.dashboard_state import (
     PhaseProgress,
 )
 from jupyter_distill.notebook.htmltext import no_math, text
-from jupyter_distill.notebook.summary_card import RUN_MIME_TYPE, RunSummary, UnknownRunError
+from jupyter_distill.notebook.summary_card import RUN_MIME_TYPE, RunSummary, UnknownRunError, agreement_html
 
 RUN_JSON_VERSION = RUN_CARD_VERSION
 
@@ -81,6 +81,7 @@ class RunDashboard:
         self._renderer_lock = threading.Lock()
         self._last_render = 0.0
         self._plotted_points = -1
+        self._calibrated = False
         self._build()
 
     # ------------------------------------------------------------------ widgets
@@ -101,6 +102,7 @@ class RunDashboard:
         self.stats = widgets.HTML()
         self.plot = _LossPlot()
         self.messages = widgets.HTML()
+        self.calibration = widgets.HTML()  # judge vs human review, once the review phase is done
         self.review_slot = widgets.VBox()
         self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
         self.stop_button.on_click(self._on_stop)
@@ -113,6 +115,7 @@ class RunDashboard:
                 self.stats,
                 self.plot.widget,
                 self.messages,
+                self.calibration,
                 self.review_slot,
                 self.stop_button,
                 self.summary_card,
@@ -241,6 +244,9 @@ class RunDashboard:
             if s.messages
             else ""
         )
+        if not self._calibrated and self.store is not None and s.phases["review"].status == "done":
+            self._calibrated = True  # once: the review is over, the judge's agreement with it is fixed
+            self.calibration.value = agreement_html(self.store, s.run)
         if s.terminal:
             self.stop_button.disabled = True
             self.stop_button.description = {"done": "Done", "failed": "Failed", "stopped": "Stopped"}[s.status]

@@ -91,10 +91,6 @@ class RunSummary:
         heldout = store.get_prompts(name, split="heldout")
         example = _user_text(heldout[0].messages) if heldout else None
         agreement = review_agreement(store, name)
-        texts = {}
-        if agreement is not None:
-            wanted = {d.prompt_hash for d in agreement.disagreements[:SHOWN_DISAGREEMENTS]}
-            texts = {p.hash: _user_text(p.messages) for p in store.get_prompts(name) if p.hash in wanted}
         artifacts = {
             kind: {"path": a["path"], "sha256": a["sha256"], "size": a["size"]}
             for kind, a in store.get_artifacts(name).items()
@@ -109,7 +105,7 @@ class RunSummary:
             loss=loss_series(store, name),
             rates=stored_pass_rates(store, run),
             agreement=agreement,
-            prompt_texts=texts,
+            prompt_texts=disagreement_texts(store, name, agreement),
         )
 
     @classmethod
@@ -281,22 +277,7 @@ class RunSummary:
         return rows
 
     def _agreement_rows(self) -> list[tuple[str, str]]:
-        """Judge vs human review: agreement, kappa, prompts reviewed, and where they differ most."""
-        a = self.agreement
-        if a is None or not a.reviewed_prompts:
-            return []
-        line = (
-            f"{_rate(a.agreement)} of {a.items} labelled candidates · Cohen's kappa {_score(a.kappa)} · "
-            f"{a.reviewed_prompts} reviewed prompt{'s' if a.reviewed_prompts != 1 else ''}"
-        )
-        if a.top_pick_prompts:
-            line += f" · judge's top pick is the reviewer's best on {_rate(a.top_pick_agreement)}"
-        rows = [(f"judge agreement ({a.judge or 'judge'})", line)]
-        for rank, d in enumerate(a.disagreements[:SHOWN_DISAGREEMENTS], start=1):
-            prompt = _short(self.prompt_texts.get(d.prompt_hash) or d.prompt_hash[:12])
-            pick = "" if d.human_best is None or d.judge_best == d.human_best else "; judge ranks another answer first"
-            rows.append((f"disagreement {rank}", f"{prompt}: reviewer {d.human}{pick} (distance {d.distance:.2f})"))
-        return rows
+        return agreement_rows(self.agreement, self.prompt_texts)
 
     def __repr__(self) -> str:
         lines = [f"Run {self.name!r}"] + [f"  {k:<18} {v}" for k, v in self._rows()]
@@ -310,19 +291,15 @@ class RunSummary:
         colour = _STATUS_COLOURS.get(
             {"done": "done", "failed": "failed", "stopped": "stopped"}.get(self.status, "active"), "#1976d2"
         )
-        rows = "".join(
-            f"<tr><th style='text-align:left;padding-right:1em;vertical-align:top'>{text(k)}</th>"
-            f"<td style='text-align:left'>{_html_value(k, v)}</td></tr>"
-            for k, v in self._rows()
-        )
         snippet = self.snippet()
         code = (
-            f"<pre style='background:#f5f5f5;padding:6px;margin:6px 0 0 0'>{text(snippet)}</pre>"
+            f"<pre style='background:var(--jp-layout-color2,#f5f5f5);color:var(--jp-content-font-color1,#212121);"
+            f"padding:6px;margin:6px 0 0 0'>{text(snippet)}</pre>"
             if snippet and self.status == "done"
             else ""
         )
         return no_math(
-            f"<b>jupyter-distill run {text(self.name)}</b><table style='margin-top:4px'>{rows}</table>{code}",
+            f"<b>jupyter-distill run {text(self.name)}</b>{rows_html(self._rows())}{code}",
             css_class="jd-run-card",
             style=f"border-left:4px solid {colour};padding:4px 10px",
         )
@@ -349,6 +326,49 @@ def _user_text(messages: list[dict[str, Any]]) -> str:
     return str((users or messages)[-1].get("content", "")) if messages else ""
 
 
+def agreement_rows(a: Agreement | None, prompt_texts: dict[str, str]) -> list[tuple[str, str]]:
+    """Judge vs human review: agreement, kappa, prompts reviewed, and where they differ most."""
+    if a is None or not a.reviewed_prompts:
+        return []
+    line = (
+        f"{_rate(a.agreement)} of {a.items} labelled candidates · Cohen's kappa {_score(a.kappa)} · "
+        f"{a.reviewed_prompts} reviewed prompt{'s' if a.reviewed_prompts != 1 else ''}"
+    )
+    if a.top_pick_prompts:
+        line += f" · judge's top pick is the reviewer's best on {_rate(a.top_pick_agreement)}"
+    rows = [(f"judge agreement ({a.judge or 'judge'})", line)]
+    for rank, d in enumerate(a.disagreements[:SHOWN_DISAGREEMENTS], start=1):
+        prompt = _short(prompt_texts.get(d.prompt_hash) or d.prompt_hash[:12])
+        pick = "" if d.human_best is None or d.judge_best == d.human_best else "; judge ranks another answer first"
+        rows.append((f"disagreement {rank}", f"{prompt}: reviewer {d.human}{pick} (distance {d.distance:.2f})"))
+    return rows
+
+
+def disagreement_texts(store: RunStore, name: str, agreement: Agreement | None) -> dict[str, str]:
+    """The user text of the prompts the card lists as disagreements, by prompt hash."""
+    if agreement is None:
+        return {}
+    wanted = {d.prompt_hash for d in agreement.disagreements[:SHOWN_DISAGREEMENTS]}
+    return {p.hash: _user_text(p.messages) for p in store.get_prompts(name) if p.hash in wanted}
+
+
+def rows_html(rows: list[tuple[str, str]]) -> str:
+    """Label/value rows as an HTML table (values that are paths in ``<code>``)."""
+    cells = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em;vertical-align:top'>{text(k)}</th>"
+        f"<td style='text-align:left'>{_html_value(k, v)}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table style='margin-top:4px'>{cells}</table>"
+
+
+def agreement_html(store: RunStore, name: str) -> str:
+    """Judge agreement with the human review of run ``name`` as HTML; "" when nobody reviewed."""
+    agreement = review_agreement(store, name)
+    rows = agreement_rows(agreement, disagreement_texts(store, name, agreement))
+    return no_math(rows_html(rows), css_class="jd-agreement") if rows else ""
+
+
 def review_agreement(store: RunStore, name: str) -> Agreement | None:
     """How the run's judge agrees with its human review; None when nobody reviewed (or it cannot be told)."""
     if not store.get_reviews(name):
@@ -368,4 +388,4 @@ def _html_value(key: str, value: str) -> str:
     return text(value)
 
 
-__all__ = ["RUN_MIME_TYPE", "RunSummary", "UnknownRunError", "review_agreement"]
+__all__ = ["RUN_MIME_TYPE", "RunSummary", "UnknownRunError", "agreement_html", "agreement_rows", "review_agreement"]
