@@ -108,25 +108,26 @@ def test_loss_plot_gets_the_points() -> None:
     dashboard.wait_rendered(5.0)
     assert [p[0] for p in dashboard.state.series["loss"]] == list(range(1, 9))
     plot = dashboard.plot.widget
-    assert dashboard.plot.live is not None, "notebook/plots.py's LivePlot draws the curve"
-    assert isinstance(plot, widgets.Image) and bytes(plot.value).startswith(b"\x89PNG")
-    assert plot.layout.display == "block"
-    steps, values = dashboard.plot.live.series["loss"]
-    assert steps == list(range(1, 9)) and values[-1] == pytest.approx(3.0 / 8)
+    assert isinstance(plot, widgets.HTML) and plot.layout.display == "block"
+    svg = plot.value
+    assert svg.startswith("<svg") and "loss 0.375 (step 8)" in svg
+    assert svg.count("class='jd-raw'") == 8  # every raw point, under one smoothed line
+    assert svg.count("class='jd-smooth'") == 1 and "<polyline class='jd-smooth'" in svg
 
 
-def test_svg_fallback_when_the_plot_renderer_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    monkeypatch.setitem(sys.modules, "jupyter_distill.notebook.plots", None)  # import fails
+def test_the_plot_appears_with_its_first_point_and_follows_the_theme() -> None:
     dashboard = RunDashboard("r", min_interval=0.05)
-    assert dashboard.plot.live is None
-    for event in full_run_events(steps=8):
-        dashboard.sink(event)
-    dashboard.wait_rendered(5.0)
-    svg = bytes(dashboard.plot.widget.value).decode()
-    assert dashboard.plot.widget.format == "svg+xml"
-    assert "<polyline" in svg and "loss 0.375 (step 8)" in svg
+    dashboard.flush()
+    assert dashboard.plot.widget.layout.display == "none" and dashboard.plot.widget.value == ""  # no empty axes
+    dashboard.sink(Event("metric", phase="training", step=1, data={"loss": 2.5}))
+    dashboard.flush()
+    svg = dashboard.plot.widget.value
+    assert dashboard.plot.widget.layout.display == "block" and "loss 2.5 (step 1)" in svg
+    assert "<circle class='jd-smooth'" in svg and "nan" not in svg  # one point: a dot, not an empty frame
+    # colours come from JupyterLab's theme variables (in style attributes, where var() resolves)
+    assert "fill:var(--jp-ui-font-color1" in svg and "background:var(--jp-layout-color1" in svg
+    assert "fill='#" not in svg and "stroke='#" not in svg and "#ffffff" not in svg.lower()
+    assert svg in dashboard.fallback_html()  # a saved notebook shows the same drawing
 
 
 def test_loss_svg_handles_flat_and_short_series() -> None:
@@ -443,7 +444,7 @@ def test_the_plot_draws_the_state_and_pass_rates_at_the_step_they_measured() -> 
     assert state.series["loss"] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3), (4, 2.0), (5, 2.0)]
     assert state.evals == {"student_before": [(0, 0.2)], "student_after": [(5, 0.7)], "student_served": [(5, 0.6)]}
     assert state.step == 5 and "eval/student_after/pass_rate" not in state.series
-    dashboard.plot.flush()
-    live = dashboard.plot.live
-    assert live is not None and live.series["loss"][0] == [1, 2, 3, 4, 5]
-    assert live.evals == state.evals  # the plot draws the state's points, not a fold of its own
+    svg = dashboard.plot.widget.value  # the plot draws the state's points, not a fold of its own
+    assert "loss 2 (step 5)" in svg and svg.count("class='jd-raw'") == 5
+    assert "data-label='student_after' data-step='5'" in svg and "data-label='student_before' data-step='0'" in svg
+    assert "student_served 60% (step 5)" in svg

@@ -47,6 +47,7 @@ from jupyter_distill.notebook.dashboard_state import (
     PhaseProgress,
 )
 from jupyter_distill.notebook.htmltext import no_math, text
+from jupyter_distill.notebook.plot_svg import metrics_svg
 from jupyter_distill.notebook.summary_card import RUN_MIME_TYPE, RunSummary, UnknownRunError, agreement_html
 
 RUN_JSON_VERSION = RUN_CARD_VERSION
@@ -80,7 +81,7 @@ class RunDashboard:
         self._renderer: threading.Thread | None = None
         self._renderer_lock = threading.Lock()
         self._last_render = 0.0
-        self._plotted_points = -1
+        self._plotted_points: tuple[Any, ...] = ()
         self._calibrated = False
         self._build()
 
@@ -100,7 +101,7 @@ class RunDashboard:
             rows.append(widgets.HBox([label, bar, detail]))
         self.phase_box = widgets.VBox(rows)
         self.stats = widgets.HTML()
-        self.plot = _LossPlot()
+        self.plot = _MetricPlot()
         self.messages = widgets.HTML()
         self.calibration = widgets.HTML()  # judge vs human review, once the review phase is done
         self.review_slot = widgets.VBox()
@@ -230,8 +231,11 @@ class RunDashboard:
             bar.bar_style = {"done": "success", "failed": "danger", "stopped": "warning"}.get(p.status, "info")
             self.phase_texts[phase].value = _phase_text(p, now, with_eta=phase not in NO_ETA_PHASES)
         self.stats.value = _stats_html(s)
-        points = sum(map(len, s.series.values())) + sum(map(len, s.evals.values()))
-        if points != self._plotted_points:
+        points = (
+            tuple((name, len(pts), pts[-1]) for name, pts in s.series.items() if pts),
+            tuple((label, tuple(pts)) for label, pts in s.evals.items()),
+        )
+        if points != self._plotted_points:  # a replayed step changes the last point, not the count
             self.plot.update(s.series, s.evals)
             self._plotted_points = points
         self.messages.value = (
@@ -258,7 +262,6 @@ class RunDashboard:
                 return
             self._finalized = True
         self.render()
-        self.plot.flush()
         self.summary = self._build_summary()
         if self.summary is not None:
             self.summary_card.value = self.summary.html()
@@ -308,12 +311,12 @@ class RunDashboard:
     def fallback_html(self) -> str:
         """What a saved notebook shows without a kernel: the card when done, else the progress so far."""
         if self.summary is not None:
-            return self.summary.html()
+            return self.summary.html() + self.plot.html()
         with self._lock:
             s = copy.deepcopy(self.state)
         return no_math(
-            f"{_timeline_html(s)}{_stats_html(s)}"
-            "<div style='color:#757575'>(live dashboard: needs a running kernel)</div>",
+            f"{_timeline_html(s)}{_stats_html(s)}{self.plot.svg}"
+            "<div style='color:var(--jp-ui-font-color2,#757575)'>(live dashboard: needs a running kernel)</div>",
             css_class="jd-run-live",
         )
 
@@ -343,82 +346,28 @@ def watch(run: Any, *, min_interval: float = 0.3) -> RunDashboard:
     return dashboard
 
 
-class _LossPlot:
-    """The live plot: ``notebook/plots.py``'s :class:`LivePlot` drawn into an Image widget.
+class _MetricPlot:
+    """The live plot: :func:`~jupyter_distill.notebook.plot_svg.metrics_svg` of the state's points in an HTML widget.
 
-    It draws the dashboard state's points (training series, pass rates at their step), handed
-    over by the renderer thread (never the training thread); LivePlot throttles itself, draws
-    only when the points changed and hands back PNG bytes, which become the ``value`` of an
-    ``ipywidgets.Image``. It is built on a side thread (importing matplotlib takes a second) so
-    the ``%%distill`` cell returns at once; points that arrive before it is ready are drawn when
-    it is. Without matplotlib, or if the plot breaks, a small SVG of the loss goes into the same
-    Image widget.
+    Inline SVG takes JupyterLab's theme colours (a PNG would be a white slab in the dark theme);
+    it is rebuilt by the renderer thread only when the points changed, and stays hidden until
+    the first point. ``svg`` is the latest drawing, which the saved-notebook fallback shows too.
     """
 
     def __init__(self) -> None:
-        self.widget = widgets.Image(format="png", layout=widgets.Layout(max_width="660px", display="none"))
-        self._live: Any = None
-        self._series: dict[str, list[tuple[int, float]]] = {}
-        self._evals: dict[str, list[tuple[int, float]]] = {}
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        threading.Thread(target=self._build, name="distill-plot-build", daemon=True).start()
-
-    def _build(self) -> None:
-        try:
-            from jupyter_distill.notebook.plots import LivePlot
-
-            live = LivePlot(display=False, on_render=self._show_png)
-        except Exception:  # the plot is an ornament: a missing or broken renderer leaves the SVG
-            live = None
-        with self._lock:
-            self._live = live
-            self._ready.set()
-        self._draw()  # what arrived while matplotlib loaded
-
-    @property
-    def live(self) -> Any:
-        """The LivePlot in use (once built), or None when the SVG fallback draws."""
-        self._ready.wait(30.0)
-        return self._live
-
-    def _show_png(self, png: bytes) -> None:
-        self.widget.value = png
-        self.widget.layout.display = "block"
+        self.widget = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.svg = ""
 
     def update(self, series: dict[str, list[tuple[int, float]]], evals: dict[str, list[tuple[int, float]]]) -> None:
-        """New points (a snapshot of the state's): LivePlot draws them when due, the SVG at once."""
-        with self._lock:
-            self._series, self._evals = series, evals
-            if not self._ready.is_set():
-                return
-        self._draw()
+        """New points (a snapshot of the state's): redraw."""
+        svg = metrics_svg(series, evals)
+        self.svg = svg
+        self.widget.value = svg
+        self.widget.layout.display = "block" if svg else "none"
 
-    def _draw(self, *, now: bool = False) -> None:
-        with self._lock:
-            live, series, evals = self._live, self._series, self._evals
-        if live is not None:
-            try:
-                live.show(series, evals)
-                if now:
-                    live.flush()
-                return
-            except Exception:
-                with self._lock:
-                    self._live = None  # fall back to the SVG from now on
-        self._draw_svg(series)
-
-    def flush(self) -> None:
-        """Draw what is pending (the run ended): LivePlot skips its throttle, the SVG redraws."""
-        self._ready.wait(30.0)
-        self._draw(now=True)
-
-    def _draw_svg(self, series: dict[str, list[tuple[int, float]]]) -> None:
-        svg = loss_svg(series.get("loss", []))
-        if svg:
-            self.widget.format = "svg+xml"
-            self.widget.value = svg.encode()
-            self.widget.layout.display = "block"
+    def html(self) -> str:
+        """The drawing for an HTML output ("" before the first point)."""
+        return no_math(self.svg, css_class="jd-plot-box") if self.svg else ""
 
 
 __all__ = [

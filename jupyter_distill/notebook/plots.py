@@ -6,7 +6,10 @@ rate per label), and redraws **one** matplotlib figure:
 
 - through a display handle (``display(..., display_id=True)`` once, then ``handle.update``), so
   the picture updates in place and never piles up outputs; or through an ``on_render(png)``
-  callback (the dashboard puts the PNG in an ``ipywidgets.Image``);
+  callback (a widget of your own). The run dashboard does not use it: it draws its state as
+  themed inline SVG (``notebook/plot_svg.py``); this is the plot for a run watched without one;
+- on a transparent background with mid-grey text and grid, so the picture reads in JupyterLab's
+  light and dark themes alike (a PNG cannot take the theme's colours);
 - at most every ``min_interval`` seconds (0.5 s) and only when new points arrived, and further
   apart when drawing is slow: the interval grows to ``draw_time / overhead_budget`` so drawing
   costs about ``overhead_budget`` (1 %, half the 2 % allowed: the first draw is immediate) of
@@ -43,6 +46,7 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("held-out pass rate", ()),
 )
 _COLOURS = {"loss": "#1f77b4", "nll": "#ff7f0e", "pref": "#2ca02c", "pref_acc": "#9467bd", "kl": "#d62728"}
+_NEUTRAL = "#8a8a8a"  # readable on a white and on a near-black page
 _EVAL_COLOURS = ("#7f7f7f", "#17becf", "#bcbd22", "#8c564b", "#e377c2")
 
 
@@ -170,13 +174,17 @@ class LivePlot:
         # A fixed layout: constrained/tight layout re-measures every tick label on each draw,
         # which was half of the drawing time.
         fig = Figure(figsize=self.size, dpi=self.dpi)
+        fig.patch.set_alpha(0.0)  # no white slab in the dark theme
         top = 0.88 if self.title else 0.93
         fig.subplots_adjust(left=0.07, right=0.98, top=top, bottom=0.1, hspace=0.4, wspace=0.18)
         axes = fig.subplots(2, 2)
         self._axes = list(axes.flat)
         for ax, (title, names) in zip(self._axes, PANELS, strict=True):
-            ax.set_title(title, fontsize=9)
-            ax.tick_params(labelsize=8)
+            ax.set_facecolor("none")
+            ax.set_title(title, fontsize=9, color=_NEUTRAL)
+            ax.tick_params(labelsize=8, colors=_NEUTRAL)
+            for spine in ax.spines.values():
+                spine.set_color(_NEUTRAL)
             ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
             ax.yaxis.set_major_locator(MaxNLocator(4))
             ax.grid(True, alpha=0.3)
@@ -187,8 +195,8 @@ class LivePlot:
                 ax.legend(fontsize=7, loc="upper right")
         self._axes[1].set_ylim(-0.05, 1.05)
         self._axes[3].set_ylim(-0.05, 1.05)
-        self._axes[3].set_xlabel("step", fontsize=8)
-        self._axes[2].set_xlabel("step", fontsize=8)
+        self._axes[3].set_xlabel("step", fontsize=8, color=_NEUTRAL)
+        self._axes[2].set_xlabel("step", fontsize=8, color=_NEUTRAL)
         if self.title:
             fig.suptitle(self.title, fontsize=10)
         self._figure = fig
