@@ -448,3 +448,16 @@ def test_the_plot_draws_the_state_and_pass_rates_at_the_step_they_measured() -> 
     assert "loss 2 (step 5)" in svg and svg.count("class='jd-raw'") == 5
     assert "data-label='student_after' data-step='5'" in svg and "data-label='student_before' data-step='0'" in svg
     assert "student_served 60% (step 5)" in svg
+
+
+def test_a_long_curve_is_thinned_for_drawing_but_smoothed_over_every_point() -> None:
+    from jupyter_distill.notebook.plot_svg import HEIGHT, MAX_DRAWN_POINTS, PAD_BOTTOM, PAD_TOP, metrics_svg
+
+    points = [(step, 1.0 if step % 2 else 0.0) for step in range(1, 4001)]
+    svg = metrics_svg({"loss": points}, {})
+    assert svg.count("class='jd-raw'") == MAX_DRAWN_POINTS and "step 4000" in svg
+    smoothed = svg.split("<polyline class='jd-smooth' points='")[1].split("'")[0].split()
+    assert len(smoothed) == MAX_DRAWN_POINTS
+    ys = [float(p.split(",")[1]) for p in smoothed[10:]]
+    # the raw 0/1 zigzag spans the whole panel; the smoothed line stays within the middle half of it
+    assert max(ys) - min(ys) < 0.5 * (HEIGHT - PAD_TOP - PAD_BOTTOM)

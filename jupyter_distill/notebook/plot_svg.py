@@ -10,7 +10,8 @@ points, cheap enough to rebuild on every render, and it needs no plotting librar
 What it draws: the training loss as raw points under a smoothed line, and held-out pass rates
 as markers at the training step of the model they measured. It draws from the first point on
 (one point is a dot with its value, never empty axes); with no point at all it is empty and the
-dashboard hides it.
+dashboard hides it. Long curves are thinned to ``MAX_DRAWN_POINTS`` for drawing (smoothing uses
+every point), which keeps each redraw a few tens of KiB.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ LABEL_COLOURS = (
 PANEL_WIDTH = 300
 HEIGHT = 150
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 40, 12, 22, 22
+#: Points drawn per curve: a panel is ~250 px wide, so more only cost bytes on every redraw.
+MAX_DRAWN_POINTS = 250
+
+
+def _spread(count: int, limit: int = MAX_DRAWN_POINTS) -> list[int]:
+    """Up to ``limit`` indices spread evenly over ``count`` points, first and last included."""
+    if count <= limit:
+        return list(range(count))
+    stride = (count - 1) / (limit - 1)
+    return sorted({round(i * stride) for i in range(limit)})
 
 
 def loss_name(series: dict[str, list[tuple[int, float]]]) -> str | None:
@@ -87,13 +98,15 @@ def _loss_panel(name: str, points: list[tuple[int, float]], x0: float) -> list[s
         f"{max(values):.3g}",
         (steps[0], steps[-1]),
     )
+    smoothed = smooth(values)  # over every point; only the drawing is thinned
+    shown = _spread(len(points))
     parts += [
-        f"<circle class='jd-raw' cx='{x(s):.1f}' cy='{y(v):.1f}' r='2' style='fill:{LINE};fill-opacity:0.3'/>"
-        for s, v in points
+        f"<circle class='jd-raw' cx='{x(steps[i]):.1f}' cy='{y(values[i]):.1f}' r='2' "
+        f"style='fill:{LINE};fill-opacity:0.3'/>"
+        for i in shown
     ]
-    smoothed = smooth(values)
     if len(points) > 1:
-        coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in zip(steps, smoothed, strict=True))
+        coords = " ".join(f"{x(steps[i]):.1f},{y(smoothed[i]):.1f}" for i in shown)
         parts.append(f"<polyline class='jd-smooth' points='{coords}' style='fill:none;stroke:{LINE};stroke-width:2'/>")
     else:
         parts.append(
