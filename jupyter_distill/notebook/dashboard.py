@@ -1,6 +1,6 @@
 """The live run dashboard: an ipywidgets view of one ``Run`` that ends with the run's summary card.
 
-Why it is built this way (ipywidgets' "Output widget" and "Asynchronous" docs, fastprogress):
+Why it is built this way:
 
 - Events come from the run's worker thread. The sink (:meth:`RunDashboard.sink`) only folds
   them into a plain :class:`DashboardState` under a lock; it never touches a widget, so a slow
