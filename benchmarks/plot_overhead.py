@@ -32,7 +32,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
-    plot = LivePlot(display=False)  # built before training, as the dashboard does
+    plot = LivePlot(display=False)  # built before training: matplotlib loads outside the timed steps
     student = tiny_student()
     settings = TrainSettings(steps=args.steps, batch_size=4, lora_r=4, lora_alpha=8, checkpoint_every=10_000)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,6 +16,8 @@ from distill_fakes import FAKE_SUMMARY, fake_run
 from jupyter_distill.core.config import DistillConfig
 from jupyter_distill.core.events import PHASES, Event
 from jupyter_distill.core.runcard import RUN_CARD_SCHEMA
+from jupyter_distill.core.store import JudgmentRecord, PromptRecord, RunStore, SampleRecord
+from jupyter_distill.judging.stage import judgment_key
 from jupyter_distill.notebook.dashboard import (
     RUN_MIME_TYPE,
     DashboardState,
@@ -106,25 +108,26 @@ def test_loss_plot_gets_the_points() -> None:
     dashboard.wait_rendered(5.0)
     assert [p[0] for p in dashboard.state.series["loss"]] == list(range(1, 9))
     plot = dashboard.plot.widget
-    assert dashboard.plot.live is not None, "notebook/plots.py's LivePlot draws the curve"
-    assert isinstance(plot, widgets.Image) and bytes(plot.value).startswith(b"\x89PNG")
-    assert plot.layout.display == "block"
-    steps, values = dashboard.plot.live.series["loss"]
-    assert steps == list(range(1, 9)) and values[-1] == pytest.approx(3.0 / 8)
+    assert isinstance(plot, widgets.HTML) and plot.layout.display == "block"
+    svg = plot.value
+    assert svg.startswith("<svg") and "loss 0.375 (step 8)" in svg
+    assert svg.count("class='jd-raw'") == 8  # every raw point, under one smoothed line
+    assert svg.count("class='jd-smooth'") == 1 and "<polyline class='jd-smooth'" in svg
 
 
-def test_svg_fallback_when_the_plot_renderer_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    monkeypatch.setitem(sys.modules, "jupyter_distill.notebook.plots", None)  # import fails
+def test_the_plot_appears_with_its_first_point_and_follows_the_theme() -> None:
     dashboard = RunDashboard("r", min_interval=0.05)
-    assert dashboard.plot.live is None
-    for event in full_run_events(steps=8):
-        dashboard.sink(event)
-    dashboard.wait_rendered(5.0)
-    svg = bytes(dashboard.plot.widget.value).decode()
-    assert dashboard.plot.widget.format == "svg+xml"
-    assert "<polyline" in svg and "loss 0.375 (step 8)" in svg
+    dashboard.flush()
+    assert dashboard.plot.widget.layout.display == "none" and dashboard.plot.widget.value == ""  # no empty axes
+    dashboard.sink(Event("metric", phase="training", step=1, data={"loss": 2.5}))
+    dashboard.flush()
+    svg = dashboard.plot.widget.value
+    assert dashboard.plot.widget.layout.display == "block" and "loss 2.5 (step 1)" in svg
+    assert "<circle class='jd-smooth'" in svg and "nan" not in svg  # one point: a dot, not an empty frame
+    # colours come from JupyterLab's theme variables (in style attributes, where var() resolves)
+    assert "fill:var(--jp-ui-font-color1" in svg and "background:var(--jp-layout-color1" in svg
+    assert "fill='#" not in svg and "stroke='#" not in svg and "#ffffff" not in svg.lower()
+    assert svg in dashboard.fallback_html()  # a saved notebook shows the same drawing
 
 
 def test_loss_svg_handles_flat_and_short_series() -> None:
@@ -330,3 +333,131 @@ def test_stopped_and_failed_cards_say_how_to_resume_in_the_magic_syntax() -> Non
     assert "then %distill resume tickets" in repr(failed)
     done = RunSummary(run={"id": "tickets", "status": "done", "summary": {}})
     assert "resume" not in repr(done)
+
+
+def _reviewed_store(workdir: Path, name: str = "cal", judge: str = "judge-a") -> RunStore:
+    """A finished run whose judge agrees with the reviewer on prompt 0 and gets prompt 1 backwards."""
+    store = RunStore(workdir)
+    store.create_run(name, {"teacher": "t"})
+    store.update_run(name, status="done", phase="done", summary={"teacher": "t", "judge": judge})
+    prompts = [
+        PromptRecord(hash=f"h{i}", messages=[{"role": "user", "content": f"question {i}"}], row={}, position=i)
+        for i in range(3)
+    ]
+    store.put_prompts(name, prompts)
+    scores = {"h0-s0": 0.9, "h0-s1": 0.2, "h1-s0": 0.8, "h1-s1": 0.1, "h2-s0": 0.5, "h2-s1": 0.5}
+    store.put_samples([SampleRecord(key, key[:2], "t", {}, int(key[-1]), f"answer {key}") for key in scores])
+    store.put_judgments([JudgmentRecord(judgment_key(key, judge), key, judge, score) for key, score in scores.items()])
+    return store
+
+
+def test_the_card_shows_judge_agreement_once_a_human_reviewed(tmp_path: Path) -> None:
+    store = _reviewed_store(tmp_path / "wd")
+    before = RunSummary.from_store(store, "cal")
+    assert before.agreement is None and "judge agreement" not in repr(before)  # nobody reviewed yet
+    for prompt, best, worse in (("h0", "h0-s0", "h0-s1"), ("h1", "h1-s1", "h1-s0")):
+        store.add_review("cal", prompt, "choose", best)
+        store.add_review("cal", prompt, "reject", worse)
+
+    summary = RunSummary.from_store(store, "cal")
+    # items (human, judge): h0-s0 (T,T) h0-s1 (F,F) h1-s1 (T,F) h1-s0 (F,T): p_o = 0.5 = p_e, kappa 0
+    assert summary.agreement is not None and summary.agreement.kappa == pytest.approx(0.0)
+    text = repr(summary)
+    assert (
+        "judge agreement (judge-a) 50% of 4 labelled candidates · Cohen's kappa 0.00 · 2 reviewed prompts "
+        "· judge's top pick is the reviewer's best on 50%" in text
+    )
+    assert 'disagreement 1     "question 1": reviewer best chosen, 1 rejected; judge ranks another answer first' in text
+    assert "disagreement 2" not in text  # prompt 0: judge and reviewer agree
+    assert "question 1" in html.unescape(summary.html())
+
+    dashboard = RunDashboard("cal", store=store, min_interval=0.05)
+    for event in (Event("run_start", run="cal"), Event("phase_start", run="cal", phase="review")):
+        dashboard.sink(event)
+    dashboard.flush()
+    assert dashboard.calibration.value == ""  # the review is still going on
+    dashboard.sink(Event("phase_end", run="cal", phase="review"))
+    dashboard.flush()  # training has not begun, and the dashboard shows how the judge did
+    assert "50% of 4 labelled candidates" in dashboard.calibration.value
+    assert "&quot;question 1&quot;" in dashboard.calibration.value
+    dashboard.sink(Event("run_end", run="cal", data={"judge": "judge-a"}))
+    assert dashboard.wait_rendered(5.0)
+    assert "Cohen&#x27;s kappa 0.00" in dashboard.summary_card.value
+    assert "judge agreement" in dashboard._repr_mimebundle_()["text/plain"]
+
+
+def test_the_card_shows_the_served_file_next_to_fp32_and_what_quantization_cost() -> None:
+    after = {"label": "student_after", "n": 20, "pass_rate": 0.8, "mean_score": 0.75}
+    served = {"label": "student_served", "n": 20, "pass_rate": 0.7, "mean_score": 0.66, "quantize": "q4_k_m"}
+    warning = (
+        "quantize='q4_k_m' costs 10 points of held-out pass rate (0.80 in fp32, 0.70 served); quantize='q8_0' keeps it"
+    )
+    run = {"id": "q", "status": "done", "summary": {"student_after": after, "student_served": served}}
+
+    derived = RunSummary(run=run)  # a summary without the pipeline's line still says what it cost
+    assert "served model       q4_k_m GGUF: pass rate 70% · mean score 0.66 (fp32: 80% · 0.75)" in repr(derived)
+    assert "quantization       quantize='q4_k_m' costs 10 points of held-out pass rate" in repr(derived)
+    card = derived.to_json()
+    jsonschema.validate(card, RUN_CARD_SCHEMA)
+    assert card["pass_rates"]["student_served"] == {"n": 20, "pass_rate": 0.7, "mean_score": 0.66}
+
+    named = RunSummary(run={**run, "summary": {**run["summary"], "quantization_warning": warning}})
+    assert f"quantization       {warning}" in repr(named)
+    assert "quantize=&#x27;q8_0&#x27; keeps it" in named.html()
+
+    close = RunSummary(
+        run={**run, "summary": {"student_after": after, "student_served": {**served, "pass_rate": 0.76}}}
+    )
+    assert "served model" in repr(close) and "quantization" not in repr(close)  # 4 points: within the 5 allowed
+    assert "served model" not in repr(
+        RunSummary(run={"id": "x", "status": "done", "summary": {"student_after": after}})
+    )
+
+
+def test_the_final_card_without_a_store_is_drawn_from_the_dashboard_state() -> None:
+    dashboard = RunDashboard("r", min_interval=0.05)
+    for event in full_run_events(steps=4):
+        dashboard.sink(event)
+    assert dashboard.wait_rendered(5.0)
+    assert dashboard.summary is not None
+    assert dashboard.summary.loss == [[float(s), v] for s, v in dashboard.state.series["loss"]]
+    assert dashboard.summary.metrics["loss"]["last"] == dashboard.state.latest["loss"]
+    assert dashboard.summary.to_json()["pass_rates"]["student_after"]["pass_rate"] == 1.0
+
+
+def test_the_plot_draws_the_state_and_pass_rates_at_the_step_they_measured() -> None:
+    """The evaluation reports step 0 unless told; a pass rate of the trained model is drawn at the
+    last training step, and a resumed run's replayed steps replace the old points."""
+    dashboard = RunDashboard("r", min_interval=0.05)
+    events = [
+        Event("run_start"),
+        Event("metric", phase="eval", step=0, data={"label": "student_before", "pass_rate": 0.2}),
+        *[Event("metric", phase="training", step=s, data={"loss": 1.0 / s}) for s in range(1, 6)],
+        *[Event("metric", phase="training", step=s, data={"loss": 2.0}) for s in (4, 5)],  # resumed at step 3
+        Event("metric", phase="eval", step=0, data={"eval/student_after/pass_rate": 0.7}),
+        Event("metric", phase="eval", step=0, data={"label": "student_served", "pass_rate": 0.6}),
+    ]
+    for event in events:
+        dashboard.sink(event)
+    dashboard.flush()
+    state = dashboard.state
+    assert state.series["loss"] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3), (4, 2.0), (5, 2.0)]
+    assert state.evals == {"student_before": [(0, 0.2)], "student_after": [(5, 0.7)], "student_served": [(5, 0.6)]}
+    assert state.step == 5 and "eval/student_after/pass_rate" not in state.series
+    svg = dashboard.plot.widget.value  # the plot draws the state's points, not a fold of its own
+    assert "loss 2 (step 5)" in svg and svg.count("class='jd-raw'") == 5
+    assert "data-label='student_after' data-step='5'" in svg and "data-label='student_before' data-step='0'" in svg
+    assert "student_served 60% (step 5)" in svg
+
+
+def test_a_long_curve_is_thinned_for_drawing_but_smoothed_over_every_point() -> None:
+    from jupyter_distill.notebook.plot_svg import HEIGHT, MAX_DRAWN_POINTS, PAD_BOTTOM, PAD_TOP, metrics_svg
+
+    points = [(step, 1.0 if step % 2 else 0.0) for step in range(1, 4001)]
+    svg = metrics_svg({"loss": points}, {})
+    assert svg.count("class='jd-raw'") == MAX_DRAWN_POINTS and "step 4000" in svg
+    smoothed = svg.split("<polyline class='jd-smooth' points='")[1].split("'")[0].split()
+    assert len(smoothed) == MAX_DRAWN_POINTS
+    ys = [float(p.split(",")[1]) for p in smoothed[10:]]
+    # the raw 0/1 zigzag spans the whole panel; the smoothed line stays within the middle half of it
+    assert max(ys) - min(ys) < 0.5 * (HEIGHT - PAD_TOP - PAD_BOTTOM)

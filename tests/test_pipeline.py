@@ -62,6 +62,12 @@ def test_distill_end_to_end_then_rerun_pays_nothing(tmp_path, monkeypatch, opena
         state.apply(event)
     assert state.step == 3 and all(p.status == "done" for p in state.phases.values())
     assert state.phases["eval"].current == 2 and state.phases["training"].current == 3
+    # export shows its steps as they happen; the pass rates of the trained model plot at its step
+    export_steps = [e.message for e in events if e.phase == "export" and e.kind == "progress"]
+    assert export_steps[:2] == ["merging the adapter", "writing the f16 GGUF"]
+    assert "checking the GGUF against the HF model" in export_steps and export_steps[-1] == "export done"
+    assert [step for step, _ in state.evals["student_before"]] == [0]
+    assert state.evals["student_after"][0][0] == 3 and state.evals["student_served"][0][0] == 3
     assert openai_server.requests_total > 0
     store = RunStore(tmp_path / "wd")
     run = store.get_run("numbers")

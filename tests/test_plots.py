@@ -26,9 +26,9 @@ def metric(step: int, **values: float) -> Event:
 
 def test_collects_training_and_eval_points() -> None:
     plot = LivePlot(display=False)
+    plot(Event(kind="metric", phase="eval", step=0, data={"label": "student_before", "pass_rate": 0.2}))
     for step in range(1, 4):
         plot(metric(step, loss=3.0 - step, nll=2.0, pref=0.69, kl=0.01 * step, pref_acc=0.5, lr=1e-4))
-    plot(Event(kind="metric", phase="eval", step=0, data={"label": "student_before", "pass_rate": 0.2}))
     plot(Event(kind="metric", phase="eval", step=3, data={"label": "student_after", "pass_rate": 0.8}))
     plot(Event(kind="progress", phase="training", current=3, total=3))  # ignored
     assert plot.series["loss"] == ([1, 2, 3], [2.0, 1.0, 0.0])
@@ -151,3 +151,31 @@ def test_overhead_is_small_against_realistic_steps() -> None:
 
 def test_default_renderer_outside_notebook_is_console() -> None:
     assert isinstance(default_renderer(), ConsoleRenderer)
+
+
+def test_the_picture_is_transparent_so_it_reads_in_the_dark_theme() -> None:
+    import io
+
+    from matplotlib.image import imread
+
+    plot = LivePlot(display=False)
+    plot(metric(1, loss=1.0))
+    pixels = imread(io.BytesIO(plot.png()))
+    assert pixels.shape[2] == 4 and pixels[0, 0, 3] == 0.0  # the corner lets the page colour through
+
+
+def test_show_draws_points_folded_elsewhere_and_pass_rates_at_their_step() -> None:
+    clock = FakeClock()
+    renders: list[bytes] = []
+    plot = LivePlot(display=False, on_render=renders.append, clock=clock, overhead_budget=1e9)
+    plot.show({"loss": [(1, 2.0), (2, 1.0)]}, {"student_after": [(2, 0.5)]})
+    assert plot.series == {"loss": ([1, 2], [2.0, 1.0])} and plot.evals == {"student_after": [(2, 0.5)]}
+    assert len(renders) == 1
+    plot.show({"loss": [(1, 2.0), (2, 1.0)]}, {"student_after": [(2, 0.5)]})  # nothing new: no redraw
+    clock.now = 5.0
+    plot.show({"loss": [(1, 2.0), (2, 1.0)]}, {"student_after": [(2, 0.5)]})
+    assert len(renders) == 1
+    # on its own, a pass rate reported at step 0 after training is drawn at the trained step
+    plot(metric(3, loss=0.5))
+    plot(Event(kind="metric", phase="eval", step=0, data={"label": "student_served", "pass_rate": 0.4}))
+    assert plot.evals["student_served"] == [(3, 0.4)]

@@ -59,7 +59,7 @@ def test_kernel_cards_match_the_schema_and_agree_with_the_server(tmp_path: Path)
         kernel = RunSummary.from_store(store, run["id"]).to_json()
         server = run_summary(store, store.get_run(run["id"]))
         jsonschema.validate(kernel, RUN_CARD_SCHEMA)
-        for key in ("version", "id", "status", "phase", "created_at", "live", "loss", "alias"):
+        for key in ("version", "id", "status", "phase", "created_at", "live", "loss", "alias", "pass_rates"):
             assert kernel[key] == server[key], (run["id"], key, kernel[key], server[key])
         if run["status"] == "done":
             assert kernel["progress"] == server["progress"]

@@ -22,7 +22,7 @@ LIVE_STATUSES = frozenset({"created", "running", "waiting-review"})
 # Sparklines have a fixed pixel width; more points than this only cost bandwidth.
 MAX_SPARK_POINTS = 64
 # The pass-rate labels the evaluation stage writes, in the order the card shows them.
-PASS_RATE_LABELS = ("student_before", "teacher_best_of_n", "student_after")
+PASS_RATE_LABELS = ("student_before", "teacher_best_of_n", "student_after", "student_served")
 
 _NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
 _STRING_OR_NULL: dict[str, Any] = {"type": ["string", "null"]}
@@ -173,6 +173,27 @@ def summary_pass_rates(
                 "mean_score": number(entry.get("mean_score")),
             }
     return out
+
+
+def stored_pass_rates(store: RunStore, run: dict[str, Any]) -> dict[str, RunCardPassRate]:
+    """Per eval label: prompts scored, pass rate and mean score, as the kernel and the server show them.
+
+    Live eval rows win over the summary (they exist while the eval phase is still running);
+    the summary fills in labels that have no rows, such as the teacher's best-of-N.
+    """
+    out: dict[str, RunCardPassRate] = {}
+    rows = store.conn.execute(
+        "SELECT label, COUNT(*) AS n, AVG(passed) AS pass_rate, AVG(score) AS mean_score FROM eval_results "
+        "WHERE run_id=? GROUP BY label",
+        (run["id"],),
+    ).fetchall()
+    for row in rows:
+        out[row["label"]] = {
+            "n": int(row["n"]),
+            "pass_rate": None if row["pass_rate"] is None else round(float(row["pass_rate"]), 4),
+            "mean_score": None if row["mean_score"] is None else round(float(row["mean_score"]), 4),
+        }
+    return summary_pass_rates(run.get("summary") or {}, out)
 
 
 def card_progress(run: dict[str, Any], current: float | None, total: float | None) -> RunCardProgress:

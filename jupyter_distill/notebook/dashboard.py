@@ -1,48 +1,35 @@
-"""The run dashboard: a live picture of one ``Run``, and the summary card it ends with.
+"""The live run dashboard: an ipywidgets view of one ``Run`` that ends with the run's summary card.
 
-Why it is built this way (ipywidgets' "Output widget" and "Asynchronous" docs, fastprogress):
+Why it is built this way:
 
 - Events come from the run's worker thread. The sink (:meth:`RunDashboard.sink`) only folds
   them into a plain :class:`DashboardState` under a lock; it never touches a widget, so a slow
-  front end can never slow training down.
+  front end can never slow training down. That fold is the only one: the widget traits, the
+  plot, the HTML fallback of a saved notebook and, when no run store is at hand, the final card
+  are all drawn from snapshots of the state.
 - One renderer thread turns the state into widget traits at most every ``min_interval`` seconds
   (0.3 s by default) and only when something changed. Widget traits are synced over comms,
   which are routed by comm id, so updates reach the dashboard even after its cell has finished
   and while other cells run. Nothing here uses ``with output:`` from a thread.
-- The loss plot is redrawn only when new points arrive.
-- When the run ends, the display handle of the dashboard is updated once with an HTML summary,
-  so a saved (or headless-executed) notebook still shows the result without a kernel.
-
-:class:`RunSummary` is the result object of ``%distill status/wait`` and the dashboard's final
-card. Its MIME bundle carries ``text/plain``, ``text/html`` and
-``application/vnd.jupyter.distill.run+json`` (rendered as a card by the lab extension), whose
-shape is the run card that ``jupyter_distill.core.runcard`` defines (the server sends the same one).
+- The plot is redrawn only when new points arrive.
+- When the run ends, the display handle of the dashboard is updated once with the summary card
+  (:mod:`jupyter_distill.notebook.summary_card`), so a saved (or headless-executed) notebook
+  still shows the result without a kernel.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import ipywidgets as widgets
 
 from jupyter_distill.core.errors import DistillError
 from jupyter_distill.core.events import PHASES, Event
-from jupyter_distill.core.runcard import (
-    RUN_CARD_VERSION,
-    RunCard,
-    card_progress,
-    downsample,
-    loss_series,
-    make_run_card,
-    number,
-    summary_pass_rates,
-)
+from jupyter_distill.core.runcard import RUN_CARD_VERSION
 from jupyter_distill.core.store import RunStore
 from jupyter_distill.notebook.dashboard_html import (
     _STATUS_COLOURS,
@@ -60,243 +47,10 @@ from jupyter_distill.notebook.dashboard_state import (
     PhaseProgress,
 )
 from jupyter_distill.notebook.htmltext import no_math, text
+from jupyter_distill.notebook.plot_svg import metrics_svg
+from jupyter_distill.notebook.summary_card import RUN_MIME_TYPE, RunSummary, UnknownRunError, agreement_html
 
-RUN_MIME_TYPE = "application/vnd.jupyter.distill.run+json"
 RUN_JSON_VERSION = RUN_CARD_VERSION
-
-_PLOT_EVENT_KINDS = frozenset({"metric", "phase_end", "run_end", "error"})
-
-
-class UnknownRunError(DistillError):
-    """A magic or widget names a run that is not in the run store."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The summary card (also the result object of `%distill status` / `%distill wait`)
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class RunSummary:
-    """One run as the store knows it, with what a user needs next (alias, snippet, numbers)."""
-
-    run: dict[str, Any]
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    teacher_samples: int = 0
-    example_prompt: str | None = None
-    student: Any = None  # the Student object when the run finished in this kernel
-    loss: list[list[float]] = field(default_factory=list)  # [[step, value], ...] for the card's sparkline
-
-    @classmethod
-    def from_store(cls, store: RunStore, name: str, *, student: Any = None) -> RunSummary:
-        """Read the run, its metric summary, artifacts and teacher usage from the store."""
-        run = store.get_run(name)
-        if run is None:
-            known = ", ".join(r["id"] for r in store.list_runs()[:10]) or "(none yet)"
-            raise UnknownRunError(
-                f"no run named {name!r} in {str(store.path)!r}. Known runs: {known}. "
-                "Fix: check the name with `%distill runs`, or point `%config DistillMagics.workdir` at the "
-                "workdir the run used.",
-                field="name",
-                value=name,
-            )
-        metrics: dict[str, dict[str, float]] = {}
-        for row in store.get_metrics(name):
-            entry = metrics.setdefault(row["name"], {"first": row["value"], "min": row["value"], "steps": 0})
-            entry["last"] = row["value"]
-            entry["min"] = min(entry["min"], row["value"])
-            entry["steps"] = entry["steps"] + 1
-            entry["last_step"] = row["step"]
-        row = store.conn.execute(
-            "SELECT COUNT(*) AS n FROM samples s JOIN run_prompts rp ON rp.prompt_hash = s.prompt_hash "
-            "WHERE rp.run_id=?",
-            (name,),
-        ).fetchone()
-        heldout = store.get_prompts(name, split="heldout")
-        example = None
-        if heldout:
-            users = [m for m in heldout[0].messages if m.get("role") == "user"]
-            example = str((users or heldout[0].messages)[-1].get("content", ""))
-        artifacts = {
-            kind: {"path": a["path"], "sha256": a["sha256"], "size": a["size"]}
-            for kind, a in store.get_artifacts(name).items()
-        }
-        return cls(
-            run=run,
-            metrics=metrics,
-            artifacts=artifacts,
-            teacher_samples=int(row["n"]),
-            example_prompt=example,
-            student=student,
-            loss=loss_series(store, name),
-        )
-
-    # ------------------------------------------------------------------ derived numbers
-    @property
-    def name(self) -> str:
-        return str(self.run.get("id", ""))
-
-    @property
-    def status(self) -> str:
-        return str(self.run.get("status", "unknown"))
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return dict(self.run.get("summary") or {})
-
-    @property
-    def alias(self) -> str | None:
-        return self.summary.get("alias") or None
-
-    def pass_rates(self) -> dict[str, float | None]:
-        """Held-out pass rates: student before, teacher best-of-N, student after."""
-        out: dict[str, float | None] = {}
-        for key in ("student_before", "teacher_best_of_n", "student_after"):
-            value = self.summary.get(key)
-            out[key] = value.get("pass_rate") if isinstance(value, dict) else None
-        return out
-
-    def cost_per_1k(self) -> dict[str, float]:
-        """USD per 1000 answers: the teacher as paid in this run, the student served locally (free)."""
-        cost = float(self.summary.get("teacher_cost") or 0.0)
-        teacher = cost / self.teacher_samples * 1000 if self.teacher_samples else 0.0
-        return {"teacher": round(teacher, 6), "student": 0.0}
-
-    def snippet(self) -> str:
-        """A ready-to-run call that reaches the new student, with a held-out prompt as example."""
-        prompt = json.dumps(self.example_prompt or "your prompt here", ensure_ascii=False)
-        lines = ["import jupyter_distill as jd", ""]
-        model = self.alias
-        if model is None:
-            gguf = self.artifacts.get("gguf", {}).get("path") or self.summary.get("gguf")
-            if not gguf:
-                return ""
-            model = self.name
-            lines.append(f"jd.set_alias({model!r}, backend='gguf', model_path={str(gguf)!r})")
-        lines += [
-            f"resp = jd.completion(model={model!r}, messages=[{{'role': 'user', 'content': {prompt}}}])",
-            "print(resp.choices[0].message.content)",
-        ]
-        return "\n".join(lines)
-
-    def to_json(self) -> RunCard:
-        """The ``application/vnd.jupyter.distill.run+json`` payload: a run card as ``core.runcard`` defines it.
-
-        The server's panel sends the same shape, so the lab card draws both without telling them apart.
-        """
-        run = self.run
-        config = run.get("config") or {}
-        current: float | None = None
-        total = number(config.get("steps"))
-        if run.get("phase") == "training" and total:
-            current = self.loss[-1][0] if self.loss else 0.0
-        else:
-            total = None
-        error = self.summary.get("error")
-        card = make_run_card(
-            run,
-            progress=card_progress(run, current, total),
-            cost=number(self.summary.get("teacher_cost")) or 0.0,
-            loss=downsample(self.loss),
-            pass_rates=summary_pass_rates(self.summary),
-            error=str(error) if error else None,
-            snippet=self.snippet(),
-        )
-        return json.loads(json.dumps(card, default=str))
-
-    # ------------------------------------------------------------------ rendering
-    def _rows(self) -> list[tuple[str, str]]:
-        summary = self.summary
-        rates = self.pass_rates()
-        rows: list[tuple[str, str]] = [("status", self.status)]
-        if self.status == "failed" and summary.get("error"):
-            rows.append(("error", str(summary["error"])))
-        if summary.get("teacher"):
-            rows.append(("teacher", str(summary["teacher"])))
-        if summary.get("judge"):
-            rows.append(("judge", str(summary["judge"])))
-        if any(v is not None for v in rates.values()):
-            n = next((v.get("n") for v in summary.values() if isinstance(v, dict) and "n" in v), None)
-            rows.append(
-                (
-                    f"pass rate{f' ({n} held-out)' if n else ''}",
-                    f"student before {_rate(rates['student_before'])} · teacher best-of-N "
-                    f"{_rate(rates['teacher_best_of_n'])} · student after {_rate(rates['student_after'])}",
-                )
-            )
-        per_1k = self.cost_per_1k()
-        rows.append(
-            (
-                "cost per 1k calls",
-                f"teacher ${per_1k['teacher']:.4f} · student ${per_1k['student']:.4f} (local)",
-            )
-        )
-        if "teacher_cost" in summary:
-            rows.append(
-                ("teacher cost", f"${float(summary['teacher_cost'] or 0):.4f} for {self.teacher_samples} samples")
-            )
-        if "judge_cost" in summary:
-            judge, teacher = float(summary["judge_cost"] or 0), float(summary.get("teacher_cost") or 0)
-            rows.append(("judge cost", f"${judge:.4f}"))
-            rows.append(("total cost", f"${teacher + judge:.4f}"))
-        loss = self.metrics.get("loss")
-        if loss:
-            rows.append(
-                (
-                    "training",
-                    f"{summary.get('steps', loss['steps'])} steps, loss {loss['first']:.3f} → {loss['last']:.3f}",
-                )
-            )
-        for kind, artifact in sorted(self.artifacts.items()):
-            rows.append((kind, str(artifact["path"])))
-        if self.alias:
-            rows.append(("alias", self.alias))
-        if self.status == "stopped":
-            rows.append(("resume", f"%distill resume {self.name}"))
-        elif self.status == "failed":
-            rows.append(("next", f"fix the error, then %distill resume {self.name} (paid samples are reused)"))
-        return rows
-
-    def __repr__(self) -> str:
-        lines = [f"Run {self.name!r}"] + [f"  {k:<18} {v}" for k, v in self._rows()]
-        snippet = self.snippet()
-        if snippet and self.status == "done":
-            lines += ["", *snippet.splitlines()]
-        return "\n".join(lines)
-
-    def html(self) -> str:
-        """The card as self-contained HTML (inline styles: it must read well in a saved notebook)."""
-        colour = _STATUS_COLOURS.get(
-            {"done": "done", "failed": "failed", "stopped": "stopped"}.get(self.status, "active"), "#1976d2"
-        )
-        rows = "".join(
-            f"<tr><th style='text-align:left;padding-right:1em;vertical-align:top'>{text(k)}</th>"
-            f"<td style='text-align:left'>{_html_value(k, v)}</td></tr>"
-            for k, v in self._rows()
-        )
-        snippet = self.snippet()
-        code = (
-            f"<pre style='background:#f5f5f5;padding:6px;margin:6px 0 0 0'>{text(snippet)}</pre>"
-            if snippet and self.status == "done"
-            else ""
-        )
-        return no_math(
-            f"<b>jupyter-distill run {text(self.name)}</b><table style='margin-top:4px'>{rows}</table>{code}",
-            css_class="jd-run-card",
-            style=f"border-left:4px solid {colour};padding:4px 10px",
-        )
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return {"text/plain": repr(self), "text/html": self.html(), RUN_MIME_TYPE: self.to_json()}
-
-
-def _rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
-
-
-def _html_value(key: str, value: str) -> str:
-    if key in ("adapter", "gguf", "merged", "f16_gguf", "card") or "/" in value:
-        return f"<code>{text(value)}</code>"
-    return text(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,8 +81,8 @@ class RunDashboard:
         self._renderer: threading.Thread | None = None
         self._renderer_lock = threading.Lock()
         self._last_render = 0.0
-        self._plotted_points = -1
-        self._plot_events: list[Event] = []
+        self._plotted_points: tuple[Any, ...] = ()
+        self._calibrated = False
         self._build()
 
     # ------------------------------------------------------------------ widgets
@@ -347,8 +101,9 @@ class RunDashboard:
             rows.append(widgets.HBox([label, bar, detail]))
         self.phase_box = widgets.VBox(rows)
         self.stats = widgets.HTML()
-        self.plot = _LossPlot()
+        self.plot = _MetricPlot()
         self.messages = widgets.HTML()
+        self.calibration = widgets.HTML()  # judge vs human review, once the review phase is done
         self.review_slot = widgets.VBox()
         self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
         self.stop_button.on_click(self._on_stop)
@@ -361,6 +116,7 @@ class RunDashboard:
                 self.stats,
                 self.plot.widget,
                 self.messages,
+                self.calibration,
                 self.review_slot,
                 self.stop_button,
                 self.summary_card,
@@ -382,8 +138,6 @@ class RunDashboard:
         """The event callback: fold the event into the state and wake the renderer."""
         with self._lock:
             self.state.apply(event)
-            if event.kind in _PLOT_EVENT_KINDS:
-                self._plot_events.append(event)
             self._dirty = True
         self._wake.set()
         self._ensure_renderer()
@@ -453,9 +207,7 @@ class RunDashboard:
         """Turn the current state into widget traits (one consistent snapshot)."""
         with self._lock:
             snapshot = copy.deepcopy(self.state)
-            plot_events, self._plot_events = self._plot_events, []
             self._dirty = False
-        self.plot.feed(plot_events)
         self.render_count += 1
         self._last_render = time.monotonic()
         self._render_state(snapshot, time.time())
@@ -479,9 +231,12 @@ class RunDashboard:
             bar.bar_style = {"done": "success", "failed": "danger", "stopped": "warning"}.get(p.status, "info")
             self.phase_texts[phase].value = _phase_text(p, now, with_eta=phase not in NO_ETA_PHASES)
         self.stats.value = _stats_html(s)
-        points = len(s.series.get("loss", ()))
-        if points != self._plotted_points:
-            self.plot.update(s.series)
+        points = (
+            tuple((name, len(pts), pts[-1]) for name, pts in s.series.items() if pts),
+            tuple((label, tuple(pts)) for label, pts in s.evals.items()),
+        )
+        if points != self._plotted_points:  # a replayed step changes the last point, not the count
+            self.plot.update(s.series, s.evals)
             self._plotted_points = points
         self.messages.value = (
             no_math(
@@ -493,6 +248,9 @@ class RunDashboard:
             if s.messages
             else ""
         )
+        if not self._calibrated and self.store is not None and s.phases["review"].status == "done":
+            self._calibrated = True  # once: the review is over, the judge's agreement with it is fixed
+            self.calibration.value = agreement_html(self.store, s.run)
         if s.terminal:
             self.stop_button.disabled = True
             self.stop_button.description = {"done": "Done", "failed": "Failed", "stopped": "Stopped"}[s.status]
@@ -504,7 +262,6 @@ class RunDashboard:
                 return
             self._finalized = True
         self.render()
-        self.plot.flush()
         self.summary = self._build_summary()
         if self.summary is not None:
             self.summary_card.value = self.summary.html()
@@ -517,25 +274,16 @@ class RunDashboard:
         self._final_drawn.set()
 
     def _build_summary(self) -> RunSummary | None:
+        """The card from the run store (what ``%distill status`` shows too), else from the state."""
         student = getattr(self._run, "result", None)
         if self.store is not None:
             try:
                 return RunSummary.from_store(self.store, self.state.run, student=student)
             except DistillError:
                 pass
-        if self.state.summary is None and self.state.error is None:
-            return None
-        status = self.state.status
-        summary = dict(self.state.summary or {})
-        if self.state.error:
-            summary["error"] = self.state.error
-        metrics = {
-            name: {"first": pts[0][1], "last": pts[-1][1], "min": min(v for _, v in pts), "steps": len(pts)}
-            for name, pts in self.state.series.items()
-            if pts
-        }
-        loss = [[float(step), float(value)] for step, value in self.state.series.get("loss", [])]
-        return RunSummary(run={"id": self.state.run, "status": status, "summary": summary}, metrics=metrics, loss=loss)
+        with self._lock:
+            snapshot = copy.deepcopy(self.state)
+        return RunSummary.from_state(snapshot)
 
     @property
     def finalized(self) -> bool:
@@ -563,12 +311,12 @@ class RunDashboard:
     def fallback_html(self) -> str:
         """What a saved notebook shows without a kernel: the card when done, else the progress so far."""
         if self.summary is not None:
-            return self.summary.html()
+            return self.summary.html() + self.plot.html()
         with self._lock:
             s = copy.deepcopy(self.state)
         return no_math(
-            f"{_timeline_html(s)}{_stats_html(s)}"
-            "<div style='color:#757575'>(live dashboard: needs a running kernel)</div>",
+            f"{_timeline_html(s)}{_stats_html(s)}{self.plot.svg}"
+            "<div style='color:var(--jp-ui-font-color2,#757575)'>(live dashboard: needs a running kernel)</div>",
             css_class="jd-run-live",
         )
 
@@ -598,84 +346,28 @@ def watch(run: Any, *, min_interval: float = 0.3) -> RunDashboard:
     return dashboard
 
 
-class _LossPlot:
-    """The live training plot: ``notebook/plots.py``'s :class:`LivePlot` drawn into an Image widget.
+class _MetricPlot:
+    """The live plot: :func:`~jupyter_distill.notebook.plot_svg.metrics_svg` of the state's points in an HTML widget.
 
-    LivePlot throttles itself and draws only when new points arrived; the dashboard feeds it
-    from its renderer thread (never from the training thread) and it hands back PNG bytes, which
-    become the ``value`` of an ``ipywidgets.Image``. It is built on a side thread (importing
-    matplotlib takes a second) so the ``%%distill`` cell returns at once; events that arrive
-    before it is ready wait in a list. Without matplotlib, or if the plot breaks, a small SVG of
-    the loss goes into the same Image widget.
+    Inline SVG takes JupyterLab's theme colours (a PNG would be a white slab in the dark theme);
+    it is rebuilt by the renderer thread only when the points changed, and stays hidden until
+    the first point. ``svg`` is the latest drawing, which the saved-notebook fallback shows too.
     """
 
     def __init__(self) -> None:
-        self.widget = widgets.Image(format="png", layout=widgets.Layout(max_width="660px", display="none"))
-        self._live: Any = None
-        self._pending: list[Event] = []
-        self._series: dict[str, list[tuple[int, float]]] = {}
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        threading.Thread(target=self._build, name="distill-plot-build", daemon=True).start()
+        self.widget = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.svg = ""
 
-    def _build(self) -> None:
-        try:
-            from jupyter_distill.notebook.plots import LivePlot
+    def update(self, series: dict[str, list[tuple[int, float]]], evals: dict[str, list[tuple[int, float]]]) -> None:
+        """New points (a snapshot of the state's): redraw."""
+        svg = metrics_svg(series, evals)
+        self.svg = svg
+        self.widget.value = svg
+        self.widget.layout.display = "block" if svg else "none"
 
-            live = LivePlot(display=False, on_render=self._show_png)
-        except Exception:  # the plot is an ornament: a missing or broken renderer leaves the SVG
-            live = None
-        with self._lock:
-            self._live = live
-            self._ready.set()
-
-    @property
-    def live(self) -> Any:
-        """The LivePlot in use (once built), or None when the SVG fallback draws."""
-        self._ready.wait(30.0)
-        return self._live
-
-    def _show_png(self, png: bytes) -> None:
-        self.widget.value = png
-        self.widget.layout.display = "block"
-
-    def feed(self, events: list[Event]) -> None:
-        """Pass metric and phase events on to LivePlot (it decides when to draw)."""
-        with self._lock:
-            self._pending.extend(events)
-            if not self._ready.is_set() or self._live is None:
-                if self._live is None and self._ready.is_set():
-                    self._pending.clear()
-                return
-            pending, self._pending = self._pending, []
-        for event in pending:
-            try:
-                self._live(event)
-            except Exception:
-                self._live = None  # fall back to the SVG from now on
-                break
-
-    def update(self, series: dict[str, list[tuple[int, float]]]) -> None:
-        """New loss points: redraw the SVG fallback when LivePlot is not in use."""
-        self._series = series
-        if self._ready.is_set() and self._live is None:
-            self._draw_svg()
-
-    def flush(self) -> None:
-        """Draw what is pending (the run ended): LivePlot skips its throttle, the SVG redraws."""
-        self._ready.wait(30.0)
-        self.feed([])
-        if self._live is not None:
-            self._live.flush()
-        else:
-            self._draw_svg()
-
-    def _draw_svg(self) -> None:
-        svg = loss_svg(self._series.get("loss", []))
-        if svg:
-            self.widget.format = "svg+xml"
-            self.widget.value = svg.encode()
-            self.widget.layout.display = "block"
+    def html(self) -> str:
+        """The drawing for an HTML output ("" before the first point)."""
+        return no_math(self.svg, css_class="jd-plot-box") if self.svg else ""
 
 
 __all__ = [

@@ -6,11 +6,11 @@ card all draw from this one object, and tests drive it event by event without IP
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_distill.core.events import PHASES, Event, is_preparation, stage_text
+from jupyter_distill.notebook.metric_points import add_eval, add_point, eval_point, finite_number
 
 MAX_SERIES_POINTS = 4000  # per metric; older points are thinned, the curve keeps its shape
 MAX_MESSAGES = 20
@@ -76,7 +76,8 @@ class DashboardState:
     cost: float = 0.0  # teacher spend; the judge's is judge_cost (each phase reports only its own)
     judge_cost: float = 0.0
     step: int | None = None
-    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # training metrics by step
+    evals: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # pass rate per label, by step
     latest: dict[str, float] = field(default_factory=dict)
     messages: list[tuple[str, str]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
@@ -187,19 +188,24 @@ class DashboardState:
             self.status = "waiting-review"
 
     def _metric(self, event: Event) -> None:
-        if event.step is not None and event.phase in (None, "training"):
-            self.step = event.step  # evaluation metrics carry the step they belong to, not a new one
-        for name, value in event.data.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        """Training metrics extend their series; a held-out evaluation adds a pass rate at the
+        training step of the model it measured (never a new step: it does not move the counter)."""
+        if event.phase == "eval":
+            point = eval_point(event, self.step)
+            if point is not None:
+                label, step, rate = point
+                add_eval(self.evals.setdefault(label, []), step, rate)
+        elif event.step is not None and event.phase in (None, "training"):
+            self.step = event.step
+        for name, raw in event.data.items():
+            value = finite_number(raw)
+            if value is None:
                 continue
-            self.latest[name] = float(value)
-            if event.step is None:
+            self.latest[name] = value
+            if event.step is None or event.phase == "eval":
                 continue
             points = self.series.setdefault(name, [])
-            if points and points[-1][0] == event.step:  # a resumed or re-logged step replaces the old value
-                points[-1] = (event.step, float(value))
-            else:
-                points.append((event.step, float(value)))
+            add_point(points, event.step, value)  # a resumed run replaces the steps it replays
             if len(points) > MAX_SERIES_POINTS:
                 del points[1:-1:2]
 

@@ -6,7 +6,10 @@ rate per label), and redraws **one** matplotlib figure:
 
 - through a display handle (``display(..., display_id=True)`` once, then ``handle.update``), so
   the picture updates in place and never piles up outputs; or through an ``on_render(png)``
-  callback (the dashboard puts the PNG in an ``ipywidgets.Image``);
+  callback (a widget of your own). The run dashboard does not use it: it draws its state as
+  themed inline SVG (``notebook/plot_svg.py``); this is the plot for a run watched without one;
+- on a transparent background with mid-grey text and grid, so the picture reads in JupyterLab's
+  light and dark themes alike (a PNG cannot take the theme's colours);
 - at most every ``min_interval`` seconds (0.5 s) and only when new points arrived, and further
   apart when drawing is slow: the interval grows to ``draw_time / overhead_budget`` so drawing
   costs about ``overhead_budget`` (1 %, half the 2 % allowed: the first draw is immediate) of
@@ -27,10 +30,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jupyter_distill.core.events import ConsoleRenderer, Emit, Event
+from jupyter_distill.notebook.metric_points import add_eval, eval_point
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("held-out pass rate", ()),
 )
 _COLOURS = {"loss": "#1f77b4", "nll": "#ff7f0e", "pref": "#2ca02c", "pref_acc": "#9467bd", "kl": "#d62728"}
+_NEUTRAL = "#8a8a8a"  # readable on a white and on a near-black page
 _EVAL_COLOURS = ("#7f7f7f", "#17becf", "#bcbd22", "#8c564b", "#e377c2")
 
 
@@ -121,12 +126,33 @@ class LivePlot:
                 steps.append(step)
                 values.append(float(value))
                 self._dirty = True
-        elif event.phase == "eval" and isinstance(event.data.get("pass_rate"), int | float):
-            label = str(event.data.get("label", "eval"))
-            points = [p for p in self.evals.get(label, []) if p[0] != step]
-            points.append((step, float(event.data["pass_rate"])))
-            self.evals[label] = sorted(points)
-            self._dirty = True
+        elif event.phase == "eval":
+            trained = max((steps[-1] for steps, _ in self.series.values() if steps), default=None)
+            point = eval_point(event, trained)  # drawn at the step of the model it measured
+            if point is not None:
+                label, at, rate = point
+                add_eval(self.evals.setdefault(label, []), at, rate)
+                self._dirty = True
+
+    def show(
+        self, series: Mapping[str, Sequence[tuple[int, float]]], evals: Mapping[str, Sequence[tuple[int, float]]]
+    ) -> None:
+        """Draw points folded elsewhere (the dashboard's state) instead of events; throttled as events are.
+
+        ``series``: training metric -> ``[(step, value), ...]``; ``evals``: label -> ``[(step, pass rate)]``.
+        """
+        started = self._clock()
+        with self._lock:
+            try:
+                new_series = {name: ([s for s, _ in pts], [v for _, v in pts]) for name, pts in series.items() if pts}
+                new_evals = {label: list(pts) for label, pts in evals.items() if pts}
+                if new_series != self.series or new_evals != self.evals:
+                    self.series, self.evals, self._dirty = new_series, new_evals, True
+                if self._dirty and self._due():
+                    self._draw()
+            finally:
+                self.stats["calls"] += 1
+                self.stats["seconds"] += self._clock() - started
 
     def _due(self) -> bool:
         interval = max(self.min_interval, self._draw_seconds / self.overhead_budget)
@@ -148,13 +174,17 @@ class LivePlot:
         # A fixed layout: constrained/tight layout re-measures every tick label on each draw,
         # which was half of the drawing time.
         fig = Figure(figsize=self.size, dpi=self.dpi)
+        fig.patch.set_alpha(0.0)  # no white slab in the dark theme
         top = 0.88 if self.title else 0.93
         fig.subplots_adjust(left=0.07, right=0.98, top=top, bottom=0.1, hspace=0.4, wspace=0.18)
         axes = fig.subplots(2, 2)
         self._axes = list(axes.flat)
         for ax, (title, names) in zip(self._axes, PANELS, strict=True):
-            ax.set_title(title, fontsize=9)
-            ax.tick_params(labelsize=8)
+            ax.set_facecolor("none")
+            ax.set_title(title, fontsize=9, color=_NEUTRAL)
+            ax.tick_params(labelsize=8, colors=_NEUTRAL)
+            for spine in ax.spines.values():
+                spine.set_color(_NEUTRAL)
             ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
             ax.yaxis.set_major_locator(MaxNLocator(4))
             ax.grid(True, alpha=0.3)
@@ -165,8 +195,8 @@ class LivePlot:
                 ax.legend(fontsize=7, loc="upper right")
         self._axes[1].set_ylim(-0.05, 1.05)
         self._axes[3].set_ylim(-0.05, 1.05)
-        self._axes[3].set_xlabel("step", fontsize=8)
-        self._axes[2].set_xlabel("step", fontsize=8)
+        self._axes[3].set_xlabel("step", fontsize=8, color=_NEUTRAL)
+        self._axes[2].set_xlabel("step", fontsize=8, color=_NEUTRAL)
         if self.title:
             fig.suptitle(self.title, fontsize=10)
         self._figure = fig

@@ -602,6 +602,7 @@ class Run:
                 store=self.store,
                 run_id=self.name,
                 card=card,
+                emit=self.emit,
                 stop=self._stop,
             )
         except ExportStopped as exc:

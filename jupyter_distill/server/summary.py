@@ -17,14 +17,13 @@ from jupyter_distill.core.runcard import (
     MAX_SPARK_POINTS,
     PASS_RATE_LABELS,
     RunCard,
-    RunCardPassRate,
     card_progress,
     downsample,
     loss_series,
     make_run_card,
-    summary_pass_rates,
 )
 from jupyter_distill.core.runcard import number as _number
+from jupyter_distill.core.runcard import stored_pass_rates as pass_rates
 from jupyter_distill.core.store import RunStore
 from jupyter_distill.server.public import public_message, public_traceback
 
@@ -39,27 +38,6 @@ __all__ = [
     "run_detail",
     "run_summary",
 ]
-
-
-def pass_rates(store: RunStore, run: dict[str, Any]) -> dict[str, RunCardPassRate]:
-    """Per eval label: prompts scored, pass rate and mean score.
-
-    Live eval rows win over the summary (they exist while the eval phase is still running);
-    the summary fills in labels that have no rows, such as the teacher's best-of-N.
-    """
-    out: dict[str, Any] = {}
-    rows = store.conn.execute(
-        "SELECT label, COUNT(*) AS n, AVG(passed) AS pass_rate, AVG(score) AS mean_score FROM eval_results "
-        "WHERE run_id=? GROUP BY label",
-        (run["id"],),
-    ).fetchall()
-    for row in rows:
-        out[row["label"]] = {
-            "n": int(row["n"]),
-            "pass_rate": None if row["pass_rate"] is None else round(float(row["pass_rate"]), 4),
-            "mean_score": None if row["mean_score"] is None else round(float(row["mean_score"]), 4),
-        }
-    return summary_pass_rates(run.get("summary") or {}, out)
 
 
 def progress(store: RunStore, run: dict[str, Any], loss: list[list[float]]) -> dict[str, Any]:
