@@ -81,6 +81,12 @@ def test_distill_end_to_end_then_rerun_pays_nothing(tmp_path, monkeypatch, opena
     assert summary["pairs"] == 8 and summary["pairs_with_rejected"] == 8
     assert {"adapter", "gguf"} <= set(store.get_artifacts("numbers"))
     assert [m["step"] for m in store.get_metrics("numbers", "loss")] == [1, 2, 3]
+    # the stored pass rates sit at the step of the model they measured, as the plot draws them
+    stored_at = {
+        label: [m["step"] for m in store.get_metrics("numbers", f"eval/{label}/pass_rate")]
+        for label in ("student_before", "student_after", "student_served")
+    }
+    assert stored_at == {"student_before": [0], "student_after": [3], "student_served": [3]}
 
     reply = jd.completion(model="tiny-numbers", messages=[{"role": "user", "content": "Repeat the number 3"}])
     assert reply.choices[0].message.role == "assistant" and reply._cost == 0.0

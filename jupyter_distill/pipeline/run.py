@@ -499,6 +499,7 @@ class Run:
         self.emit(Event("progress", run=self.name, phase="training", message=what, data={"stage": "prepare"}))
 
     def _evaluate_student(self, student: Any, label: str, respond: Any = None) -> Any:
+        """Held-out pass rate of one model; recorded at the training step of the model it measures."""
         from jupyter_distill.evaluation.heldout import HFResponder, evaluate
 
         heldout = self.store.get_prompts(self.name, split="heldout")
@@ -524,7 +525,10 @@ class Run:
                 student.model, student.tokenizer, max_new_tokens=self.config.max_tokens,
                 stop_token_ids=student.stop_token_ids(), stop=self._stop,
             )  # fmt: skip
-        summary = evaluate(self.store, self.name, heldout, respond, score, label, emit=self.emit, stop=self._stop)
+        step = 0 if label == "student_before" else int(self.state.summary.get("steps") or 0)
+        summary = evaluate(
+            self.store, self.name, heldout, respond, score, label, emit=self.emit, stop=self._stop, step=step
+        )
         if self._stop.is_set():  # a partial evaluation is no result: the resumed run evaluates again
             raise RunStopped(f"run {self.name!r} stopped during evaluation ({label}). {resume_hint(self.name)}")
         if judge_id:
