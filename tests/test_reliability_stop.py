@@ -78,7 +78,9 @@ def resume(cfg: DistillConfig) -> RunStore:
 @pytest.mark.parametrize("phase", ["sampling", "judging", "training"])
 def test_stop_at_the_start_of_a_paying_or_training_phase(phase, tmp_path, openai_server, tiny_student):
     openai_server.responder = answer
-    cfg = config(tmp_path, openai_server, tiny_student)
+    # No GGUF export here: a stop and a resume of the export phase have their own test below, and
+    # each export converts in a subprocess, which would cost these three runs most of their time.
+    cfg = config(tmp_path, openai_server, tiny_student, quantize=None)
     run, _ = stop_at(phase, cfg)
     store = RunStore(cfg.workdir)
     if phase == "sampling":
