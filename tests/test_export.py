@@ -17,9 +17,9 @@ from jupyter_distill.core.store import PromptRecord, RunStore, SampleRecord
 from jupyter_distill.export.gguf import export_gguf, validate_quantize, write_gguf
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+@pytest.fixture
+def tiny_llama(tiny_llama_student: Path) -> Path:
+    return tiny_llama_student
 
 
 @pytest.fixture(autouse=True)

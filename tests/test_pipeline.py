@@ -4,7 +4,6 @@ judge, a tiny random-init llama student trained with BOND, f16 GGUF export and a
 from __future__ import annotations
 
 import pytest
-from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.core.errors import ConfigError, DatasetError, PolicyError, ReviewError
@@ -22,8 +21,8 @@ def answer(body, index):
 
 
 @pytest.fixture
-def tiny_student(tmp_path_factory):
-    return build_tiny_llama(tmp_path_factory.mktemp("student"))
+def tiny_student(tiny_llama_student):
+    return tiny_llama_student
 
 
 def dataset(n=10):

@@ -3,8 +3,9 @@ tiny random-init llama student that samples and is judged while it trains."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.core.store import RunStore
@@ -18,8 +19,8 @@ def answer(body: dict, index: int) -> str:
 
 
 @pytest.fixture
-def tiny_student(tmp_path_factory: pytest.TempPathFactory):
-    return build_tiny_llama(tmp_path_factory.mktemp("student"))
+def tiny_student(tiny_llama_student: Path) -> Path:
+    return tiny_llama_student
 
 
 def test_distill_with_jbond_records_on_policy_metrics_and_pays_the_teacher_only_for_sampling(

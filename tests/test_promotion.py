@@ -6,14 +6,13 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tiny_models import CHECK_PROMPTS, add_lora_adapter, build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.core.errors import AliasError
 from jupyter_distill.core.store import PromptRecord, RunStore
-from jupyter_distill.export.gguf import export_gguf
 from jupyter_distill.pipeline.promote import PromotionReport, percentile
 from jupyter_distill.serving import hf_backend, registry
 from jupyter_distill.serving import student as serving
@@ -26,15 +25,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     hf_backend.release_all()
 
 
-@pytest.fixture(scope="module")
-def gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("promotion")
-    base = build_tiny_llama(root / "base")
-    add_lora_adapter(base, root / "adapter")
-    result = export_gguf(
-        root / "adapter", root / "export", quantize="q8_0", check_prompts=CHECK_PROMPTS[:1], check_tokens=4
-    )
-    return result.gguf
+@pytest.fixture
+def gguf(tiny_adapter_export: dict[str, Any]) -> Path:
+    return tiny_adapter_export["export"].gguf
 
 
 def _run(workdir: Path, gguf: Path, name: str = "prom") -> RunStore:

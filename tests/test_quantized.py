@@ -227,11 +227,11 @@ def test_jd_estimate_is_callable_after_its_module_was_imported() -> None:
     assert found.quantization == "4bit" and found.memory_gb > 0
 
 
-def test_distill_with_a_4bit_student_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openai_server) -> None:  # type: ignore[no-untyped-def]
+def test_distill_with_a_4bit_student_end_to_end(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openai_server, tiny_llama_student: Path
+) -> None:
     """``jd.distill(quantization="4bit")``: the pipeline loads the student in 4 bits, trains, and
     exports by merging into the full-precision weights; the alias serves the result."""
-    from tiny_models import build_tiny_llama
-
     import jupyter_distill as jd
     from jupyter_distill.core.store import RunStore
     from jupyter_distill.judging.verifiers import exact_match
@@ -241,7 +241,7 @@ def test_distill_with_a_4bit_student_end_to_end(tmp_path: Path, monkeypatch: pyt
     events: list = []
     jd.distill(
         dataset=[{"prompt": f"Repeat the number {i}", "expected": str(i)} for i in range(8)],
-        teacher=openai_server.spec("test-model"), student=str(build_tiny_llama(tmp_path / "student")),
+        teacher=openai_server.spec("test-model"), student=str(tiny_llama_student),
         judge=exact_match("expected"), n_samples=2, top_k=1, steps=2, batch_size=2, max_tokens=8,
         quantization="4bit", engine="plain", quantize="f16", alias="tiny-4bit", workdir=str(tmp_path / "wd"),
         name="four-bit", on_progress=events.append,

@@ -30,7 +30,6 @@ import pytest
 import torch
 from crash_worker import N_PROMPTS, RUN_NAME, crash_options
 from openai_server import OpenAIServer
-from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.core.events import Event
@@ -118,9 +117,9 @@ def server() -> Iterator[GatedServer]:
         gated.stop()
 
 
-@pytest.fixture(scope="module")
-def tiny_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("crash-student"))
+@pytest.fixture
+def tiny_student(tiny_llama_student: Path) -> Path:
+    return tiny_llama_student
 
 
 def count(db: Path, sql: str) -> int:

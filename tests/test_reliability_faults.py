@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from openai_server import OpenAIServer
-from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.core.data import load_dataset
@@ -44,8 +43,8 @@ def fast_teacher(server: OpenAIServer) -> Any:
 
 
 @pytest.fixture
-def tiny_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("faults-student"))
+def tiny_student(tiny_llama_student: Path) -> Path:
+    return tiny_llama_student
 
 
 def test_thirty_percent_faults_lose_no_sample_and_permanent_failures_are_listed(

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from crash_worker import RUN_NAME, crash_options
-from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.core.data import load_dataset
@@ -303,8 +302,8 @@ def _wait_for(predicate: Any, timeout: float = 120.0) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_starting_one_run_second_gets_a_clear_error(openai_server, tmp_path):
-    student = build_tiny_llama(tmp_path / "student")
+def test_two_processes_starting_one_run_second_gets_a_clear_error(openai_server, tmp_path, tiny_llama_student):
+    student = tiny_llama_student
     workdir = tmp_path / "wd"
     release = threading.Event()
     openai_server.responder = lambda body, index: (release.wait(60), "1")[1]  # hold the first writer in sampling

@@ -8,7 +8,6 @@ not do its work, the run is marked ``stopped`` in the store, and the same run re
 from __future__ import annotations
 
 import pytest
-from tiny_models import build_tiny_llama
 
 from jupyter_distill.core.config import DistillConfig
 from jupyter_distill.core.events import Event
@@ -25,9 +24,9 @@ def answer(body, index):
     return number if index % 2 == 0 else f"I think it is {number}?"
 
 
-@pytest.fixture(scope="module")
-def tiny_student(tmp_path_factory):
-    return build_tiny_llama(tmp_path_factory.mktemp("student"))
+@pytest.fixture
+def tiny_student(tiny_llama_student):
+    return tiny_llama_student
 
 
 def config(tmp_path, openai_server, student, **overrides) -> DistillConfig:
@@ -79,7 +78,9 @@ def resume(cfg: DistillConfig) -> RunStore:
 @pytest.mark.parametrize("phase", ["sampling", "judging", "training"])
 def test_stop_at_the_start_of_a_paying_or_training_phase(phase, tmp_path, openai_server, tiny_student):
     openai_server.responder = answer
-    cfg = config(tmp_path, openai_server, tiny_student)
+    # No GGUF export here: a stop and a resume of the export phase have their own test below, and
+    # each export converts in a subprocess, which would cost these three runs most of their time.
+    cfg = config(tmp_path, openai_server, tiny_student, quantize=None)
     run, _ = stop_at(phase, cfg)
     store = RunStore(cfg.workdir)
     if phase == "sampling":

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.core.errors import AliasError, ExportError, TeacherError, TrainingError
@@ -59,9 +58,9 @@ def remote_code(folder: Path, marker: Path, model_type: str) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("safe-tiny"))
+@pytest.fixture
+def tiny(tiny_llama_student: Path) -> Path:
+    return tiny_llama_student
 
 
 @pytest.fixture

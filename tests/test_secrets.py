@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from openai_server import OpenAIServer
-from tiny_models import build_tiny_llama
 
 import jupyter_distill as jd
 from jupyter_distill.core.errors import AliasError, DistillError, TeacherError
@@ -67,6 +66,7 @@ def test_planted_key_never_leaks(
     openai_server: OpenAIServer,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
+    tiny_llama_student: Path,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     home, workdir = tmp_path / "home", tmp_path / "wd"
@@ -78,7 +78,7 @@ def test_planted_key_never_leaks(
     openai_server.responder = respond
     openai_server.script = ["500", "500"]  # two echoed errors that are retried
     openai_server.prompt_scripts[DOOMED] = ["500"] * 1000  # and one prompt whose error is stored
-    student = build_tiny_llama(tmp_path / "student")
+    student = tiny_llama_student
     texts: list[str] = []  # every exception message and event the user could see
     events: list[Event] = []
     teacher = load_teacher(openai_server.spec("test-model"), backoff_base=0.01, backoff_max=0.02, max_retries=2)

@@ -8,13 +8,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tiny_models import CHECK_PROMPTS, add_lora_adapter, build_tiny_llama
 
 from jupyter_distill.core import runtime
 from jupyter_distill.core.errors import AliasError, ConfigError, ExportError
-from jupyter_distill.export.gguf import ExportResult, export_gguf
+from jupyter_distill.export.gguf import ExportResult
 from jupyter_distill.serving import hf_backend, registry
 from jupyter_distill.serving.response import OpenAIObject
 from jupyter_distill.serving.student import Student, completion
@@ -29,19 +29,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     hf_backend.release_all()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("serving")
-    base = build_tiny_llama(root / "base")
-    add_lora_adapter(base, root / "adapter")
-    return {"root": root, "base": base, "adapter": root / "adapter"}
+@pytest.fixture
+def tiny(tiny_adapter_export: dict[str, Any]) -> dict[str, Path]:
+    return {key: tiny_adapter_export[key] for key in ("root", "base", "adapter")}
 
 
-@pytest.fixture(scope="module")
-def exported(tiny: dict[str, Path]) -> ExportResult:
-    return export_gguf(
-        tiny["adapter"], tiny["root"] / "export", quantize="q8_0", check_prompts=CHECK_PROMPTS[:1], check_tokens=4
-    )
+@pytest.fixture
+def exported(tiny_adapter_export: dict[str, Any]) -> ExportResult:
+    return tiny_adapter_export["export"]
 
 
 def _check_response(resp: OpenAIObject, model: str, routing: dict) -> None:
