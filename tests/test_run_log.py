@@ -224,3 +224,22 @@ def test_a_quantizing_run_writes_nothing_to_fd2_and_logs_the_fallbacks(
     folded = [e for e in logged if "fell back to" in e["message"]]
     assert len(folded) == 1 and folded[0]["phase"] == "export", [e["message"] for e in logged]
     assert not any("falling back to" in e["message"] for e in logged)
+
+
+def test_dashboard_shows_the_log_collapsed_and_escaped() -> None:
+    from jupyter_distill.notebook.dashboard import RunDashboard
+
+    dashboard = RunDashboard("r", min_interval=0.05)
+    dashboard.flush()
+    assert dashboard.run_log.widget.layout.display == "none"  # no log yet: nothing drawn
+    dashboard.sink(Event("run_start", run="r"))
+    dashboard.sink(Event("log", run="r", message="cost <b>$1</b>", data={"source": "stderr"}))
+    dashboard.sink(Event("log", run="r", message="180 tensors fell back to q5_0", data={"source": "llama.cpp"}))
+    dashboard.flush()
+    view = dashboard.run_log.widget
+    assert view.layout.display == "" and view.selected_index is None  # shown, closed
+    assert view.get_title(0) == "log (2 lines)"
+    assert "[stderr] cost &lt;b&gt;&#36;1&lt;/b&gt;" in dashboard.run_log.lines.value
+    assert "[llama.cpp] 180 tensors fell back to q5_0" in dashboard.run_log.lines.value
+    saved = dashboard.fallback_html()
+    assert "<details class='jd-run-log'><summary>log (2 lines)</summary>" in saved

@@ -60,6 +60,7 @@ from jupyter_distill.notebook.dashboard_state import (
     PhaseProgress,
 )
 from jupyter_distill.notebook.htmltext import no_math, text
+from jupyter_distill.notebook.run_log import RunLogView, log_details_html
 
 RUN_MIME_TYPE = "application/vnd.jupyter.distill.run+json"
 RUN_JSON_VERSION = RUN_CARD_VERSION
@@ -349,6 +350,7 @@ class RunDashboard:
         self.stats = widgets.HTML()
         self.plot = _LossPlot()
         self.messages = widgets.HTML()
+        self.run_log = RunLogView()  # what libraries printed during the run, collapsed
         self.review_slot = widgets.VBox()
         self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
         self.stop_button.on_click(self._on_stop)
@@ -361,6 +363,7 @@ class RunDashboard:
                 self.stats,
                 self.plot.widget,
                 self.messages,
+                self.run_log.widget,
                 self.review_slot,
                 self.stop_button,
                 self.summary_card,
@@ -493,6 +496,7 @@ class RunDashboard:
             if s.messages
             else ""
         )
+        self.run_log.update(s)
         if s.terminal:
             self.stop_button.disabled = True
             self.stop_button.description = {"done": "Done", "failed": "Failed", "stopped": "Stopped"}[s.status]
@@ -567,7 +571,7 @@ class RunDashboard:
         with self._lock:
             s = copy.deepcopy(self.state)
         return no_math(
-            f"{_timeline_html(s)}{_stats_html(s)}"
+            f"{_timeline_html(s)}{_stats_html(s)}{log_details_html(s)}"
             "<div style='color:#757575'>(live dashboard: needs a running kernel)</div>",
             css_class="jd-run-live",
         )
