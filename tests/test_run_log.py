@@ -243,3 +243,27 @@ def test_dashboard_shows_the_log_collapsed_and_escaped() -> None:
     assert "[llama.cpp] 180 tensors fell back to q5_0" in dashboard.run_log.lines.value
     saved = dashboard.fallback_html()
     assert "<details class='jd-run-log'><summary>log (2 lines)</summary>" in saved
+
+
+def test_run_sync_worker_and_to_thread_print_into_the_callers_route() -> None:
+    """A stage called from a running loop gets a worker thread, which acts for the run's thread."""
+    import asyncio
+
+    from jupyter_distill.core.loops import run_sync
+
+    events: list[Event] = []
+    log = RunLog(events.append, "r")
+
+    async def stage() -> None:
+        print("from the stage's loop")
+        await asyncio.to_thread(print, "from a to_thread worker")
+
+    async def caller() -> None:  # a loop runs in this thread, so run_sync uses a worker thread
+        with capture.routed_output(log):
+            run_sync(stage, thread_name="jd-test-loop")
+
+    thread = threading.Thread(target=asyncio.run, args=(caller(),))
+    thread.start()
+    thread.join(30)
+    log.flush()
+    assert [e.message for e in events] == ["from the stage's loop", "from a to_thread worker"]
