@@ -28,6 +28,7 @@ import ctypes
 import logging
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TextIO
@@ -44,6 +45,7 @@ _lock = threading.RLock()
 _active = 0  # routes currently open, over all threads
 _filters: list[tuple[logging.Handler, logging.Filter]] = []
 _restore: list[Any] = []  # undo callables for the library switches, run when the last route closes
+_retired: deque[RoutedStream] = deque(maxlen=64)  # proxies taken out, kept alive: see _uninstall
 
 # ggml's log levels (ggml.h): lines below WARN (the loader's metadata dump, per-tensor sizes) are
 # left out of a run's log; CONT continues the previous line at its level.
@@ -138,6 +140,10 @@ def _uninstall() -> None:
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if isinstance(stream, RoutedStream):  # someone who replaced it since keeps theirs
+            # CPython 3.11's print() holds sys.stdout as a borrowed reference while it writes: a
+            # proxy freed at that moment (another thread printing) crashes the process, so the
+            # proxies taken out stay referenced here.
+            _retired.append(stream)
             setattr(sys, name, stream.wrapped)
     for handler, log_filter in _filters:
         handler.removeFilter(log_filter)
