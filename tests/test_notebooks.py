@@ -183,6 +183,14 @@ def test_notebook_executes(path: Path, quick_env: Path) -> None:
     assert summary.get("alias"), summary
     assert "application/vnd.jupyter.distill.run+json" in text  # the summary card was saved
     if path.name == "quickstart.ipynb":
+        # what libraries print during the run is in the run's log, not in a cell (a stream on stderr)
+        stderr = [
+            (index, "".join(output.get("text", ""))[:300])
+            for index, cell in enumerate(nb.cells)
+            for output in cell.get("outputs", [])
+            if output.get("output_type") == "stream" and output.get("name") == "stderr"
+        ]
+        assert stderr == [], stderr
         answer = tagged_text(nb, ANSWER_TAG)
         assert "answer:" in answer and "cost: 0.0" in answer
         assert summary.get("student_before") and summary.get("student_after")

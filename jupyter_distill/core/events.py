@@ -24,6 +24,7 @@ EventKind = Literal[
     "warning",  # something the user should know; the run goes on
     "error",  # the run stopped with an error; message is the user-facing text
     "run_end",  # the run finished; data: the run summary
+    "log",  # a line a library printed during the run (core/runlog.py); data: source
 ]
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,9 @@ class ConsoleRenderer:
     """
 
     def __init__(self, stream: TextIO | None = None, min_interval: float = 0.5):
-        self._stream = stream or sys.stderr
+        from jupyter_distill.core.capture import unrouted
+
+        self._stream = unrouted(stream or sys.stderr)  # its bars, not a run's log, even on the run's thread
         self._min_interval = min_interval
         self._bars: dict[str, Any] = {}
         self._lock = threading.Lock()

@@ -10,6 +10,7 @@ nested and the kernel's loop is never touched.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,7 +29,8 @@ def run_sync(
     ``factory`` is called on the loop that runs it, so the coroutine and anything it binds to a
     loop (locks, connection pools) belong to that loop. With no loop running in this thread
     ``asyncio.run`` is used here; inside a running loop it runs in a worker thread named
-    ``thread_name``, and ``on_worker_exit`` then runs in that thread after the loop has closed, to
+    ``thread_name`` with a copy of the caller's context variables (a run's output route goes with
+    it), and ``on_worker_exit`` then runs in that thread after the loop has closed, to
     release what belongs to the thread (a per-thread SQLite connection, for example). Exceptions,
     ``KeyboardInterrupt`` included, are re-raised in the caller's thread.
     """
@@ -50,7 +52,8 @@ def run_sync(
                 except Exception as exc:
                     box.setdefault("error", exc)
 
-    thread = threading.Thread(target=target, name=thread_name, daemon=True)
+    context = contextvars.copy_context()  # the worker acts for the caller
+    thread = threading.Thread(target=context.run, args=(target,), name=thread_name, daemon=True)
     thread.start()
     thread.join()
     if "error" in box:

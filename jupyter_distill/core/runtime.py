@@ -173,6 +173,9 @@ def load_llama(path: str, *, n_ctx: int = 2048, n_threads: int | None = None, **
     import llama_cpp
     import llama_cpp.llama as llama_module
 
+    from jupyter_distill.core.capture import route_llama_log
+
+    route_llama_log()  # its warnings reach the log of the run that loads it, not a notebook cell
     with _construct_lock:
         original = llama_module.llama_cpp.llama_model_default_params
 

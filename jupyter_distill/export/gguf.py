@@ -118,10 +118,13 @@ def quantize_gguf(src: str | Path, dst: str | Path, quantize: str, *, nthread: i
     """Quantize an f16 GGUF with llama.cpp's own quantizer (no compiler: it is in llama-cpp-python).
 
     Rows whose width is not a multiple of 256 fall back to q5_0/q8_0 inside k-quant types; llama.cpp
-    logs that and it is expected for small models.
+    logs that per tensor and it is expected for small models (a run's log folds it into one line).
     """
     import llama_cpp
 
+    from jupyter_distill.core.capture import route_llama_log
+
+    route_llama_log()  # a run's thread gets the per-tensor warnings in its log, folded into one line
     name = validate_quantize(quantize)
     src, dst = Path(src), Path(dst)
     if name == "f16":

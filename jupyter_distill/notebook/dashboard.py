@@ -48,6 +48,7 @@ from jupyter_distill.notebook.dashboard_state import (
 )
 from jupyter_distill.notebook.htmltext import no_math, text
 from jupyter_distill.notebook.plot_svg import metrics_svg
+from jupyter_distill.notebook.run_log import RunLogView, log_details_html
 from jupyter_distill.notebook.summary_card import RUN_MIME_TYPE, RunSummary, UnknownRunError, agreement_html
 
 RUN_JSON_VERSION = RUN_CARD_VERSION
@@ -103,6 +104,7 @@ class RunDashboard:
         self.stats = widgets.HTML()
         self.plot = _MetricPlot()
         self.messages = widgets.HTML()
+        self.run_log = RunLogView()  # what libraries printed during the run, collapsed
         self.calibration = widgets.HTML()  # judge vs human review, once the review phase is done
         self.review_slot = widgets.VBox()
         self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
@@ -116,6 +118,7 @@ class RunDashboard:
                 self.stats,
                 self.plot.widget,
                 self.messages,
+                self.run_log.widget,
                 self.calibration,
                 self.review_slot,
                 self.stop_button,
@@ -248,6 +251,7 @@ class RunDashboard:
             if s.messages
             else ""
         )
+        self.run_log.update(s)
         if not self._calibrated and self.store is not None and s.phases["review"].status == "done":
             self._calibrated = True  # once: the review is over, the judge's agreement with it is fixed
             self.calibration.value = agreement_html(self.store, s.run)
@@ -315,7 +319,7 @@ class RunDashboard:
         with self._lock:
             s = copy.deepcopy(self.state)
         return no_math(
-            f"{_timeline_html(s)}{_stats_html(s)}{self.plot.svg}"
+            f"{_timeline_html(s)}{_stats_html(s)}{log_details_html(s)}{self.plot.svg}"
             "<div style='color:var(--jp-ui-font-color2,#757575)'>(live dashboard: needs a running kernel)</div>",
             css_class="jd-run-live",
         )

@@ -6,6 +6,7 @@ card all draw from this one object, and tests drive it event by event without IP
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from jupyter_distill.notebook.metric_points import add_eval, add_point, eval_poi
 
 MAX_SERIES_POINTS = 4000  # per metric; older points are thinned, the curve keeps its shape
 MAX_MESSAGES = 20
+MAX_LOG_LINES = 200  # the run's log as the dashboard shows it: the latest lines (the store keeps more)
 TERMINAL_STATUSES = frozenset({"done", "failed", "stopped"})
 
 
@@ -85,6 +87,8 @@ class DashboardState:
     started: float | None = None
     ended: float | None = None
     events: int = 0
+    log: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=MAX_LOG_LINES))  # (source, line)
+    log_total: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -130,6 +134,9 @@ class DashboardState:
                 self.status = "running"
         elif event.kind == "warning":
             self._message("warning", event.message)
+        elif event.kind == "log":  # what a library printed: the collapsible log, not a run warning
+            self.log.append((str(event.data.get("source", "")), event.message))
+            self.log_total += 1
         elif event.kind == "error":
             self.status = "failed"
             self.error = event.message

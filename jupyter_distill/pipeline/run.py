@@ -24,19 +24,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from jupyter_distill.core import capture
 from jupyter_distill.core import data as data_module
 from jupyter_distill.core.config import DistillConfig
 from jupyter_distill.core.errors import DistillError, ReviewError, TrainingError
 from jupyter_distill.core.events import PHASES, Emit, Event, fan_out
 from jupyter_distill.core.hashing import content_hash, file_sha256
 from jupyter_distill.core.loops import run_sync
+from jupyter_distill.core.runlog import RunLog
 from jupyter_distill.core.store import PromptRecord, RunLock, RunLockedError, RunStore
 from jupyter_distill.sampling.batched import BatchPending
 
 #: Held-out pass rate the served (quantized) model may lose against fp32 before the summary warns.
 T = TypeVar("T")
 MAX_QUANT_DROP = 0.05
-STORED_EVENT_KINDS = frozenset({"run_start", "phase_start", "phase_end", "warning", "error", "run_end"})
+STORED_EVENT_KINDS = frozenset({"run_start", "phase_start", "phase_end", "warning", "error", "run_end", "log"})
 
 
 class RunStopped(DistillError):
@@ -107,6 +109,7 @@ class Run:
         if on_progress is not None:
             self._sinks.append(on_progress)
         self._announce = fan_out(self._sinks, announce_failures=True)  # counted for the run summary
+        self.log = RunLog(self._announce, self.name)  # what libraries print while the run executes
 
     # ------------------------------------------------------------------ control
     def add_listener(self, sink: Emit) -> None:
@@ -186,9 +189,18 @@ class Run:
 
     # ------------------------------------------------------------------ the stages
     def run(self) -> Any:
-        """Execute every phase in order in this thread and return the Student."""
+        """Execute every phase in order in this thread and return the Student.
+
+        What libraries print meanwhile on this thread (llama.cpp, warnings, transformers' logging,
+        progress bars) goes to the run's log (``log`` events), not to the notebook cell that
+        happens to be executing: see :mod:`jupyter_distill.core.capture`.
+        """
         try:
-            return self._run_phases()
+            with capture.routed_output(self.log):
+                try:
+                    return self._run_phases()
+                finally:
+                    self.log.flush()
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -282,7 +294,12 @@ class Run:
         self.store.update_run(self.name, phase=name)
         self._announce(Event("phase_start", run=self.name, phase=name))
         started = time.time()
-        result = work()
+        self.log.set_phase(name)
+        capture.refresh()  # libraries imported by the phases before: route them too
+        try:
+            result = work()
+        finally:
+            self.log.flush()  # the phase's folded lines (quantization fallbacks) before its end
         if self._stop.is_set():
             raise RunStopped(f"run {self.name!r} stopped during {name}. {resume_hint(self.name)}")
         self.state.phases_done.append(name)
