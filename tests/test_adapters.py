@@ -1,0 +1,138 @@
+"""``export: adapter``: LoRA GGUFs over one shared base GGUF, served by aliases over one loaded base."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tiny_models import CHECK_PROMPTS, add_lora_adapter, build_tiny_llama
+
+from jupyter_distill.core import runtime
+from jupyter_distill.core.errors import AliasError
+from jupyter_distill.export.gguf import ExportResult, export_adapter_gguf, export_gguf
+from jupyter_distill.serving import gguf_backend, registry
+from jupyter_distill.serving.student import Student, completion
+
+PROMPTS = ["What is the capital of France?", "Classify: refund please 123", "Name: Ada, age 36"]
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
+    yield tmp_path / "home"
+    runtime.release_all()
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Two LoRAs on one tiny base: each exported as an adapter (shared base) and as a merged f16 GGUF."""
+    root = tmp_path_factory.mktemp("adapters")
+    base = build_tiny_llama(root / "base")
+    out: dict[str, object] = {"root": root, "base": base}
+    for seed in (1, 2):
+        adapter = root / f"adapter{seed}"
+        add_lora_adapter(base, adapter, seed=seed)
+        out[f"adapter{seed}"] = export_adapter_gguf(
+            adapter, root / f"lora{seed}", quantize="q8_0", shared_dir=root / "shared",
+            check_prompts=CHECK_PROMPTS, check_tokens=8, name=f"a{seed}",
+        )  # fmt: skip
+        out[f"merged{seed}"] = export_gguf(
+            adapter, root / f"merged{seed}", quantize="f16", check_prompts=CHECK_PROMPTS[:1], check_tokens=4
+        )
+    return out
+
+
+def _answers(model: object) -> list[str]:
+    return [completion(model, p, max_tokens=12, temperature=0.0).choices[0].message.content for p in PROMPTS]
+
+
+def test_two_adapter_aliases_over_one_base_answer_like_their_merged_exports(two: dict) -> None:
+    first, second = two["adapter1"], two["adapter2"]
+    assert isinstance(first, ExportResult) and first.f16_gguf == second.f16_gguf  # one base file for both
+    base = str(first.f16_gguf)
+    for seed, result in ((1, first), (2, second)):
+        registry.set_alias(f"a{seed}", backend="gguf", model_path=base, lora_path=result.files["gguf_lora"])
+    registry.set_alias("plain", backend="gguf", model_path=base)
+    served = {name: _answers(name) for name in ("a1", "plain", "a2", "a1")}  # switches back and forth
+    assert runtime.loaded_models() == [str(Path(base).resolve())]  # one base in memory for three aliases
+    assert gguf_backend.loaded_adapters(base) == sorted(
+        str(r.files["gguf_lora"].resolve()) for r in (first, second)
+    )  # each adapter loaded once onto it
+    assert served["a1"] == _answers(two["merged1"].gguf)
+    assert served["a2"] == _answers(two["merged2"].gguf)
+    assert served["a1"] != served["a2"] != served["plain"]  # the adapters really change the answers
+    resp = completion("a1", PROMPTS[0], max_tokens=4)
+    assert resp._routing["lora_path"] == str(first.files["gguf_lora"].resolve())
+
+
+def test_a_quantized_base_serves_the_adapter(two: dict) -> None:
+    """quantize + export: adapter: the alias over the q8_0 base answers like the merged model on most tokens."""
+    result = two["adapter1"]
+    assert result.gguf.name.endswith(".q8_0.gguf") and result.agreement["q8_0"] >= 0.85, result.agreement
+    student = Student.from_export(result, name="a1q")
+    student.deploy("a1q")
+    entry = registry.get_alias("a1q")
+    assert entry["model_path"] == str(result.gguf) and entry["lora_path"] == str(result.files["gguf_lora"])
+    assert all(isinstance(a, str) for a in _answers("a1q"))
+    saved = Student.load(student.save(two["root"] / "saved-a1q"))
+    assert saved.lora_path is not None and saved.lora_path.name == result.files["gguf_lora"].name
+    assert _answers(saved) == _answers("a1q")
+
+
+def test_adapter_aliases_hammered_from_several_threads_keep_their_answers(two: dict) -> None:
+    base = str(two["adapter1"].f16_gguf)
+    for seed in (1, 2):
+        registry.set_alias(
+            f"t{seed}", backend="gguf", model_path=base, lora_path=two[f"adapter{seed}"].files["gguf_lora"]
+        )
+    registry.set_alias("tplain", backend="gguf", model_path=base)
+    expected = {name: _answers(name) for name in ("t1", "t2", "tplain")}
+    got: list[tuple[str, list[str]]] = []
+    errors: list[BaseException] = []
+
+    def worker(order: tuple[str, ...]) -> None:
+        try:
+            for name in order * 2:
+                got.append((name, _answers(name)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    orders = [("t1", "t2", "tplain"), ("t2", "tplain", "t1"), ("tplain", "t1", "t2"), ("t1", "t1", "t2")]
+    threads = [threading.Thread(target=worker, args=(o,)) for o in orders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(got) == sum(len(o) * 2 for o in orders)
+    assert all(answers == expected[name] for name, answers in got)
+
+
+def test_a_stream_over_an_adapter_gives_the_same_answer(two: dict) -> None:
+    base = str(two["adapter2"].f16_gguf)
+    registry.set_alias("s2", backend="gguf", model_path=base, lora_path=two["adapter2"].files["gguf_lora"])
+    whole = completion("s2", PROMPTS[1], max_tokens=12).choices[0].message.content
+    pieces = [c.choices[0].delta.get("content") or "" for c in completion("s2", PROMPTS[1], max_tokens=12, stream=True)]
+    assert "".join(pieces) == whole
+    assert _answers("s2") == _answers(two["merged2"].gguf)
+
+
+def test_alias_refuses_a_lora_that_does_not_fit(two: dict, tmp_path: Path) -> None:
+    base = two["adapter1"].f16_gguf
+    with pytest.raises(AliasError) as info:  # a full model is not an adapter
+        registry.set_alias("bad", backend="gguf", model_path=base, lora_path=two["merged1"].gguf)
+    assert info.value.field == "lora_path" and "not a LoRA GGUF" in str(info.value)
+    with pytest.raises(AliasError) as info:
+        registry.set_alias("bad", backend="peft", model_path=two["root"] / "adapter1", lora_path=two["adapter1"].gguf)
+    assert info.value.field == "lora_path"
+    with pytest.raises(AliasError) as info:
+        registry.set_alias("bad", backend="gguf", model_path=base, lora_path=tmp_path / "missing.gguf")
+    assert info.value.field == "lora_path"
+    with pytest.raises(AliasError) as info:
+        registry.set_alias(
+            "bad", backend="gguf", model_path=base, lora_path=two["adapter1"].files["gguf_lora"], lora_scale="x"
+        )
+    assert info.value.field == "lora_scale"
+    assert "bad" not in registry.list_aliases()
