@@ -136,3 +136,28 @@ def test_alias_refuses_a_lora_that_does_not_fit(two: dict, tmp_path: Path) -> No
         )
     assert info.value.field == "lora_scale"
     assert "bad" not in registry.list_aliases()
+
+
+def test_the_shared_base_is_content_addressed(tmp_path: Path) -> None:
+    """The same base bytes in another folder reuse the same GGUF; another chat template makes another one."""
+    import shutil
+
+    from jupyter_distill.export.gguf import shared_base_gguf
+
+    base = build_tiny_llama(tmp_path / "base")
+    f16, same = shared_base_gguf(base, "f16", shared_dir=tmp_path / "shared")
+    assert f16 == same and f16.is_file()
+    written = f16.stat().st_mtime_ns
+    copy = shutil.copytree(base, tmp_path / "elsewhere" / "base")
+    again, _ = shared_base_gguf(copy, "f16", shared_dir=tmp_path / "shared")
+    assert again == f16 and again.stat().st_mtime_ns == written  # found by content, not converted again
+    other, _ = shared_base_gguf(copy, "f16", shared_dir=tmp_path / "shared", chat_template="{{ messages }}")
+    assert other != f16
+    with open(copy / "model.safetensors", "r+b") as handle:  # one changed byte of the weights
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 1]))
+    changed, _ = shared_base_gguf(copy, "f16", shared_dir=tmp_path / "shared")
+    assert changed not in (f16, other)
+    assert len(list((tmp_path / "shared").glob("*.f16.gguf"))) == 3

@@ -28,7 +28,8 @@ from typing import Any
 
 from jupyter_distill.core.errors import ExportError
 from jupyter_distill.core.events import Event, no_emit
-from jupyter_distill.core.hashing import file_sha256
+from jupyter_distill.core.hashing import content_hash, file_sha256
+from jupyter_distill.core.models import SOURCE_MARKER
 from jupyter_distill.core.quant_types import DEFAULT_QUANTIZE, QUANT_TYPES, canonical_quant_name
 from jupyter_distill.export import converter as gguf_converter
 from jupyter_distill.export.card import gguf_provenance, provenance_summary, write_model_card
@@ -38,7 +39,14 @@ from jupyter_distill.export.check import (
     MIN_F16_AGREEMENT,
     check_agreement,
 )
-from jupyter_distill.export.merge import adapter_base, folder_chat_template, is_adapter_dir, merge_lora, prepare_merged
+from jupyter_distill.export.merge import (
+    TOKENIZER_FILES,
+    adapter_base,
+    folder_chat_template,
+    is_adapter_dir,
+    merge_lora,
+    prepare_merged,
+)
 
 # Proven end to end (tiny random-init model of the exact config class: train, merge, convert,
 # quantize, load in llama.cpp, agree with HF, serve): transformers model_type -> HF class.
@@ -460,11 +468,36 @@ def export_gguf(
 
 
 # ---------------------------------------------------------------------------------------- adapter export
-def _shared_base_key(base: Path, chat_template: str | None) -> str:
-    from jupyter_distill.core.hashing import content_hash
+def _stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in str(name))
 
-    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in base.glob("*.safetensors"))
-    return content_hash(str(base), weights, chat_template or "")[:16]
+
+# What decides the bytes of a base GGUF: the weights, the config, the tokenizer (and the GGUF a
+# dequantized folder copies its vocabulary from), plus the chat template written into the header.
+_BASE_INPUTS = ("config.json", "model.safetensors.index.json", *TOKENIZER_FILES, SOURCE_MARKER)
+
+
+def _memo_sha256(path: Path, memo: dict[str, str]) -> str:
+    """``file_sha256``, remembered by path, size and mtime: a multi-GB base is hashed once, not per export."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if key not in memo:
+        memo[key] = file_sha256(path)
+    return memo[key]
+
+
+def _shared_base_key(base: Path, chat_template: str | None, memo_path: Path) -> str:
+    """Content address of a base model's GGUF: the same bytes in another folder reuse the same file."""
+    try:
+        memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    except ValueError:
+        memo = {}
+    names = sorted({p.name for p in base.glob("*.safetensors")} | {n for n in _BASE_INPUTS if (base / n).is_file()})
+    digests = [(name, _memo_sha256(base / name, memo)) for name in names]
+    tmp = memo_path.with_name(f".{memo_path.name}.tmp")
+    tmp.write_text(json.dumps(memo, indent=0, sort_keys=True))
+    os.replace(tmp, memo_path)
+    return content_hash(digests, chat_template or "")[:16]
 
 
 def shared_base_gguf(
@@ -472,8 +505,10 @@ def shared_base_gguf(
 ) -> tuple[Path, Path]:
     """``(f16, quantized)`` GGUF of a base model, converted once and shared by every adapter over it.
 
-    Keyed by the base folder, its weight files and the chat template, under a file lock, so two
-    runs over the same base (and template) write it once and then reuse it.
+    Content-addressed: named by the sha256 of the base's weights, config and tokenizer files and
+    the chat template (file digests are remembered by path, size and mtime in ``digests.json``, so
+    a large base is read once). Written under a file lock, so two runs over the same base (and
+    template) write it once and then reuse it, whatever folder the base was read from.
     """
     from filelock import FileLock
 
@@ -483,7 +518,8 @@ def shared_base_gguf(
     qtype = validate_quantize(quantize)
     root = Path(shared_dir) if shared_dir else cache_dir() / "base-gguf"
     root.mkdir(parents=True, exist_ok=True)
-    stem = f"{base.name}-{_shared_base_key(base, chat_template)}"
+    with FileLock(str(root / "digests.lock")):
+        stem = f"{_stem(base.name)}-{_shared_base_key(base, chat_template, root / 'digests.json')}"
     f16, quantized = root / f"{stem}.f16.gguf", root / f"{stem}.{qtype}.gguf"
     with FileLock(str(root / f"{stem}.lock")):
         if not f16.is_file():
@@ -531,7 +567,7 @@ def export_adapter_gguf(
     t0 = time.perf_counter()
     f16, quantized = shared_base_gguf(base, qtype, shared_dir=shared_dir, chat_template=template)
     timings["base_s"] = time.perf_counter() - t0
-    stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in str(name or "adapter"))
+    stem = _stem(name or "adapter")
     t0 = time.perf_counter()
     lora = gguf_converter.run_lora_converter(adapter_dir, base, out / f"{stem}.lora.gguf", outtype="f32")
     timings["convert_s"] = time.perf_counter() - t0

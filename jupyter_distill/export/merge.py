@@ -67,7 +67,7 @@ def folder_chat_template(folder: Path) -> str | None:
     return None
 
 
-_TOKENIZER_FILES = (
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -95,7 +95,7 @@ def _copy_tokenizer(sources: Sequence[Path], dest: Path) -> None:
             field="tokenizer",
             value=[str(s) for s in sources],
         )
-    for name in _TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:
         if (vocab_source / name).is_file():
             shutil.copyfile(vocab_source / name, dest / name)
     template = next((t for t in (folder_chat_template(s) for s in sources) if t), None)
@@ -217,6 +217,7 @@ def prepare_merged(
 
 
 __all__ = [
+    "TOKENIZER_FILES",
     "adapter_base",
     "folder_chat_template",
     "is_adapter_dir",
