@@ -161,3 +161,37 @@ def test_the_shared_base_is_content_addressed(tmp_path: Path) -> None:
     changed, _ = shared_base_gguf(copy, "f16", shared_dir=tmp_path / "shared")
     assert changed not in (f16, other)
     assert len(list((tmp_path / "shared").glob("*.f16.gguf"))) == 3
+
+
+def test_distill_with_export_adapter_deploys_base_plus_lora(tmp_path: Path, openai_server, monkeypatch) -> None:
+    """export='adapter' in a run: the alias points at the shared base + the run's LoRA, and the served
+    figure is measured on that pair."""
+    import jupyter_distill as jd
+    from jupyter_distill.core.errors import ConfigError
+    from jupyter_distill.core.store import RunStore
+    from jupyter_distill.judging.verifiers import exact_match
+
+    monkeypatch.setenv("JUPYTER_DISTILL_CACHE", str(tmp_path / "cache"))
+    openai_server.responder = lambda body, index: body["messages"][-1]["content"].rsplit(" ", 1)[-1]
+    options = dict(
+        dataset=[{"prompt": f"Repeat the number {i}", "expected": str(i)} for i in range(8)],
+        teacher=openai_server.spec("test-model"),
+        student=str(build_tiny_llama(tmp_path / "student")),
+        judge=exact_match("expected"),
+        n_samples=2, top_k=1, steps=2, batch_size=2, max_tokens=8,
+        workdir=str(tmp_path / "wd"), name="ad",
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        jd.distill(export="adapter", quantize=None, **options)
+    assert "export" in str(info.value)
+    assert openai_server.requests_total == 0
+    student = jd.distill(export="adapter", quantize="q8_0", alias="tiny-ad", **options)
+    entry = registry.get_alias("tiny-ad")
+    assert entry["model_path"].endswith(".q8_0.gguf") and entry["lora_path"].endswith(".lora.gguf")
+    assert student.lora_path is not None and str(student.lora_path) == entry["lora_path"]
+    artifacts = RunStore(tmp_path / "wd").get_artifacts("ad")
+    assert {"gguf", "gguf_f16", "gguf_lora", "adapter", "model_card"} <= set(artifacts)
+    summary = RunStore(tmp_path / "wd").get_run("ad")["summary"]
+    assert summary["student_served"]["quantize"] == "q8_0" and summary["gguf_lora"] == entry["lora_path"]
+    reply = completion("tiny-ad", "Repeat the number 3", max_tokens=4)
+    assert reply._routing["lora_path"] == entry["lora_path"]
