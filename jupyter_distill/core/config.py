@@ -114,6 +114,11 @@ class DistillConfig(BaseModel):
         DEFAULT_QUANTIZE,
         description=f"GGUF quantization type ({', '.join(QUANTIZE_TYPES)}), or None to skip export.",
     )
+    export: Literal["merged", "adapter"] = Field(
+        "merged",
+        description="GGUF export: 'merged' writes the student as one model; 'adapter' writes its LoRA as a "
+        "GGUF adapter beside one shared base GGUF (quantized as `quantize` says), so students of one base share it.",
+    )
     review: bool = False
     alias: str | None = None
     workdir: str = Field(
@@ -158,6 +163,15 @@ class DistillConfig(BaseModel):
     def _check_top_k(self) -> DistillConfig:
         if self.top_k > self.n_samples:
             raise ValueError(f"top_k ({self.top_k}) must be <= n_samples ({self.n_samples})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_export(self) -> DistillConfig:
+        if self.export == "adapter" and self.quantize is None:
+            raise ValueError(
+                "export='adapter' writes GGUF files, but quantize=None skips the GGUF export; set quantize "
+                "(e.g. 'q8_0') or use export='merged'"
+            )
         return self
 
     # ------------------------------------------------------------------ constructors

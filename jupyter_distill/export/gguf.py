@@ -28,7 +28,8 @@ from typing import Any
 
 from jupyter_distill.core.errors import ExportError
 from jupyter_distill.core.events import Event, no_emit
-from jupyter_distill.core.hashing import file_sha256
+from jupyter_distill.core.hashing import content_hash, file_sha256
+from jupyter_distill.core.models import SOURCE_MARKER
 from jupyter_distill.core.quant_types import DEFAULT_QUANTIZE, QUANT_TYPES, canonical_quant_name
 from jupyter_distill.export import converter as gguf_converter
 from jupyter_distill.export.card import gguf_provenance, provenance_summary, write_model_card
@@ -38,7 +39,14 @@ from jupyter_distill.export.check import (
     MIN_F16_AGREEMENT,
     check_agreement,
 )
-from jupyter_distill.export.merge import adapter_base, folder_chat_template, is_adapter_dir, merge_lora, prepare_merged
+from jupyter_distill.export.merge import (
+    TOKENIZER_FILES,
+    adapter_base,
+    folder_chat_template,
+    is_adapter_dir,
+    merge_lora,
+    prepare_merged,
+)
 
 # Proven end to end (tiny random-init model of the exact config class: train, merge, convert,
 # quantize, load in llama.cpp, agree with HF, serve): transformers model_type -> HF class.
@@ -463,11 +471,36 @@ def export_gguf(
 
 
 # ---------------------------------------------------------------------------------------- adapter export
-def _shared_base_key(base: Path, chat_template: str | None) -> str:
-    from jupyter_distill.core.hashing import content_hash
+def _stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in str(name))
 
-    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in base.glob("*.safetensors"))
-    return content_hash(str(base), weights, chat_template or "")[:16]
+
+# What decides the bytes of a base GGUF: the weights, the config, the tokenizer (and the GGUF a
+# dequantized folder copies its vocabulary from), plus the chat template written into the header.
+_BASE_INPUTS = ("config.json", "model.safetensors.index.json", *TOKENIZER_FILES, SOURCE_MARKER)
+
+
+def _memo_sha256(path: Path, memo: dict[str, str]) -> str:
+    """``file_sha256``, remembered by path, size and mtime: a multi-GB base is hashed once, not per export."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if key not in memo:
+        memo[key] = file_sha256(path)
+    return memo[key]
+
+
+def _shared_base_key(base: Path, chat_template: str | None, memo_path: Path) -> str:
+    """Content address of a base model's GGUF: the same bytes in another folder reuse the same file."""
+    try:
+        memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    except ValueError:
+        memo = {}
+    names = sorted({p.name for p in base.glob("*.safetensors")} | {n for n in _BASE_INPUTS if (base / n).is_file()})
+    digests = [(name, _memo_sha256(base / name, memo)) for name in names]
+    tmp = memo_path.with_name(f".{memo_path.name}.tmp")
+    tmp.write_text(json.dumps(memo, indent=0, sort_keys=True))
+    os.replace(tmp, memo_path)
+    return content_hash(digests, chat_template or "")[:16]
 
 
 def shared_base_gguf(
@@ -475,8 +508,10 @@ def shared_base_gguf(
 ) -> tuple[Path, Path]:
     """``(f16, quantized)`` GGUF of a base model, converted once and shared by every adapter over it.
 
-    Keyed by the base folder, its weight files and the chat template, under a file lock, so two
-    runs over the same base (and template) write it once and then reuse it.
+    Content-addressed: named by the sha256 of the base's weights, config and tokenizer files and
+    the chat template (file digests are remembered by path, size and mtime in ``digests.json``, so
+    a large base is read once). Written under a file lock, so two runs over the same base (and
+    template) write it once and then reuse it, whatever folder the base was read from.
     """
     from filelock import FileLock
 
@@ -486,7 +521,8 @@ def shared_base_gguf(
     qtype = validate_quantize(quantize)
     root = Path(shared_dir) if shared_dir else cache_dir() / "base-gguf"
     root.mkdir(parents=True, exist_ok=True)
-    stem = f"{base.name}-{_shared_base_key(base, chat_template)}"
+    with FileLock(str(root / "digests.lock")):
+        stem = f"{_stem(base.name)}-{_shared_base_key(base, chat_template, root / 'digests.json')}"
     f16, quantized = root / f"{stem}.f16.gguf", root / f"{stem}.{qtype}.gguf"
     with FileLock(str(root / f"{stem}.lock")):
         if not f16.is_file():
@@ -507,14 +543,22 @@ def export_adapter_gguf(
     check_tokens: int = 16,
     min_agreement: float = MIN_ADAPTER_AGREEMENT,
     name: str | None = None,
+    store: Any = None,
+    run_id: str | None = None,
+    card: dict[str, Any] | None = None,
+    emit: Callable[[Event], None] = no_emit,
+    stop: threading.Event | None = None,
 ) -> ExportResult:
     """``export: adapter``: the LoRA as a llama.cpp LoRA GGUF beside one shared base GGUF.
 
     Several students distilled from one base then cost one base file (and, served together, one
-    base in memory) plus a few MB each. The base is quantized as asked; the adapter is kept in f32
+    base in memory) plus a few MB each. The base is quantized as asked and shared through
+    :func:`shared_base_gguf` (``shared_dir``, default the model cache); the adapter is kept in f32
     (the converter's default: low-rank factors are small, and f16 factors round differently from
-    f16 merged weights). Checked like a merged export: the base GGUF with
-    the adapter applied must agree with the merged HF model.
+    f16 merged weights). Checked like a merged export: the base GGUF with the adapter applied must
+    agree with the merged HF model. With ``store`` and ``run_id`` the files are registered as one
+    transaction (``gguf`` is the shared base, ``gguf_lora`` the adapter); ``stop`` is honoured
+    between the steps as in :func:`export_gguf`.
     """
     qtype = validate_quantize(quantize)
     adapter_dir = Path(adapter_dir).resolve()
@@ -526,20 +570,39 @@ def export_adapter_gguf(
             value="adapter",
         )
     base = adapter_base(adapter_dir, base_folder)
-    _read_config(base)
+    config = _read_config(base)
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+
+    def phase(message: str, current: int) -> None:
+        if stop is not None and stop.is_set():
+            raise ExportStopped(
+                f"export stopped before: {message}. Nothing was registered; run the export again to finish it.",
+                field="stop",
+                value=message,
+                fix="resume the run",
+            )
+        emit(Event(kind="progress", phase="export", run=run_id, message=message, current=current, total=5))
+
     template = folder_chat_template(adapter_dir) or folder_chat_template(base)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    phase(f"writing the shared base GGUF ({qtype}) or finding it", 0)
     f16, quantized = shared_base_gguf(base, qtype, shared_dir=shared_dir, chat_template=template)
     timings["base_s"] = time.perf_counter() - t0
-    stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in str(name or "adapter"))
+    stem = _stem(name or (card or {}).get("name") or "adapter")
     t0 = time.perf_counter()
+    phase("writing the LoRA GGUF", 1)
     lora = gguf_converter.run_lora_converter(adapter_dir, base, out / f"{stem}.lora.gguf", outtype="f32")
     timings["convert_s"] = time.perf_counter() - t0
-    merged = merge_lora(adapter_dir, out / "merged", base_folder=base)
     t0 = time.perf_counter()
+    phase("merging the adapter for the check", 2)
+    merged = merge_lora(adapter_dir, out / "merged", base_folder=base)
+    timings["merge_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    phase("checking base + adapter against the merged HF model", 3)
+    if not check_prompts and store is not None and run_id is not None:
+        check_prompts = store.get_prompts(run_id, split="heldout")[:MAX_CHECK_PROMPTS]
     ggufs = {"f16": f16, qtype: quantized} if qtype != "f16" else {"f16": f16}
     report = check_agreement(merged, ggufs, check_prompts, new_tokens=check_tokens, lora=lora)
     timings["check_s"] = time.perf_counter() - t0
@@ -551,15 +614,42 @@ def export_adapter_gguf(
             field="agreement",
             value=agreement["f16"],
         )
-    files = {"gguf": quantized, "gguf_f16": f16, "gguf_lora": lora}
+    phase("recording artifacts and writing the model card", 4)
+    files: dict[str, Path] = {"gguf": quantized, "gguf_f16": f16, "gguf_lora": lora}
+    sha = {kind: file_sha256(path) for kind, path in files.items()}
+    info = dict(card or {})
+    info.update(
+        {
+            "files": {k: {"name": p.name, "sha256": sha[k], "size": p.stat().st_size} for k, p in files.items()},
+            "agreement": agreement,
+            "positions": report["positions"],
+            "check_prompts": report["prompts"],
+            "tokenizer_match": report.get("tokenizer_match", 0.0),
+            "provenance": provenance_summary(store, run_id),
+            "export": "adapter",
+        }
+    )
+    files["model_card"] = write_model_card(out / "README.md", info)
+    sha["model_card"] = file_sha256(files["model_card"])
+    if stop is not None and stop.is_set():
+        phase("registering the artifacts", 4)  # raises ExportStopped
+    if store is not None and run_id is not None:
+        meta = {"quantize": qtype, "agreement": agreement, "architecture": config["model_type"], "export": "adapter"}
+        with store.transaction():  # every artifact of this export, or none
+            for kind, path in files.items():
+                store.put_artifact(run_id, kind, path, sha256=sha[kind], size=path.stat().st_size, meta=meta)
+            store.put_artifact(run_id, "merged", merged, meta={"architecture": config["model_type"]})
+            store.put_artifact(run_id, "adapter", adapter_dir, meta={})
+    phase("export done", 5)
     return ExportResult(
         gguf=quantized,
         f16_gguf=f16,
         merged_dir=merged,
         agreement=agreement,
-        sha256={kind: file_sha256(path) for kind, path in files.items()},
+        sha256=sha,
         quantize=qtype,
         files=files,
+        card=files["model_card"],
         adapter_dir=adapter_dir,
         details={
             "export": "adapter",
@@ -567,6 +657,7 @@ def export_adapter_gguf(
             "tokenizer_match": report.get("tokenizer_match"),
             "positions": report["positions"],
             "timings": timings,
+            "architecture": config["model_type"],
         },
     )
 

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from jupyter_distill.core.models import (
     teacher_price,
 )
 from jupyter_distill.core.store import RunStore
+from jupyter_distill.export import memory as export_memory
 from jupyter_distill.teachers.batch import BATCH_SCHEMES
 from jupyter_distill.train.memory import training_peak
 
@@ -73,6 +74,11 @@ class Estimate:
     teacher_only_cost_batch: float | None = None
     batch: bool = False  # the config asks for batch sampling
     batch_wait: str | None = None
+    #: RAM of the merge/export step (GB): merge in the stored dtype, check in fp32; None: no GGUF export
+    export_memory_gb: float | None = None
+    export_memory_breakdown: dict[str, Any] | None = None
+    available_memory_gb: float | None = None  # what this machine has free now
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,7 +121,22 @@ class Estimate:
                     else ""
                 ),
             ),
+            *self._export_lines(),
         ]
+
+    def _export_lines(self) -> list[tuple[str, str]]:
+        if self.export_memory_gb is None or not self.export_memory_breakdown:
+            return []
+        parts = self.export_memory_breakdown
+        free = f"; {self.available_memory_gb:.1f} GB available now" if self.available_memory_gb is not None else ""
+        lines = [
+            (
+                "export memory",
+                f"~{self.export_memory_gb:.1f} GB RAM peak (merge in {parts['stored_dtype']}: "
+                f"{parts['merge'] / 1e9:.1f} GB, fp32 agreement check: {parts['check'] / 1e9:.1f} GB){free}",
+            )
+        ]
+        return lines + [("warning", w) for w in self.warnings]
 
     def _batch_lines(self) -> list[tuple[str, str]]:
         if self.teacher_only_cost_batch is None or not self.priced:
@@ -225,6 +246,7 @@ def estimate_config(config: DistillConfig) -> Estimate:
         lora_rank=config.lora_r,
         gradient_checkpointing=config.quantization is not None,
     )
+    export_gb, export_parts, free_gb, warnings = _export_memory(config, shape)
     return Estimate(
         prompts=len(prompts),
         train_prompts=len(prompts) - heldout,
@@ -249,7 +271,44 @@ def estimate_config(config: DistillConfig) -> Estimate:
         teacher_only_cost_batch=batch_cost,
         batch=bool(config.batch),
         batch_wait=BATCH_WAIT if batch_cost is not None else None,
+        export_memory_gb=export_gb,
+        export_memory_breakdown=export_parts,
+        available_memory_gb=free_gb,
+        warnings=warnings,
     )
+
+
+def _export_memory(
+    config: DistillConfig, shape: ModelShape
+) -> tuple[float | None, dict[str, Any] | None, float | None, list[str]]:
+    """Peak RAM of the merge/export step, what the machine has free, and a warning when it lacks it."""
+    free = export_memory.available_memory()
+    free_gb = round(free / 1e9, 2) if free is not None else None
+    if config.quantize is None:
+        return None, None, free_gb, []
+    lora = config.lora_r * 2 * shape.layers * (4 * shape.hidden + 3 * (shape.hidden + shape.ffn))
+    need = export_memory.export_peak(shape.params, shape.vocab, dtype=_student_dtype(config.student), lora_params=lora)
+    warnings = []
+    if free is not None and need.peak > free:
+        warnings.append(
+            f"the export needs ~{need.peak / 1e9:.1f} GB of RAM (merge {need.merge / 1e9:.1f} GB in "
+            f"{need.stored_dtype}, fp32 agreement check {need.check / 1e9:.1f} GB) but {free / 1e9:.1f} GB are "
+            "available: it would fail after the teacher was paid. Fix: free memory or use a larger machine, pick a "
+            "smaller student, or set quantize=None and serve the adapter with the PEFT backend."
+        )
+    return round(need.peak / 1e9, 2), need.to_dict(), free_gb, warnings
+
+
+def _student_dtype(student: str) -> str:
+    """The dtype the student's weights are stored in: a local folder's config, fp32 for a student
+    dequantized from a GGUF, else bf16 (what the map's Hub checkpoints ship)."""
+    path = Path(student)
+    if path.is_dir() and (path / "config.json").is_file():
+        return export_memory.stored_dtype(json.loads((path / "config.json").read_text()))
+    entry = STUDENT_MODEL_MAP.get(student)
+    if path.suffix == ".gguf" or (entry is not None and entry.offline_source):
+        return "float32"
+    return "bfloat16"
 
 
 def _tokens(messages: list[dict[str, str]]) -> int:

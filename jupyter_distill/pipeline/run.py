@@ -598,7 +598,7 @@ class Run:
         config = self.config
         if config.quantize is None:
             return None
-        from jupyter_distill.export.gguf import ExportStopped, export_gguf
+        from jupyter_distill.export.gguf import ExportStopped, export_adapter_gguf, export_gguf
 
         out_dir = Path(config.workdir) / "runs" / self.name / "export"
         heldout = [p.messages for p in prompts if p.split == "heldout"][:8]
@@ -613,8 +613,10 @@ class Run:
             "metrics": {k: self.state.summary.get(k) for k in ("teacher_best_of_n", "student_before", "student_after")},
             "rights_ledger": self.rights_ledger(),
         }
+        # export: adapter writes the LoRA as a GGUF adapter over one shared, content-addressed base GGUF
+        export = export_adapter_gguf if config.export == "adapter" else export_gguf
         try:
-            result = export_gguf(
+            result = export(
                 student_info["result"].adapter_dir,
                 out_dir,
                 base_folder=student_info["student"].hf_folder,
@@ -629,6 +631,8 @@ class Run:
         except ExportStopped as exc:
             raise RunStopped(f"run {self.name!r} stopped during export ({exc}). {resume_hint(self.name)}") from None
         self.state.summary["gguf"] = str(result.gguf)
+        if result.files.get("gguf_lora"):
+            self.state.summary["gguf_lora"] = str(result.files["gguf_lora"])
         self.state.summary["agreement"] = result.agreement
         self._measure_served(result)
         return result
@@ -643,9 +647,13 @@ class Run:
         from jupyter_distill.export.gguf import quantize_gguf
 
         qtype = result.quantize
-        served = self._evaluate_student(
-            None, label="student_served", respond=llama_responder(result.gguf, max_tokens=self.config.max_tokens)
+        lora = result.files.get("gguf_lora")
+        respond = (
+            _adapter_responder(result.gguf, lora, self.config.max_tokens)
+            if lora
+            else llama_responder(result.gguf, max_tokens=self.config.max_tokens)
         )
+        served = self._evaluate_student(None, label="student_served", respond=respond)
         after = self.state.summary.get("student_after") or {}
         if served is None or "pass_rate" not in after:
             return
@@ -665,7 +673,9 @@ class Run:
             check = self._evaluate_student(
                 None,
                 label=f"student_served_{lighter}",
-                respond=llama_responder(path, max_tokens=self.config.max_tokens),
+                respond=_adapter_responder(path, lora, self.config.max_tokens)
+                if lora
+                else llama_responder(path, max_tokens=self.config.max_tokens),
             )
             if check is not None and round(after["pass_rate"] - check.pass_rate, 6) <= MAX_QUANT_DROP:
                 keeps = lighter
@@ -708,6 +718,19 @@ class Run:
         if self._announce.failures:  # e.g. the store refused to record events: say so, do not hide it
             summary["event_sink_failures"] = dict(self._announce.failures)
         return _jsonable(summary)
+
+
+def _adapter_responder(base: Path, lora: Path, max_tokens: int) -> Any:
+    """Greedy answers of a base GGUF with a LoRA GGUF applied, exactly as an alias over them serves them."""
+    from jupyter_distill.serving.student import Student, completion
+
+    student = Student(base, lora_path=lora, name=lora.stem)
+
+    def respond(messages: Any) -> str:
+        resp = completion(student, messages, max_tokens=max_tokens, temperature=0.0)
+        return resp.choices[0].message.content or ""
+
+    return respond
 
 
 def validate_before_requests(config: DistillConfig, run_name: str, judge: Any = None) -> None:

@@ -371,6 +371,54 @@ def _is_gguf(path: Path) -> bool:
         return handle.read(4) == b"GGUF"
 
 
+def _gguf_header(path: str) -> dict[str, Any]:
+    """The string and number keys of a GGUF header (``general.type``, ``general.architecture``...)."""
+    from gguf import GGUFReader, GGUFValueType
+
+    reader = GGUFReader(path)
+    out: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if field.types and field.types[0] != GGUFValueType.ARRAY:
+            out[key] = field.contents()
+    return out
+
+
+def _check_lora(name: str, base_path: str, lora_path: Any, scale: Any) -> dict[str, Any]:
+    """``lora_path`` is a llama.cpp LoRA GGUF of the base file's architecture; ``lora_scale`` a number."""
+    path = _existing(lora_path, "lora_path", "a GGUF file", _is_gguf)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (-100.0 <= float(scale) <= 100.0):
+        raise AliasError(
+            f"alias {name!r}: lora_scale must be a number (1.0 applies the adapter as trained), got {_shown(scale)}.",
+            field="lora_scale",
+            value=_shown(scale),
+        )
+    try:
+        lora, base = _gguf_header(path), _gguf_header(base_path)
+    except (OSError, ValueError) as exc:
+        raise AliasError(
+            f"alias {name!r}: the GGUF header of {path!r} or {base_path!r} cannot be read ({type(exc).__name__}). "
+            "Fix: re-export the model.",
+            field="lora_path",
+            value=path,
+        ) from None
+    if lora.get("general.type") != "adapter" or lora.get("adapter.type") != "lora":
+        raise AliasError(
+            f"alias {name!r}: lora_path {path!r} is not a LoRA GGUF (general.type {lora.get('general.type')!r}). "
+            "Fix: pass the .lora.gguf an export with export='adapter' wrote, and its base GGUF as model_path.",
+            field="lora_path",
+            value=path,
+        )
+    if lora.get("general.architecture") != base.get("general.architecture"):
+        raise AliasError(
+            f"alias {name!r}: the LoRA GGUF {path!r} is for architecture {lora.get('general.architecture')!r}, the "
+            f"base GGUF {base_path!r} is {base.get('general.architecture')!r}. Fix: pass the base GGUF the adapter "
+            "was exported with as model_path.",
+            field="lora_path",
+            value=path,
+        )
+    return {"lora_path": path, "lora_scale": float(scale)}
+
+
 def adapter_base_model(folder: Path) -> Any:
     """The base model an adapter folder's ``adapter_config.json`` names (``None`` when it names none)."""
     config_path = folder / "adapter_config.json"
@@ -451,6 +499,14 @@ def _check_entry(name: str, backend: str, model_path: Any, base_model: Any, extr
             value=backend,
         )
     _refuse_secrets(name, extra)
+    if backend != "gguf" and any(extra.get(k) is not None for k in ("lora_path", "lora_scale")):
+        raise AliasError(
+            f"alias {name!r}: lora_path/lora_scale name a LoRA GGUF over a base GGUF and need backend 'gguf' "
+            f"(got {backend!r}). Fix: set_alias({name!r}, backend='gguf', model_path=<base.gguf>, "
+            "lora_path=<adapter.lora.gguf>), or give backend 'peft' the adapter folder as model_path.",
+            field="lora_path",
+            value=_shown(extra.get("lora_path")),
+        )
     entry: dict[str, Any] = {"backend": backend}
     if backend == "gguf":
         if model_path is None:
@@ -458,6 +514,8 @@ def _check_entry(name: str, backend: str, model_path: Any, base_model: Any, extr
                 f"alias {name!r}: backend 'gguf' needs model_path=<file.gguf>.", field="model_path", value=None
             )
         entry["model_path"] = _existing(model_path, "model_path", "a GGUF file", _is_gguf)
+        if extra.get("lora_path") is not None:
+            entry.update(_check_lora(name, entry["model_path"], extra["lora_path"], extra.get("lora_scale", 1.0)))
     elif backend == "peft":
         if model_path is None:
             raise AliasError(
@@ -507,6 +565,8 @@ def _check_entry(name: str, backend: str, model_path: Any, base_model: Any, extr
     for key, value in extra.items():
         if key in ("base_url", "model") and backend == "openai-compatible":
             continue
+        if key in ("lora_path", "lora_scale") and "lora_path" in entry:  # checked and normalised above
+            continue
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
@@ -538,8 +598,10 @@ def set_alias(
 ) -> dict[str, Any]:
     """Create or replace an alias; returns the stored entry.
 
-    ``gguf``: ``model_path`` is a .gguf file. ``peft``: ``model_path`` is an adapter folder (its base
-    is ``base_model`` or the one it names) or a full HF model folder. ``openai-compatible``:
+    ``gguf``: ``model_path`` is a .gguf file; ``lora_path=`` (optional) a LoRA GGUF applied over it
+    (``lora_scale=``, default 1.0), and every alias over the same base file shares one loaded base.
+    ``peft``: ``model_path`` is an adapter folder (its base is ``base_model`` or the one it names) or
+    a full HF model folder. ``openai-compatible``:
     ``base_url=``, ``model=`` (the server's model name) and optionally ``api_key_env=`` (the name of
     the environment variable holding the key). Any other keyword is stored as metadata.
     """

@@ -58,6 +58,8 @@ def _routing_info(route: dict[str, Any]) -> dict[str, Any]:
     info["path"] = route.get("model_path") or route.get("base_url")
     if route.get("base_model"):
         info["base_model"] = route["base_model"]
+    if route.get("lora_path"):
+        info["lora_path"] = route["lora_path"]
     if route["backend"] == "openai-compatible":
         info["remote_model"] = route.get("model")
     return info
@@ -121,6 +123,7 @@ class Student:
         self,
         gguf_path: str | Path | None = None,
         *,
+        lora_path: str | Path | None = None,
         adapter_dir: str | Path | None = None,
         base_model: str | Path | None = None,
         merged_dir: str | Path | None = None,
@@ -130,6 +133,7 @@ class Student:
         metadata: dict[str, Any] | None = None,
     ):
         self.gguf_path = Path(gguf_path).resolve() if gguf_path else None
+        self.lora_path = Path(lora_path).resolve() if lora_path and gguf_path else None  # a LoRA GGUF over gguf_path
         self.adapter_dir = Path(adapter_dir).resolve() if adapter_dir else None
         self.base_model = str(base_model) if base_model else None
         self.merged_dir = Path(merged_dir).resolve() if merged_dir else None
@@ -159,6 +163,7 @@ class Student:
             merged.setdefault(f"export_agreement_{qtype}", value)
         return cls(
             result.gguf,
+            lora_path=result.files.get("gguf_lora"),
             adapter_dir=result.adapter_dir,
             base_model=base_model,
             merged_dir=result.merged_dir,
@@ -179,7 +184,8 @@ class Student:
 
     def _routing(self) -> dict[str, Any]:
         if self.gguf_path:
-            return {"backend": "gguf", "alias": None, "name": self.name, "model_path": str(self.gguf_path)}
+            route = {"backend": "gguf", "alias": None, "name": self.name, "model_path": str(self.gguf_path)}
+            return {**route, "lora_path": str(self.lora_path)} if self.lora_path else route
         if self.adapter_dir and self.base_model:
             return {
                 "backend": "peft",
@@ -237,6 +243,9 @@ class Student:
         if self.gguf_path:
             shutil.copy2(self.gguf_path, tmp / self.gguf_path.name)
             meta["gguf"] = self.gguf_path.name
+        if self.gguf_path and self.lora_path:
+            shutil.copy2(self.lora_path, tmp / self.lora_path.name)
+            meta["lora"] = self.lora_path.name
         if self.adapter_dir and self.adapter_dir.is_dir():
             shutil.copytree(self.adapter_dir, tmp / "adapter")
             meta["adapter"] = "adapter"
@@ -296,6 +305,7 @@ class Student:
                 )
         return cls(
             folder / meta["gguf"] if meta.get("gguf") else None,
+            lora_path=folder / meta["lora"] if meta.get("lora") else None,
             adapter_dir=folder / meta["adapter"] if meta.get("adapter") else None,
             base_model=meta.get("base_model"),
             merged_dir=folder / meta["merged"] if meta.get("merged") else None,
@@ -310,6 +320,8 @@ class Student:
         run = self.metadata.get("run") if isinstance(self.metadata.get("run"), dict) else {}
         info = {"student": self.name, **({"workdir": str(run["workdir"])} if run.get("workdir") else {}), **extra}
         if self.gguf_path:
+            if self.lora_path:
+                info["lora_path"] = str(self.lora_path)
             return registry.set_alias(alias, backend="gguf", model_path=self.gguf_path, **info)
         route = self._routing()
         return registry.set_alias(
@@ -321,6 +333,8 @@ class Student:
         out: dict[str, Any] = {"name": self.name, "backend": self.backend}
         if self.gguf_path:
             out["gguf"] = str(self.gguf_path)
+            if self.lora_path:
+                out["lora"] = str(self.lora_path)
             if self.gguf_path.is_file():
                 out["size"] = f"{self.gguf_path.stat().st_size / 1e6:.1f} MB"
         if self.adapter_dir:
