@@ -131,6 +131,7 @@ def test_export_dataset_round_trips_without_a_teacher_call(tmp_path: Path, opena
     assert [r["chosen"] for r in rows] == [p.chosen_text for p in pairs]
     first = next(r for r in rows if r["prompt_hash"] == edited)
     assert first["chosen"] == "edited answer" and first["human_decision"] == "edited" and first["source"] == "human"
+    assert first["chosen_score"] is None  # the judge scored the text before the edit, not this one
     plain = next(r for r in rows if r["prompt_hash"] != edited)
     assert plain["human_decision"] is None and plain["chosen_score"] == 1.0 and plain["rejected_score"] == 0.0
     assert plain["prompt"][-1]["role"] == "user" and plain["expected"] in plain["chosen"]
@@ -160,11 +161,12 @@ def test_export_dataset_round_trips_without_a_teacher_call(tmp_path: Path, opena
     ]
     assert found_jsonl == found_parquet and sum(map(len, found_jsonl.values())) == 6
 
-    # round trip: the exported file trains a new run; no teacher is loaded or called
+    # round trip: the exported file trains a new run; the teacher named is neither loaded nor called
     sent = openai_server.requests_total
     again = jd.distill(
-        dataset=str(data), student=str(tiny_llama), judge=exact_match("expected"), steps=2, batch_size=2,
-        max_tokens=8, quantize=None, heldout_fraction=0.25, workdir=str(tmp_path / "wd"), name="again",
+        dataset=str(data), teacher=openai_server.spec("test-model"), student=str(tiny_llama),
+        judge=exact_match("expected"), steps=2, batch_size=2, max_tokens=8, quantize=None,
+        heldout_fraction=0.25, workdir=str(tmp_path / "wd"), name="again",
         on_progress=lambda e: None,
     )  # fmt: skip
     assert openai_server.requests_total == sent and isinstance(again("Repeat the number 1"), str)
@@ -179,10 +181,9 @@ def test_export_dataset_round_trips_without_a_teacher_call(tmp_path: Path, opena
     # the ledger of the new run still names the teacher and terms the texts were made under
     (row,) = jd.audit("again", workdir=tmp_path / "wd").teachers
     assert (row.teacher, row.verdict, row.provider) == (
-        openai_server.spec("test-model"),
-        "allowed",
-        "openai-compatible",
-    )
+        openai_server.spec("test-model"), plain["terms_verdict"], "openai-compatible",
+    )  # fmt: skip
+    assert row.terms_version == plain["terms_version"] and row.endpoint == plain["endpoint"]
     # a curated dataset cannot be reviewed again, and says so before anything runs
     with pytest.raises(ReviewError, match="curated pairs"):
         jd.distill(dataset=str(data), student=str(tiny_llama), judge=exact_match("expected"), review=True,

@@ -409,11 +409,10 @@ class Run:
                         SampleRecord(key, prompt.hash, pair.teacher, {"imported_from": source}, len(group), text,
                                      provenance=provenance)
                     )  # fmt: skip
+                    if score is None:  # an edited text, or a row without scores: no judgment was made of it
+                        continue
                     judge_id = pair.judge or "imported"
-                    judgments[key] = JudgmentRecord(
-                        content_hash("judgment", key, judge_id), key, judge_id, score,
-                        status="ok" if score is not None else "imported",
-                    )  # fmt: skip
+                    judgments[key] = JudgmentRecord(content_hash("judgment", key, judge_id), key, judge_id, score)
         self.store.put_samples([s for group in samples.values() for s in group])
         self.store.put_judgments(judgments.values())
         self.state.summary.update(

@@ -63,17 +63,19 @@ def curated_rows(ref: RunRef) -> tuple[list[dict[str, Any]], str | None]:
         sample = samples.get(pair.chosen_key or "")
         prov = sample.provenance if sample is not None else {}
         policy = prov.get("policy") or {}
+        decision = _human_decision(decisions.get(prompt.hash), pair.chosen_key, prov.get("human_decision"))
         row: dict[str, Any] = {
             "prompt": prompt.messages,
             "prompt_hash": prompt.hash,
             "chosen": pair.chosen_text,
             "rejected": pair.rejected_text,
-            "chosen_score": scores.get(pair.chosen_key or ""),
+            # an edited text was never judged: the score of the candidate before the edit is not its score
+            "chosen_score": None if decision == "edited" else scores.get(pair.chosen_key or ""),
             "rejected_score": scores.get(pair.rejected_key or ""),
             "judge": judge or prov.get("judge"),
             "rank": pair.rank,
             "source": pair.source,
-            "human_decision": _human_decision(decisions.get(prompt.hash), pair.chosen_key, prov.get("human_decision")),
+            "human_decision": decision,
             "split": "train",
             "teacher": prov.get("teacher") or (sample.teacher if sample is not None else None),
             "provider": prov.get("provider") or policy.get("provider"),
