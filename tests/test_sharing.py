@@ -237,3 +237,41 @@ def test_dataset_export_refuses_unknown_formats_and_empty_runs(tmp_path: Path) -
     assert "data/train.parquet" in (tmp_path / "z" / "README.md").read_text()
     # one known teacher licence becomes the dataset's licence
     assert "license: apache-2.0" in (tmp_path / "z" / "README.md").read_text()
+
+
+def test_curated_pairs_pass_the_terms_gate_and_need_a_judge_for_held_out(tmp_path: Path, tiny_llama: Path) -> None:
+    from jupyter_distill.core.errors import ConfigError, PolicyError
+
+    def rows(provider: str, model: str) -> Path:
+        path = tmp_path / f"{provider}.jsonl"
+        lines = [
+            {"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": f"a{i}", "rejected": None,
+             "teacher": f"{provider}:{model}", "provider": provider, "model": model, "expected": f"a{i}"}
+            for i in range(4)
+        ]  # fmt: skip
+        path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        return path
+
+    base = dict(student=str(tiny_llama), workdir=str(tmp_path / "wd"), on_progress=lambda e: None)
+    # pairs made by a teacher whose terms forbid training on its outputs are refused like its samples
+    with pytest.raises(PolicyError, match="4 curated pair"):
+        jd.distill(dataset=str(rows("openai", "gpt-4o-mini")), judge=exact_match("expected"), **base)
+    # no teacher is called, so the teacher cannot be the judge of the held-out answers
+    with pytest.raises(ConfigError, match="judge=None") as no_judge:
+        jd.distill(dataset=str(rows("local", "smollm2-135m")), **base)
+    assert no_judge.value.field == "judge"
+    assert RunStore(tmp_path / "wd").list_runs() == []  # refused before the store was written
+
+
+def test_parquet_keeps_reference_fields_of_mixed_types(tmp_path: Path) -> None:
+    from jupyter_distill.export.dataset import write_dataset
+
+    rows = [
+        {"prompt": [{"role": "user", "content": "q0"}], "chosen": "a", "expected": 3},
+        {"prompt": [{"role": "user", "content": "q1"}], "chosen": "b", "expected": "three"},
+    ]
+    data = write_dataset(rows, tmp_path / "mixed", format="parquet", name="mixed", ledger=None, judge=None, counts={})
+    found: dict = {}
+    prompts = load_dataset(data, pairs=found)
+    assert [p.row["expected"] for p in prompts] == ["3", "three"] and len(found) == 2
+    assert "Not recorded" in (tmp_path / "mixed" / "README.md").read_text()

@@ -7,7 +7,7 @@ provenance columns keep the rights ledger true across the round trip: the sample
 them name the teacher, provider, endpoint, terms version and verdict they were made under.
 
 ``prompt`` is the chat prompt as a list of ``{role, content}`` messages (the conversational form
-TRL and the Hub's dataset viewer read), ``chosen``/``rejected`` are the assistant's texts.
+of preference datasets), ``chosen``/``rejected`` are the assistant's texts.
 """
 
 from __future__ import annotations

@@ -329,6 +329,7 @@ class Run:
                     field="review",
                     value=True,
                 )
+            self._check_curated_terms()
             teachers = {p.teacher for group in self._curated.values() for p in group}
             # the ledger finds the run's samples by this teacher; several teachers: every teacher's
             self.state.summary["teacher"] = teachers.pop() if len(teachers) == 1 else None
@@ -355,6 +356,42 @@ class Run:
         # a policy='warn' decision is announced by the sampling stage, with the samples it affects
         self.state.summary["teacher"] = teacher.spec
         return teacher
+
+    def _check_curated_terms(self) -> None:
+        """The terms gate a live teacher passes, applied to the teachers that made the dataset's pairs.
+
+        Each pair's recorded provider and model are decided again under the terms installed now and
+        the run's ``policy``: pairs a teacher may no longer be distilled from are refused before
+        anything runs, as its samples would be. Rows that name no provider (hand-made pairs) have no
+        terms to check.
+        """
+        from jupyter_distill.core import policy
+        from jupyter_distill.core.errors import PolicyError
+
+        config = self.config
+        seen: dict[tuple[Any, ...], int] = {}
+        for group in self._curated.values():
+            for pair in group:
+                prov = pair.provenance
+                key = (pair.teacher, prov.get("provider"), prov.get("model"), prov.get("authorization"),
+                       prov.get("licence"))  # fmt: skip
+                seen[key] = seen.get(key, 0) + 1
+        for (teacher, provider, model, authorization, licence), count in seen.items():
+            if not provider or provider not in policy.TERMS:
+                continue
+            try:
+                policy.decide(
+                    str(provider), str(model or ""), mode=config.policy,
+                    authorization=authorization or config.authorization,
+                    enforce_distillable=config.enforce_distillable, licence=str(licence or ""),
+                )  # fmt: skip
+            except PolicyError as exc:
+                raise PolicyError(
+                    f"{count} curated pair(s) of the dataset were made by {teacher}, which the terms installed now "
+                    f"({policy.TERMS_VERSION}) do not allow training on: {exc}",
+                    field="dataset",
+                    value=teacher,
+                ) from None
 
     def _load_curated_judge(self, prompts: list[PromptRecord]) -> Any:
         """The judge of a run on curated pairs: scores held-out answers only, and never the teacher."""
