@@ -27,6 +27,8 @@ _LAZY = {
     "rollback": "jupyter_distill.pipeline.promote",
     "alias_history": "jupyter_distill.pipeline.promote",
     "audit": "jupyter_distill.pipeline.audit",
+    "export_dataset": "jupyter_distill.pipeline.share",
+    "push_to_hub": "jupyter_distill.pipeline.share",
     "DistillConfig": "jupyter_distill.core.config",
     "DistillError": "jupyter_distill.core.errors",
 }

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_distill.core.config import short_repr
+from jupyter_distill.core.curated import COLUMNS as CURATED_COLUMNS
+from jupyter_distill.core.curated import CuratedPair, from_row, is_curated
 from jupyter_distill.core.errors import DatasetError, DistillError
 from jupyter_distill.core.hashing import content_hash
 from jupyter_distill.core.store import PromptRecord
@@ -36,22 +38,35 @@ def load_dataset(
     prompt_field: str = "prompt",
     system_prompt: str | None = None,
     max_prompts: int | None = None,
+    pairs: dict[str, list[CuratedPair]] | None = None,
 ) -> list[PromptRecord]:
-    """Read ``source`` into deduplicated prompts, in input order."""
+    """Read ``source`` into deduplicated prompts, in input order.
+
+    Rows that carry a made pair (a ``chosen`` text: the curated rows ``jd.export_dataset``
+    writes, see :mod:`jupyter_distill.core.curated`) are collected into ``pairs`` by prompt hash
+    when a dict is given; their pair and provenance columns are not reference fields.
+    """
     rows = _guarded(_read_rows(source), source)
     prompts: list[PromptRecord] = []
     seen: set[str] = set()
+    full = False
     for index, raw in enumerate(rows, start=1):
         row = _as_row(raw, index, prompt_field)
         messages = _messages(row, index, prompt_field, system_prompt)
         digest = content_hash("prompt", messages)
+        if full and digest not in seen:
+            break  # the last kept prompt's further pairs are read up to here
+        if pairs is not None and is_curated(row):
+            pairs.setdefault(digest, []).append(from_row(row, digest, len(pairs.get(digest, []))))
         if digest in seen:
             continue
         seen.add(digest)
         reference = _reference(row, index, prompt_field)
         prompts.append(PromptRecord(hash=digest, messages=messages, row=reference, position=len(prompts)))
         if max_prompts is not None and len(prompts) >= max_prompts:
-            break
+            full = True
+            if pairs is None:
+                break
     if not prompts:
         raise DatasetError(
             f"the dataset {_describe(source)} has no rows. Fix: give at least one row with a "
@@ -355,6 +370,8 @@ def _as_row(raw: Any, index: int, prompt_field: str) -> dict[str, Any]:
 def _messages(row: dict[str, Any], index: int, prompt_field: str, system_prompt: str | None) -> list[dict[str, str]]:
     if "messages" in row and row["messages"] is not None and prompt_field not in row:
         messages = _check_messages(row["messages"], index)
+    elif isinstance(row.get(prompt_field), list):  # a conversational prompt: a list of messages
+        messages = _check_messages(row[prompt_field], index)
     elif prompt_field in row:
         value = row[prompt_field]
         if not isinstance(value, str):
@@ -442,9 +459,8 @@ def _check_text(text: str, index: int, what: str, field: str) -> str:
 def _reference(row: dict[str, Any], index: int, prompt_field: str) -> dict[str, Any]:
     """The row's other fields as JSON-safe values, for verifiers and the store, within a bound."""
     budget = [MAX_ROW_VALUES]
-    return {
-        _key(k, index): _json_safe(v, index, budget, 1) for k, v in row.items() if k not in (prompt_field, "messages")
-    }
+    skip = {prompt_field, "messages", *(CURATED_COLUMNS if is_curated(row) else ())}
+    return {_key(k, index): _json_safe(v, index, budget, 1) for k, v in row.items() if k not in skip}
 
 
 def _key(key: Any, index: int) -> str:

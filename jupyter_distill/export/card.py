@@ -2,7 +2,10 @@
 
 The licence chain (teacher terms, student base licence, dataset) and the run's spend are read from
 the run store and written both as README.md and as GGUF header keys, so the provenance travels
-with the file even when the card does not.
+with the file even when the card does not. The run's rights ledger (per teacher: samples, provider,
+endpoint, terms version and verdict; the student's base licence; run id; dataset hash) is written
+the same way, in one form (:func:`travelling_ledger`) shared by the model card, the GGUF header
+(``jupyter_distill.ledger``) and the dataset card.
 """
 
 from __future__ import annotations
@@ -11,6 +14,76 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+#: GGUF header key holding the travelling rights ledger as JSON.
+LEDGER_KEY = "jupyter_distill.ledger"
+
+
+# ---------------------------------------------------------------------------------------- rights ledger
+def travelling_ledger(
+    ledger: dict[str, Any] | None, *, run_id: str | None = None, dataset_hash: str | None = None
+) -> dict[str, Any] | None:
+    """The rights ledger (``Ledger.to_dict()``) in the form that leaves the machine with an artifact.
+
+    Files are named by file name, hash and size (a local path says nothing to whoever downloads
+    the model, and tells them about the exporter's disk); a terms change keeps its counts, not
+    every sample key. The run id and the hash of the run's prompts are added, so a model card, a
+    GGUF header and a dataset card made from one run can be matched to each other and to the run.
+    Already travelling ledgers pass through unchanged (apart from a missing run id or hash).
+    """
+    if not ledger:
+        return None
+    out = {
+        k: ledger.get(k)
+        for k in ("format", "version", "subject", "runs", "teachers", "students", "aliases", "terms_version",
+                  "ok", "generated_at", "notes")
+    }  # fmt: skip
+    out["run_id"] = ledger.get("run_id") or run_id or ((ledger.get("runs") or [None])[0])
+    out["dataset_hash"] = ledger.get("dataset_hash") or dataset_hash
+    out["files"] = [
+        {"kind": f.get("kind"), "name": f.get("name") or Path(str(f.get("path") or "")).name,
+         "sha256": f.get("sha256"), "size": f.get("size")}
+        for f in ledger.get("files") or []
+    ]  # fmt: skip
+    out["changes"] = [
+        {
+            **{k: c.get(k) for k in ("teacher", "provider", "recorded_verdict", "current_verdict", "recorded_terms",
+                                     "current_terms", "runs", "aliases")},
+            "samples": c["samples"] if isinstance(c.get("samples"), int) else len(c.get("samples") or []),
+            "trained_on": c["trained_on"] if isinstance(c.get("trained_on"), int) else len(c.get("trained_on") or []),
+        }
+        for c in ledger.get("changes") or []
+    ]  # fmt: skip
+    return out
+
+
+def ledger_markdown(ledger: dict[str, Any] | None) -> list[str]:
+    """The "Rights ledger" section of a model or dataset card: a table per teacher and the JSON itself."""
+    if not ledger:
+        return ["## Rights ledger", "", "Not recorded (the export was not given the run's ledger).", ""]
+    lines = ["## Rights ledger", ""]
+    lines.append(f"- run: `{ledger.get('run_id')}`; dataset hash: `{ledger.get('dataset_hash') or 'not recorded'}`")
+    for s in ledger.get("students") or []:
+        lines.append(f"- student base model `{s.get('student')}`, licence `{s.get('licence')}`")
+    lines.append(f"- terms table: {ledger.get('terms_version')}; audited {ledger.get('generated_at') or 'n/a'}")
+    lines += [
+        "",
+        "| teacher | provider | endpoint | terms version | verdict | trained on | sampled |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in ledger.get("teachers") or []:
+        verdict = str(t.get("verdict")) + (" (authorised)" if t.get("authorization") else "")
+        lines.append(
+            f"| `{t.get('teacher')}` | {t.get('provider') or ''} | {t.get('endpoint') or ''} | "
+            f"{t.get('terms_version')} | {verdict} | {t.get('trained_on')} | {t.get('sampled')} |"
+        )
+    for c in ledger.get("changes") or []:
+        lines.append(
+            f"\n**Terms changed** for `{c['teacher']}`: {c['recorded_verdict']} under {c['recorded_terms']} -> "
+            f"{c['current_verdict']} under {c['current_terms']} ({c['trained_on']} trained-on samples)."
+        )
+    lines += ["", "```json", json.dumps(ledger, ensure_ascii=False, indent=1, sort_keys=True), "```", ""]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------- model card
@@ -146,6 +219,8 @@ def write_model_card(path: str | Path, info: dict[str, Any]) -> Path:
     if info.get("metrics"):
         lines += ["", "## Metrics", ""]
         lines += [f"- {k}: {v}" for k, v in info["metrics"].items()]
+    if info.get("rights_ledger") or prov:
+        lines += ["", *ledger_markdown(info.get("rights_ledger"))]
     lines += ["", f"Exported {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -199,6 +274,10 @@ def gguf_provenance(
         or None,
         "jupyter_distill.dataset_hash": info.get("dataset_sha256") or dataset_hash(store, run_id),
     }
+    ledger = info.get("rights_ledger")
+    if ledger:
+        extra[LEDGER_KEY] = travelling_ledger(ledger, run_id=extra["jupyter_distill.run_id"],
+                                              dataset_hash=extra["jupyter_distill.dataset_hash"])  # fmt: skip
     if teachers:
         extra["jupyter_distill.teachers"] = ",".join(teachers)
         extra["jupyter_distill.teacher_terms"] = {
@@ -209,8 +288,11 @@ def gguf_provenance(
 
 
 __all__ = [
+    "LEDGER_KEY",
     "dataset_hash",
     "gguf_provenance",
+    "ledger_markdown",
     "provenance_summary",
+    "travelling_ledger",
     "write_model_card",
 ]

@@ -32,7 +32,13 @@ from jupyter_distill.core.hashing import content_hash, file_sha256
 from jupyter_distill.core.models import SOURCE_MARKER
 from jupyter_distill.core.quant_types import DEFAULT_QUANTIZE, QUANT_TYPES, canonical_quant_name
 from jupyter_distill.export import converter as gguf_converter
-from jupyter_distill.export.card import gguf_provenance, provenance_summary, write_model_card
+from jupyter_distill.export.card import (
+    dataset_hash,
+    gguf_provenance,
+    provenance_summary,
+    travelling_ledger,
+    write_model_card,
+)
 from jupyter_distill.export.check import (
     MAX_CHECK_PROMPTS,
     MIN_ADAPTER_AGREEMENT,
@@ -344,7 +350,9 @@ def export_gguf(
     ``chat_template`` (default: the one saved with the merged tokenizer, i.e. the one training
     rendered prompts with) is written into the GGUF, so serving renders prompts the same way.
     ``check_prompts`` default to the run's held-out prompts (with ``store`` and ``run_id``), else a
-    small built-in set.
+    small built-in set. ``card["rights_ledger"]`` (the run's audit, ``Ledger.to_dict()``) is written
+    into the model card and, as JSON, into the GGUF header key ``jupyter_distill.ledger``; the
+    quantized files keep it (llama.cpp's quantizer copies every header key).
     Raises ``ExportError`` when f16 agreement is below ``min_agreement``: a broken conversion must
     not reach an alias. ``stop`` is checked between the steps (merge, convert, each quantization,
     check); a stop raises :class:`ExportStopped` before anything is registered in the store, so a
@@ -375,7 +383,11 @@ def export_gguf(
     stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in str(stem))
 
     provenance = provenance_summary(store, run_id)
-    metadata, extra_kv = gguf_provenance(dict(card or {}), provenance, store, run_id)
+    card = dict(card or {})
+    if card.get("rights_ledger"):  # one travelling form for the header and the card
+        digest = card.get("dataset_sha256") or dataset_hash(store, run_id)
+        card["rights_ledger"] = travelling_ledger(card["rights_ledger"], run_id=run_id, dataset_hash=digest)
+    metadata, extra_kv = gguf_provenance(card, provenance, store, run_id)
 
     t0 = time.perf_counter()
     phase("writing the f16 GGUF", 1)

@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 from jupyter_distill.core import capture
 from jupyter_distill.core import data as data_module
 from jupyter_distill.core.config import DistillConfig
-from jupyter_distill.core.errors import DistillError, ReviewError, TrainingError
+from jupyter_distill.core.curated import CuratedPair
+from jupyter_distill.core.errors import ConfigError, DistillError, ReviewError, TrainingError
 from jupyter_distill.core.events import PHASES, Emit, Event, fan_out
 from jupyter_distill.core.hashing import content_hash, file_sha256
 from jupyter_distill.core.loops import run_sync
@@ -100,6 +101,7 @@ class Run:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._loaded_judge: Any = None
+        self._curated: dict[str, list[CuratedPair]] = {}  # made pairs the dataset brought (no teacher call)
         self._review_done = threading.Event()
         self._review_handler = review_handler
         self.resume = resume
@@ -228,8 +230,8 @@ class Run:
             # re-run must not mark a finished run failed or replace its config (tests/test_bad_input.py).
             prompts = self._prepare_prompts()
             self._check_student()
-            teacher = self._load_teacher()
-            judge = self._load_judge(teacher)
+            teacher = None if self._curated else self._load_teacher()
+            judge = self._load_curated_judge(prompts) if self._curated else self._load_judge(teacher)
             validate_before_requests(config, self.name, judge)
         except BaseException as exc:
             self.state.status = "failed"
@@ -247,9 +249,14 @@ class Run:
         self._announce(Event("run_start", run=self.name, message=f"run {self.name}", data=config.to_public_dict()))
         try:
             store.put_prompts(self.name, prompts)
-            samples = self._phase("sampling", lambda: self._sample(teacher, prompts))
-            judgments = self._phase("judging", lambda: self._judge(judge, prompts, samples))
-            pairs = self._phase("review", lambda: self._select_and_review(prompts, samples, judgments))
+            if self._curated:  # the dataset's own pairs: stored as samples, scores and pairs, no teacher call
+                samples, judgments = self._phase("sampling", lambda: self._import_curated(prompts))
+                self._phase("judging", lambda: judgments)
+                pairs = self._phase("review", lambda: self._curated_pairs(prompts, samples))
+            else:
+                samples = self._phase("sampling", lambda: self._sample(teacher, prompts))
+                judgments = self._phase("judging", lambda: self._judge(judge, prompts, samples))
+                pairs = self._phase("review", lambda: self._select_and_review(prompts, samples, judgments))
             student_info = self._phase("training", lambda: self._train(pairs))
             self._phase("eval", lambda: self._evaluate(prompts, samples, judgments, judge, student_info))
             exported = self._phase("export", lambda: self._export(student_info, prompts))
@@ -322,12 +329,27 @@ class Run:
     # ------------------------------------------------------------------ phase bodies
     def _prepare_prompts(self) -> list[PromptRecord]:
         config = self.config
+        self._curated = {}
         prompts = data_module.load_dataset(
             config.dataset,
             prompt_field=config.prompt_field,
             system_prompt=config.system_prompt,
             max_prompts=config.max_prompts,
+            pairs=self._curated,
         )
+        if self._curated:
+            if config.review:
+                raise ReviewError(
+                    f"the dataset holds {sum(map(len, self._curated.values()))} curated pairs (chosen/rejected "
+                    "columns), already judged and reviewed, so review=True has no candidates to show. Fix: pass "
+                    "review=False, or review in the run that made the pairs.",
+                    field="review",
+                    value=True,
+                )
+            self._check_curated_terms()
+            teachers = {p.teacher for group in self._curated.values() for p in group}
+            # the ledger finds the run's samples by this teacher; several teachers: every teacher's
+            self.state.summary["teacher"] = teachers.pop() if len(teachers) == 1 else None
         data_module.split(prompts, config.heldout_fraction, config.seed)
         heldout = sum(p.split == "heldout" for p in prompts)
         self.state.summary.update(
@@ -351,6 +373,134 @@ class Run:
         # a policy='warn' decision is announced by the sampling stage, with the samples it affects
         self.state.summary["teacher"] = teacher.spec
         return teacher
+
+    def _check_curated_terms(self) -> None:
+        """The terms gate a live teacher passes, applied to the teachers that made the dataset's pairs.
+
+        Each pair's recorded provider and model are decided again under the terms installed now and
+        the run's ``policy``: pairs a teacher may no longer be distilled from are refused before
+        anything runs, as its samples would be. Rows that name no provider (hand-made pairs) have no
+        terms to check.
+        """
+        from jupyter_distill.core import policy
+        from jupyter_distill.core.errors import PolicyError
+
+        config = self.config
+        seen: dict[tuple[Any, ...], int] = {}
+        for group in self._curated.values():
+            for pair in group:
+                prov = pair.provenance
+                key = (pair.teacher, prov.get("provider"), prov.get("model"), prov.get("authorization"),
+                       prov.get("licence"))  # fmt: skip
+                seen[key] = seen.get(key, 0) + 1
+        for (teacher, provider, model, authorization, licence), count in seen.items():
+            if not provider or provider not in policy.TERMS:
+                continue
+            try:
+                policy.decide(
+                    str(provider), str(model or ""), mode=config.policy,
+                    authorization=authorization or config.authorization,
+                    enforce_distillable=config.enforce_distillable, licence=str(licence or ""),
+                )  # fmt: skip
+            except PolicyError as exc:
+                raise PolicyError(
+                    f"{count} curated pair(s) of the dataset were made by {teacher}, which the terms installed now "
+                    f"({policy.TERMS_VERSION}) do not allow training on: {exc}",
+                    field="dataset",
+                    value=teacher,
+                ) from None
+
+    def _load_curated_judge(self, prompts: list[PromptRecord]) -> Any:
+        """The judge of a run on curated pairs: scores held-out answers only, and never the teacher."""
+        if self.config.judge is None:
+            if not any(p.split == "heldout" for p in prompts):
+                self.state.summary["judge"] = None
+                return None
+            raise ConfigError(
+                "the dataset holds curated pairs, so no teacher is called, and judge=None means the teacher grades "
+                "the held-out answers. Fix: pass judge= a verifier (e.g. jd.judges.exact_match('expected')) or a "
+                "judge model spec, or heldout_fraction=0 to skip the held-out evaluation.",
+                field="judge",
+                value=None,
+            )
+        return self._load_judge(None)
+
+    def _import_curated(self, prompts: list[PromptRecord]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+        """Store the dataset's pairs as samples (with the provenance their rows carry) and their scores
+        as judgments; returns ``(samples by prompt, judgments by sample key)`` as sampling and judging do."""
+        from jupyter_distill.core.store import JudgmentRecord, SampleRecord
+
+        source = _dataset_source(self.config.dataset)
+        samples: dict[str, list[SampleRecord]] = {}
+        judgments: dict[str, JudgmentRecord] = {}
+        for prompt in prompts:
+            for pair in self._curated.get(prompt.hash, []):
+                prov = pair.provenance
+                for side, text, score in (("chosen", pair.chosen, pair.chosen_score),
+                                          ("rejected", pair.rejected, pair.rejected_score)):  # fmt: skip
+                    if text is None:
+                        continue
+                    key = content_hash("curated", prompt.hash, pair.teacher, text)
+                    provenance = {
+                        **{k: prov.get(k) for k in ("teacher", "provider", "endpoint", "model", "terms_version",
+                                                    "licence")},
+                        "teacher": pair.teacher,
+                        "time": prov.get("sampled_at"),
+                        "policy": {
+                            "verdict": prov.get("terms_verdict"), "terms_version": prov.get("terms_version"),
+                            "provider": prov.get("provider"), "model": prov.get("model"),
+                            "authorization": prov.get("authorization"), "licence": prov.get("licence"),
+                        },
+                        "imported_from": source,
+                        "source_sample": prov.get(f"{side}_sample"),
+                        "human_decision": pair.human_decision if side == "chosen" else None,
+                        "judge": pair.judge,
+                    }  # fmt: skip
+                    group = samples.setdefault(prompt.hash, [])
+                    if any(s.key == key for s in group):
+                        continue
+                    group.append(
+                        SampleRecord(key, prompt.hash, pair.teacher, {"imported_from": source}, len(group), text,
+                                     provenance=provenance)
+                    )  # fmt: skip
+                    if score is None:  # an edited text, or a row without scores: no judgment was made of it
+                        continue
+                    judge_id = pair.judge or "imported"
+                    judgments[key] = JudgmentRecord(content_hash("judgment", key, judge_id), key, judge_id, score)
+        self.store.put_samples([s for group in samples.values() for s in group])
+        self.store.put_judgments(judgments.values())
+        self.state.summary.update(
+            {"teacher_requests": 0, "teacher_cost": 0.0, "failed_prompts": [], "unsaved_samples": 0,
+             "curated_pairs": sum(map(len, self._curated.values())), "curated_from": source}
+        )  # fmt: skip
+        return samples, judgments
+
+    def _curated_pairs(self, prompts: list[PromptRecord], samples: dict[str, list[Any]]) -> list[Any]:
+        """The dataset's pairs of the training prompts, as they came (held-out prompts are evaluated on)."""
+        from jupyter_distill.core.store import PairRecord
+
+        pairs: list[PairRecord] = []
+        for prompt in prompts:
+            if prompt.split != "train":
+                continue
+            by_text = {s.text: s.key for s in samples.get(prompt.hash, [])}
+            for rank, pair in enumerate(self._curated.get(prompt.hash, [])):
+                rejected = pair.rejected if pair.rejected != pair.chosen else None
+                pairs.append(
+                    PairRecord(prompt.hash, rank, pair.chosen, rejected, by_text.get(pair.chosen),
+                               by_text.get(rejected) if rejected is not None else None, pair.source)
+                )  # fmt: skip
+        self.store.put_pairs(self.name, pairs)
+        if not pairs:
+            raise TrainingError(
+                f"no training pairs for run {self.name!r}: the dataset's curated pairs all fell on held-out prompts. "
+                "Fix: lower heldout_fraction.",
+                field="heldout_fraction",
+                value=self.config.heldout_fraction,
+            )
+        self.state.summary["pairs"] = len(pairs)
+        self.state.summary["pairs_with_rejected"] = sum(p.rejected_text is not None for p in pairs)
+        return pairs
 
     def _load_judge(self, teacher: Any) -> Any:
         from jupyter_distill.judging.llm_judge import load_judge
