@@ -98,6 +98,7 @@ class Run:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._loaded_judge: Any = None
+        self._loaded_teacher: Any = None
         self._review_done = threading.Event()
         self._review_handler = review_handler
         self.resume = resume
@@ -218,7 +219,7 @@ class Run:
             self._check_student()
             teacher = self._load_teacher()
             judge = self._load_judge(teacher)
-            validate_before_requests(config, self.name, judge)
+            validate_before_requests(config, self.name, judge, teacher)
         except BaseException as exc:
             self.state.status = "failed"
             self.state.error = str(exc)
@@ -333,6 +334,7 @@ class Run:
         )
         # a policy='warn' decision is announced by the sampling stage, with the samples it affects
         self.state.summary["teacher"] = teacher.spec
+        self._loaded_teacher = teacher
         return teacher
 
     def _load_judge(self, teacher: Any) -> Any:
@@ -454,7 +456,11 @@ class Run:
         )  # fmt: skip
         examples = TrainPair.from_records(pairs, self.store.get_prompts(self.name))
         output_dir = Path(config.workdir) / "runs" / self.name / "train"
-        rewards = None
+        rewards = teacher_logprobs = None
+        if config.loss == "onpolicy":  # the teacher scores the student's own tokens
+            from jupyter_distill.train.teacher_logprobs import TeacherLogprobs
+
+            teacher_logprobs = TeacherLogprobs(self._loaded_teacher)
         if config.loss == "jbond":  # the run's judge scores the student's samples against the teacher's
             from jupyter_distill.train.rewards import OnPolicyRewards, teacher_scores
 
@@ -465,7 +471,7 @@ class Run:
             )
         trainer = BondTrainer(
             student, examples, settings, output_dir=output_dir, store=self.store, run_id=self.name,
-            emit=self.emit, stop=self._stop, engine=config.engine, rewards=rewards,
+            emit=self.emit, stop=self._stop, engine=config.engine, rewards=rewards, teacher_logprobs=teacher_logprobs,
         )  # fmt: skip
         self._preparing("measuring the student before training")
         before = self._evaluate_student(student, label="student_before")
@@ -688,7 +694,7 @@ class Run:
         return _jsonable(summary)
 
 
-def validate_before_requests(config: DistillConfig, run_name: str, judge: Any = None) -> None:
+def validate_before_requests(config: DistillConfig, run_name: str, judge: Any = None, teacher: Any = None) -> None:
     """Refuse, before the first paid request, a run that could only fail after it.
 
     The student (map key, HF folder or .gguf: found, readable, loadable here, an architecture
@@ -698,7 +704,7 @@ def validate_before_requests(config: DistillConfig, run_name: str, judge: Any = 
     """
     from jupyter_distill.pipeline.preflight import check_run
 
-    check_run(config, run_name, judge)
+    check_run(config, run_name, judge, teacher)
 
 
 def distill(
