@@ -108,7 +108,7 @@ def test_onpolicy_is_refused_with_jbond_suggested() -> None:
     assert "jbond" in err.fix and "openrouter:some/model" in str(err)
 
 
-def test_jbond_passes_preflight_except_on_the_fast_engine() -> None:
+def test_jbond_and_onpolicy_pass_the_trainer_check_except_on_the_fast_engine() -> None:
     for loss in ("sft", "bond", "jbond"):
         check_loss(DistillConfig(loss=loss))
         check_trainable_loss(loss)
@@ -116,8 +116,8 @@ def test_jbond_passes_preflight_except_on_the_fast_engine() -> None:
         check_loss(DistillConfig(loss="jbond", engine="fast"))
     assert info.value.field == "engine" and info.value.value == "fast"
     with pytest.raises(TrainingError) as info:
-        check_trainable_loss("onpolicy")
-    assert info.value.field == "loss" and "jbond" in info.value.fix
+        check_trainable_loss("onpolicy", "fast")
+    assert info.value.field == "engine" and "plain" in info.value.fix
 
 
 def test_estimate_counts_the_judge_calls_on_the_students_samples() -> None:

@@ -89,7 +89,8 @@ def _refuse_onpolicy(teacher: str, why: str) -> ConfigError:
         f"loss='onpolicy' needs a teacher that scores the student's tokens (per-token log-probs with the "
         f"student's tokenizer), and the teacher {short_repr(teacher)} cannot: {why}. "
         "Fix: use loss='jbond', which judges the student's samples against the teacher's candidates "
-        "and works with any teacher; or a local GGUF teacher (local:NAME, gguf:PATH) with the student's tokenizer.",
+        "and works with any teacher; or a teacher with the student's tokenizer that scores tokens: a local GGUF "
+        "(local:NAME, gguf:PATH) or an OpenAI-compatible server returning prompt log-probs (vLLM).",
         field="loss",
         value="onpolicy",
         fix="use loss='jbond'",
@@ -119,15 +120,23 @@ def check_scoring_teacher(config: DistillConfig, teacher: Any = None) -> None:
     why = scoring_refusal(teacher)
     if why is not None:
         raise _refuse_onpolicy(shown, why)
-    theirs = run_sync(teacher.tokenizer_fingerprint, thread_name="jupyter-distill-preflight")
+    from jupyter_distill.core.errors import TeacherError
+
+    try:
+        theirs = run_sync(teacher.tokenizer_fingerprint, thread_name="jupyter-distill-preflight")
+    except TeacherError as exc:
+        raise _refuse_onpolicy(
+            shown, f"its tokenizer cannot be read to compare it with the student's ({exc})"
+        ) from None
     mine = student_fingerprint(config.student)
     differs = mismatch(mine, theirs)
     if differs is not None:
         raise _refuse_onpolicy(shown, f"its tokenizer is not the student {short_repr(config.student)}'s: {differs}")
 
 
-#: teacher schemes whose teachers can score given tokens (llama.cpp evaluates any token sequence)
-SCORING_SCHEMES: tuple[str, ...] = ("local", "gguf")
+#: teacher schemes whose teachers can score given tokens: llama.cpp evaluates any token sequence,
+#: and a self-hosted OpenAI-compatible server may return prompt log-probs (vLLM does)
+SCORING_SCHEMES: tuple[str, ...] = ("local", "gguf", "openai-compatible")
 
 
 # ---------------------------------------------------------------------------------- the student

@@ -495,6 +495,14 @@ class Run:
         if result.stopped:
             raise RunStopped(f"run {self.name!r} stopped at step {result.steps_done}. {resume_hint(self.name)}")
         self.state.summary.update({"steps": result.steps_done, "engine": result.engine})
+        if teacher_logprobs is not None:  # the teacher's scoring of the student's samples: counted and priced
+            self.state.summary.update(
+                {
+                    "teacher_scoring_calls": teacher_logprobs.calls,
+                    "teacher_scoring_tokens": teacher_logprobs.tokens,
+                    "teacher_scoring_cost": round(teacher_logprobs.cost, 6),
+                }
+            )
         if result.engine_reason:
             self.emit(Event("warning", run=self.name, phase="training", message=result.engine_reason))
         self.store.put_artifact(self.name, "adapter", result.adapter_dir)
@@ -687,7 +695,8 @@ class Run:
         ) + float(self.state.summary.get("eval_judge_cost") or 0.0)
         summary["teacher_cost"] = round(teacher_cost, 6)
         summary["judge_cost"] = round(judge_cost, 6)
-        summary["total_cost"] = round(teacher_cost + judge_cost, 6)
+        scoring_cost = float(self.state.summary.get("teacher_scoring_cost") or 0.0)  # loss: onpolicy
+        summary["total_cost"] = round(teacher_cost + judge_cost + scoring_cost, 6)
         summary["failed"] = [f["prompt_hash"] for f in self.store.get_failures(self.name)]
         if self._announce.failures:  # e.g. the store refused to record events: say so, do not hide it
             summary["event_sink_failures"] = dict(self._announce.failures)
