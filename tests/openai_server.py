@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -306,7 +307,7 @@ class OpenAIServer:
             if any(not 0 <= t < self.vocab_size for t in ids):
                 return self._error(400, f"token id out of range for a vocabulary of {self.vocab_size}")
             prompt_tokens += len(ids)
-            values = [None] + [self.table_logprob(a, b, self.vocab_size) for a, b in zip(ids, ids[1:], strict=False)]
+            values = [None] + [self.table_logprob(a, b, self.vocab_size) for a, b in itertools.pairwise(ids)]
             generated = (7 * ids[-1]) % self.vocab_size
             choice: dict[str, Any] = {"index": index, "text": f"<{generated}>", "finish_reason": "length"}
             if self.prompt_logprobs == "vllm":
