@@ -132,3 +132,40 @@ def test_distill_with_onpolicy_through_a_server_counts_and_prices_the_scoring(
     for m in store.get_metrics("onpolicy-http", "reverse_kl"):
         assert m["value"] == m["value"]  # finite numbers recorded
     store.close()
+
+
+def test_scores_shared_by_eight_threads_score_each_sample_once(openai_server: OpenAIServer) -> None:
+    """A notebook reads the counters while training scores: eight threads scoring overlapping samples
+    at once get the same numbers, each distinct sample is paid for once, and the counters add up."""
+    import threading
+
+    openai_server.prompt_logprobs = "vllm"
+    scores = TeacherLogprobs(load_teacher(openai_server.spec("m"), input_usd_per_m=1.0))
+    items = [(PROMPT, [i, i + 1]) for i in range(10, 22)]
+    results: list[list[list[float]]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def work(offset: int) -> None:
+        try:
+            start.wait()
+            mine = items[offset:] + items[:offset]
+            got = scores.score(mine)
+            results.append(got[len(items) - offset :] + got[: len(items) - offset])
+            scores.state_dict()  # a concurrent reader
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and len(results) == 8
+    assert all(r == results[0] for r in results)
+    for (prompt, ids), values in zip(items, results[0], strict=True):
+        assert values == pytest.approx(table(prompt + ids, len(prompt)), abs=1e-12)
+    scored = [c for body in openai_server.scoring_bodies for c in body["prompt"]]
+    assert sorted(map(tuple, scored)) == sorted(tuple(p + i) for p, i in items)  # each sample paid once
+    assert scores.tokens == sum(len(ids) for _, ids in items) and scores.hits == 7 * len(items)
+    assert scores.cost == pytest.approx(sum(len(p + i) for p, i in items) / 1e6)
