@@ -12,7 +12,6 @@ from jupyter_distill.core.store import RunStore
 from jupyter_distill.judging.verifiers import exact_match
 
 
-@pytest.mark.slow  # about a minute on a loaded 2-core machine
 def test_distill_with_onpolicy_records_the_reverse_kl_against_a_local_teacher(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("JUPYTER_DISTILL_LLAMA_THREADS", "1")

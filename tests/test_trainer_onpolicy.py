@@ -43,7 +43,6 @@ def run(teacher: Any, out: Path, *, steps: int = 4, stop_at: int | None = None, 
     return trainer.train(), trainer
 
 
-@pytest.mark.slow  # about a minute on a loaded 2-core machine (llama.cpp scores every sample)
 def test_onpolicy_trains_and_records_the_reverse_kl(teacher: Any, tmp_path: Path) -> None:
     result, trainer = run(teacher, tmp_path / "train", steps=3)
     assert result.steps_done == 3 and result.engine == "plain-onpolicy"
@@ -57,7 +56,6 @@ def test_onpolicy_trains_and_records_the_reverse_kl(teacher: Any, tmp_path: Path
     assert scores.tokens > 0
 
 
-@pytest.mark.slow
 def test_a_resumed_onpolicy_run_equals_an_uninterrupted_one(teacher: Any, tmp_path: Path) -> None:
     whole, whole_trainer = run(teacher, tmp_path / "whole")
     first, _ = run(teacher, tmp_path / "split", stop_at=2)
