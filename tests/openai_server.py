@@ -8,7 +8,9 @@ Start it with the ``openai_server`` fixture (``tests/conftest.py``) or by hand::
     ...
     server.stop()
 
-Endpoints: ``POST /v1/chat/completions`` and ``GET /v1/models``; for control from another
+Endpoints: ``POST /v1/chat/completions`` and ``GET /v1/models``; for token scoring
+``POST /v1/completions`` (token-id prompts, prompt log-probs from a deterministic table) and
+vLLM's ``POST /tokenize`` (see ``tokenizer`` and ``prompt_logprobs`` below); for control from another
 process (``python tests/openai_server.py`` serves in the foreground and prints its URL):
 ``POST /_set`` (JSON knobs, see ``SETTABLE``), ``POST /_reset``, ``GET /_stats``.
 
@@ -37,12 +39,16 @@ Knobs (plain attributes; change them at any time, they apply to the next request
 * ``responder(body, index) -> str``: produce the text of choice ``index`` yourself (judges,
   serving); the default is :meth:`reply`.
 * ``models``: the list returned by ``/v1/models`` (OpenRouter-style ``is_trainable_text`` flags).
+* ``tokenizer(text) -> ids``: what ``/tokenize`` encodes with (None: it answers 404);
+  ``prompt_logprobs``: ``"vllm"``, ``"echo"`` or None, how ``/v1/completions`` returns the prompt's
+  log-probs (:meth:`table_logprob` over ``vocab_size`` ids); ``usage_cost`` applies there too.
 
 Records: ``requests_total`` (chat requests received), ``requests_by_prompt`` (Counter by last
 user message), ``auth_headers`` (Authorization header of each request, None when absent),
 ``bodies`` (JSON bodies), ``arrivals`` (``time.monotonic()`` of each arrival), ``directives``
 (what each request got), ``in_flight`` and ``max_in_flight`` (peak concurrent chat requests),
-``connections_opened`` (distinct client sockets that sent chat requests: keep-alive reuse).
+``connections_opened`` (distinct client sockets that sent chat requests: keep-alive reuse),
+``scoring_bodies`` (JSON bodies sent to ``/v1/completions``), ``tokenize_requests``.
 ``reset()`` restores every knob and record.
 
 Answers are deterministic: choice ``i`` of a request with ``seed`` s answers
@@ -53,8 +59,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -132,6 +140,11 @@ class OpenAIServer:
         self.echo_auth = False
         self.responder: Callable[[dict[str, Any], int], str] | None = None
         self.models: list[dict[str, Any]] = [dict(m) for m in DEFAULT_MODELS]
+        self.tokenizer: Callable[[str], list[int]] | None = None
+        self.prompt_logprobs: str | None = None
+        self.vocab_size = 49152
+        self.scoring_bodies: list[dict[str, Any]] = []
+        self.tokenize_requests = 0
         self.requests_total = 0
         self.requests_by_prompt: Counter[str] = Counter()
         self.auth_headers: list[str | None] = []
@@ -163,6 +176,14 @@ class OpenAIServer:
         digest = hashlib.sha256(f"{prompt}|{seed}|{index}".encode()).hexdigest()[:8]
         return f"answer {digest} to: {prompt}"
 
+    @staticmethod
+    def table_logprob(previous: int, token: int, vocab_size: int) -> float:
+        """The scoring table: a normalised bigram distribution, ``p(t | prev) ∝ exp(−5 k / V)`` with
+        ``k = (t − 7·prev) mod V``; its normaliser is a geometric series, so no loop over the vocabulary."""
+        k = (token - 7 * previous) % vocab_size
+        log_z = math.log((1 - math.exp(-5.0)) / (1 - math.exp(-5.0 / vocab_size)))
+        return -5.0 * k / vocab_size - log_z
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> OpenAIServer:
         """Listen on a free port in a daemon thread; returns self once it accepts connections."""
@@ -180,6 +201,8 @@ class OpenAIServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/_stats", self._stats)
         app.router.add_post("/_set", self._set)
         app.router.add_post("/_reset", self._reset)
@@ -256,6 +279,57 @@ class OpenAIServer:
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": self.models})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's ``/tokenize``: only when ``tokenizer`` is set (a server without it answers 404)."""
+        self.tokenize_requests += 1
+        if self.tokenizer is None:
+            return self._error(404, "Not Found")
+        body = await request.json()
+        tokens = [int(t) for t in self.tokenizer(str(body.get("prompt", "")))]
+        return web.json_response({"tokens": tokens, "count": len(tokens), "max_model_len": 2048})
+
+    async def _completions(self, request: web.Request) -> web.Response:
+        """``/v1/completions`` over token-id prompts, answering the prompt's log-probs from
+        :meth:`table_logprob`: vLLM's ``prompt_logprobs`` (``prompt_logprobs = "vllm"``), the legacy
+        ``echo`` + ``logprobs`` form (``"echo"``), or neither (``None``, a server that cannot score)."""
+        body = await request.json()
+        self.scoring_bodies.append(body)
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._error(401, "Incorrect API key provided")
+        prompts = body.get("prompt")
+        if isinstance(prompts, list) and prompts and isinstance(prompts[0], int):
+            prompts = [prompts]
+        if not isinstance(prompts, list) or not all(isinstance(p, list) and p for p in prompts):
+            return self._error(400, "prompt must be token ids or a list of token-id lists")
+        choices, prompt_tokens = [], 0
+        for index, ids in enumerate(prompts):
+            if any(not 0 <= t < self.vocab_size for t in ids):
+                return self._error(400, f"token id out of range for a vocabulary of {self.vocab_size}")
+            prompt_tokens += len(ids)
+            values = [None] + [self.table_logprob(a, b, self.vocab_size) for a, b in itertools.pairwise(ids)]
+            generated = (7 * ids[-1]) % self.vocab_size
+            choice: dict[str, Any] = {"index": index, "text": f"<{generated}>", "finish_reason": "length"}
+            if self.prompt_logprobs == "vllm":
+                choice["prompt_logprobs"] = [
+                    None if v is None else {str(t): {"logprob": v, "rank": 1, "decoded_token": f"<{t}>"}}
+                    for t, v in zip(ids, values, strict=True)
+                ]
+                choice["logprobs"] = None
+            elif self.prompt_logprobs == "echo":
+                choice["logprobs"] = {
+                    "tokens": [f"<{t}>" for t in [*ids, generated]],
+                    "token_logprobs": [*values, self.table_logprob(ids[-1], generated, self.vocab_size)],
+                }
+            choices.append(choice)
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(choices),
+            "total_tokens": prompt_tokens + len(choices),
+        }
+        if self.usage_cost is not None:
+            usage["cost"] = self.usage_cost
+        return web.json_response({"id": "cmpl-test", "object": "text_completion", "choices": choices, "usage": usage})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.requests_total += 1

@@ -108,7 +108,7 @@ def test_onpolicy_is_refused_with_jbond_suggested() -> None:
     assert "jbond" in err.fix and "openrouter:some/model" in str(err)
 
 
-def test_jbond_passes_preflight_except_on_the_fast_engine() -> None:
+def test_jbond_and_onpolicy_pass_the_trainer_check_except_on_the_fast_engine() -> None:
     for loss in ("sft", "bond", "jbond"):
         check_loss(DistillConfig(loss=loss))
         check_trainable_loss(loss)
@@ -116,8 +116,8 @@ def test_jbond_passes_preflight_except_on_the_fast_engine() -> None:
         check_loss(DistillConfig(loss="jbond", engine="fast"))
     assert info.value.field == "engine" and info.value.value == "fast"
     with pytest.raises(TrainingError) as info:
-        check_trainable_loss("onpolicy")
-    assert info.value.field == "loss" and "jbond" in info.value.fix
+        check_trainable_loss("onpolicy", "fast")
+    assert info.value.field == "engine" and "plain" in info.value.fix
 
 
 def test_estimate_counts_the_judge_calls_on_the_students_samples() -> None:
@@ -137,3 +137,21 @@ def test_estimate_counts_the_judge_calls_on_the_students_samples() -> None:
         free.onpolicy_judge_requests == 0
         and free.teacher_cost_max == estimate(rows, judge=lambda row, response: 1.0, **common).teacher_cost_max
     )
+
+
+def test_estimate_counts_and_prices_the_teachers_scoring_for_onpolicy() -> None:
+    from jupyter_distill.pipeline.estimate import estimate
+
+    rows = [{"prompt": f"hello there {i}"} for i in range(10)]
+    common = dict(steps=3, batch_size=2, device="cpu", judge=lambda row, response: 1.0)
+    server = "openai-compatible:http://127.0.0.1:9/v1#m"
+    bond = estimate(rows, teacher=server, **common)
+    onpolicy = estimate(rows, teacher=server, loss="onpolicy", jbond_n=4, jbond_max_new_tokens=16, **common)
+    assert bond.onpolicy_scoring_requests == 0 and onpolicy.onpolicy_scoring_requests == 3 * 2
+    assert onpolicy.onpolicy_scoring_tokens > 3 * 2 * 4 * 16  # the prompt is scored along with each sample
+    assert onpolicy.onpolicy_judge_requests == 0 and onpolicy.training_seconds > bond.training_seconds
+    assert "at most 6 requests" in repr(onpolicy)
+    paid = dict(common, teacher="gemini:gemini-2.5-flash")  # priced like its sampling (refused by preflight)
+    assert estimate(rows, loss="onpolicy", **paid).teacher_cost_max > estimate(rows, **paid).teacher_cost_max
+    local = estimate(rows, loss="onpolicy", **common)  # the default local teacher: counted, free
+    assert local.onpolicy_scoring_requests == 6 and local.teacher_cost_max == 0.0

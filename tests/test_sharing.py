@@ -260,6 +260,10 @@ def test_curated_pairs_pass_the_terms_gate_and_need_a_judge_for_held_out(tmp_pat
     with pytest.raises(ConfigError, match="judge=None") as no_judge:
         jd.distill(dataset=str(rows("local", "smollm2-135m")), **base)
     assert no_judge.value.field == "judge"
+    # onpolicy needs a live teacher scoring the student's tokens; curated pairs call none
+    with pytest.raises(ConfigError, match="curated pairs calls no teacher") as no_scorer:
+        jd.distill(dataset=str(rows("local", "smollm2-135m")), judge=exact_match("expected"), loss="onpolicy", **base)
+    assert no_scorer.value.field == "loss"
     assert RunStore(tmp_path / "wd").list_runs() == []  # refused before the store was written
 
 

@@ -70,17 +70,20 @@ class DistillConfig(BaseModel):
         description=(
             "Training loss: 'sft' (NLL on the chosen only), 'bond' (NLL + preference + KL anchor), "
             "'jbond' (on-policy J-BOND: student samples judged against the teacher's candidates), "
-            "'onpolicy' (per-token reverse KL; needs a teacher that scores tokens)."
+            "'onpolicy' (per-token reverse KL to a teacher that scores the student's tokens with its tokenizer)."
         ),
     )
-    jbond_n: int = Field(2, ge=1, le=16, description="jbond: student samples per prompt per step.")
+    jbond_n: int = Field(2, ge=1, le=16, description="jbond/onpolicy: student samples per prompt per step.")
     jbond_anchor_decay: float = Field(
-        0.99, ge=0.0, lt=1.0, description="jbond: EMA decay of the anchor's LoRA weights (0 = anchor is the policy)."
+        0.99,
+        ge=0.0,
+        lt=1.0,
+        description="jbond/onpolicy: EMA decay of the anchor's LoRA weights (0 = anchor is the policy).",
     )
     jbond_mix: float = Field(
         0.5, ge=0.0, le=1.0, description="jbond: Jeffreys mix; 0 = forward KL only, 1 = backward KL only."
     )
-    jbond_kl: float = Field(0.05, ge=0.0, le=10.0, description="jbond: weight of the KL to the EMA anchor.")
+    jbond_kl: float = Field(0.05, ge=0.0, le=10.0, description="jbond/onpolicy: weight of the KL to the EMA anchor.")
     jbond_max_new_tokens: int = Field(
         64, ge=1, le=4096, description="jbond/onpolicy: longest student sample generated during training."
     )

@@ -69,6 +69,10 @@ class Estimate:
     memory_breakdown: dict[str, float] | None = None  # GB by what holds it (weights, lora, activations, logits)
     #: loss='jbond': at most this many judge calls on the student's own samples (repeats are cached)
     onpolicy_judge_requests: int = 0
+    #: loss='onpolicy': at most this many teacher scoring requests (one per prompt per micro-batch)
+    #: and tokens scored (prompt + samples); priced like the teacher's input tokens, free when local
+    onpolicy_scoring_requests: int = 0
+    onpolicy_scoring_tokens: int = 0
     # the teacher's share of the cost online and through its provider's batch API (None: no batch API)
     teacher_only_cost_online: float | None = None
     teacher_only_cost_batch: float | None = None
@@ -105,6 +109,17 @@ class Estimate:
                 "tokens",
                 f"{self.input_tokens:,} in, {self.output_tokens_typical:,} out typical "
                 f"({self.output_tokens_max:,} max)",
+            ),
+            *(
+                [
+                    (
+                        "teacher scoring",
+                        f"at most {self.onpolicy_scoring_requests} requests, {self.onpolicy_scoring_tokens:,} tokens "
+                        "on the student's samples (onpolicy; included in the cost)",
+                    )
+                ]
+                if self.onpolicy_scoring_requests
+                else []
             ),
             ("teacher cost", cost),
             *self._batch_lines(),
@@ -218,10 +233,21 @@ def estimate_config(config: DistillConfig) -> Estimate:
         cost_max += onpolicy * (per_call_in * judge_price[0] + 60 * judge_price[1]) / 1e6
         cost_typical += onpolicy * (per_call_in * judge_price[0] + 60 * judge_price[1]) / 1e6  # repeats are cached
 
+    # onpolicy: each micro-batch sends each prompt's jbond_n samples to the teacher in one scoring request
+    mean_prompt = sum(prompt_tokens) / max(1, len(prompt_tokens))
+    scoring = config.steps * config.batch_size * config.grad_accum if config.loss == "onpolicy" else 0
+    scoring_tokens = int(scoring * config.jbond_n * (mean_prompt + config.jbond_max_new_tokens))
+    if scoring and price is not None:  # every token is billed as input, plus one generated token per sample
+        typical_tokens = scoring * config.jbond_n * (mean_prompt + config.jbond_max_new_tokens * TYPICAL_OUTPUT_SHARE)
+        cost_max += (scoring_tokens * price[0] + scoring * config.jbond_n * price[1]) / 1e6
+        cost_typical += (typical_tokens * price[0] + scoring * config.jbond_n * price[1]) / 1e6
+    if scoring:
+        onpolicy = scoring * config.jbond_n  # the student samples as in jbond (time below); no judge calls
+        paid_judge = False
+
     params_m = _student_params_m(config.student)
     device = _device(config.device)
     response_tokens = config.max_tokens * TYPICAL_OUTPUT_SHARE
-    mean_prompt = sum(prompt_tokens) / max(1, len(prompt_tokens))
     pair_tokens = 2 * mean_prompt + 2 * response_tokens
     # policy fwd+bwd on chosen and rejected (6PT) + reference fwd on the chosen tokens (2PT)
     flops = (
@@ -267,6 +293,8 @@ def estimate_config(config: DistillConfig) -> Estimate:
         quantization=config.quantization,
         memory_breakdown=peak.to_dict(),
         onpolicy_judge_requests=onpolicy if paid_judge else 0,
+        onpolicy_scoring_requests=scoring,
+        onpolicy_scoring_tokens=scoring_tokens,
         teacher_only_cost_online=round(online_only, 6) if batch_cost is not None else None,
         teacher_only_cost_batch=batch_cost,
         batch=bool(config.batch),

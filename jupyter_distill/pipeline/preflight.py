@@ -8,7 +8,9 @@ student costs milliseconds instead of a paid sampling phase.
 
 What is checked, in order (the first problem raises its ``DistillError``):
 
-0. the loss: ``onpolicy`` needs a teacher that scores tokens, and ``jbond`` the plain engine;
+0. the loss: ``onpolicy`` needs a teacher that scores tokens with the student's tokenizer (the one
+   check that loads something: a local teacher's GGUF and the student's tokenizer, no request
+   sent), and ``jbond``/``onpolicy`` the plain engine;
 1. the student: a map key, an HF folder or a ``.gguf`` file that exists and is what it claims;
 2. its architecture can be exported for the chosen ``quantize`` (``export.check_exportable``);
 3. it can be loaded here: weights available offline, safetensors, a tokenizer, an architecture
@@ -49,11 +51,11 @@ class StudentPlan:
     path: Path | None = None
 
 
-def check_run(config: DistillConfig, run_name: str, judge: Any = None) -> StudentPlan:
+def check_run(config: DistillConfig, run_name: str, judge: Any = None, teacher: Any = None) -> StudentPlan:
     """Every check above for ``config``; returns what the student is. Raises the first problem."""
     from jupyter_distill.export.gguf import check_exportable
 
-    check_loss(config)
+    check_loss(config, teacher)
     plan = read_student(config.student)
     check_exportable(plan.architecture, config.quantize)
     check_loadable(plan, config.device)
@@ -67,28 +69,74 @@ def check_run(config: DistillConfig, run_name: str, judge: Any = None) -> Studen
 
 
 # ---------------------------------------------------------------------------------- the loss
-def check_loss(config: DistillConfig) -> None:
+def check_loss(config: DistillConfig, teacher: Any = None) -> None:
     """The loss can be trained with this teacher, said before the teacher is paid for samples.
 
-    ``onpolicy`` needs the teacher's log-probs of the student's own tokens (and the student's
-    tokenizer); the teachers here return text only, so it is refused with the loss that works
-    with any teacher, ``jbond``. Then the trainer's own refusal runs (``jbond`` on the fast engine),
-    so a combination it cannot train never reaches it after a paid sampling phase.
+    ``onpolicy`` needs a teacher that scores the student's own tokens with the student's
+    tokenizer (:func:`check_scoring_teacher`); refused, it suggests the loss that works with any
+    teacher, ``jbond``. Then the trainer's own refusal runs (``jbond``/``onpolicy`` on the fast
+    engine), so a combination it cannot train never reaches it after a paid sampling phase.
     """
     from jupyter_distill.train.trainer import check_trainable_loss
 
     if config.loss == "onpolicy":
-        teacher = config.teacher if isinstance(config.teacher, str) else type(config.teacher).__name__
-        raise ConfigError(
-            f"loss='onpolicy' needs a teacher that scores the student's tokens (per-token log-probs with the "
-            f"student's tokenizer); the teacher {short_repr(teacher)} returns text only. "
-            "Fix: use loss='jbond', which judges the student's samples against the teacher's candidates "
-            "and works with any teacher.",
-            field="loss",
-            value="onpolicy",
-            fix="use loss='jbond'",
-        )
+        check_scoring_teacher(config, teacher)
     check_trainable_loss(config.loss, config.engine)
+
+
+def _refuse_onpolicy(teacher: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"loss='onpolicy' needs a teacher that scores the student's tokens (per-token log-probs with the "
+        f"student's tokenizer), and the teacher {short_repr(teacher)} cannot: {why}. "
+        "Fix: use loss='jbond', which judges the student's samples against the teacher's candidates "
+        "and works with any teacher; or a teacher with the student's tokenizer that scores tokens: a local GGUF "
+        "(local:NAME, gguf:PATH) or an OpenAI-compatible server returning prompt log-probs (vLLM).",
+        field="loss",
+        value="onpolicy",
+        fix="use loss='jbond'",
+    )
+
+
+def check_scoring_teacher(config: DistillConfig, teacher: Any = None) -> None:
+    """``loss: onpolicy``: the teacher can score tokens and reads them with the student's tokenizer.
+
+    Without a loaded teacher only what the spec says is checked (a scheme that returns text only
+    is refused). With one, its :class:`~jupyter_distill.teachers.base.TokenScorer` support, then
+    the tokenizer fingerprints (vocabulary size and the ids of fixed probe texts) of the teacher
+    and of the student's tokenizer are compared. A local teacher computes its fingerprint here
+    (the model is loaded, nothing is sent); the student's tokenizer is loaded without its weights.
+    """
+    from jupyter_distill.core.loops import run_sync
+    from jupyter_distill.core.tokenizer_id import mismatch
+    from jupyter_distill.teachers.base import parse_spec, scoring_refusal
+    from jupyter_distill.train.teacher_logprobs import student_fingerprint
+
+    shown = config.teacher if isinstance(config.teacher, str) else getattr(config.teacher, "spec", None)
+    shown = shown or type(config.teacher).__name__
+    if teacher is None:
+        if isinstance(config.teacher, str) and parse_spec(config.teacher).scheme not in SCORING_SCHEMES:
+            raise _refuse_onpolicy(shown, "its API returns text only (no log-probs of given tokens)")
+        return
+    why = scoring_refusal(teacher)
+    if why is not None:
+        raise _refuse_onpolicy(shown, why)
+    from jupyter_distill.core.errors import TeacherError
+
+    try:
+        theirs = run_sync(teacher.tokenizer_fingerprint, thread_name="jupyter-distill-preflight")
+    except TeacherError as exc:
+        raise _refuse_onpolicy(
+            shown, f"its tokenizer cannot be read to compare it with the student's ({exc})"
+        ) from None
+    mine = student_fingerprint(config.student)
+    differs = mismatch(mine, theirs)
+    if differs is not None:
+        raise _refuse_onpolicy(shown, f"its tokenizer is not the student {short_repr(config.student)}'s: {differs}")
+
+
+#: teacher schemes whose teachers can score given tokens: llama.cpp evaluates any token sequence,
+#: and a self-hosted OpenAI-compatible server may return prompt log-probs (vLLM does)
+SCORING_SCHEMES: tuple[str, ...] = ("local", "gguf", "openai-compatible")
 
 
 # ---------------------------------------------------------------------------------- the student
@@ -364,6 +412,7 @@ __all__ = [
     "check_judge",
     "check_loadable",
     "check_run",
+    "check_scoring_teacher",
     "check_workdir",
     "read_student",
 ]

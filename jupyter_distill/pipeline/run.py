@@ -102,6 +102,7 @@ class Run:
         self._stop = threading.Event()
         self._loaded_judge: Any = None
         self._curated: dict[str, list[CuratedPair]] = {}  # made pairs the dataset brought (no teacher call)
+        self._loaded_teacher: Any = None
         self._review_done = threading.Event()
         self._review_handler = review_handler
         self.resume = resume
@@ -230,9 +231,17 @@ class Run:
             # re-run must not mark a finished run failed or replace its config (tests/test_bad_input.py).
             prompts = self._prepare_prompts()
             self._check_student()
+            if self._curated and config.loss == "onpolicy":
+                raise ConfigError(
+                    "loss='onpolicy' has a live teacher score the student's own tokens, and a dataset of curated "
+                    "pairs calls no teacher. Fix: use loss='bond' (or 'jbond') on the curated pairs, or pass the "
+                    "prompts without answers and a teacher that scores tokens.",
+                    field="loss",
+                    value=config.loss,
+                )
             teacher = None if self._curated else self._load_teacher()
             judge = self._load_curated_judge(prompts) if self._curated else self._load_judge(teacher)
-            validate_before_requests(config, self.name, judge)
+            validate_before_requests(config, self.name, judge, teacher)
         except BaseException as exc:
             self.state.status = "failed"
             self.state.error = str(exc)
@@ -372,6 +381,7 @@ class Run:
         )
         # a policy='warn' decision is announced by the sampling stage, with the samples it affects
         self.state.summary["teacher"] = teacher.spec
+        self._loaded_teacher = teacher
         return teacher
 
     def _check_curated_terms(self) -> None:
@@ -621,7 +631,11 @@ class Run:
         )  # fmt: skip
         examples = TrainPair.from_records(pairs, self.store.get_prompts(self.name))
         output_dir = Path(config.workdir) / "runs" / self.name / "train"
-        rewards = None
+        rewards = teacher_logprobs = None
+        if config.loss == "onpolicy":  # the teacher scores the student's own tokens
+            from jupyter_distill.train.teacher_logprobs import TeacherLogprobs
+
+            teacher_logprobs = TeacherLogprobs(self._loaded_teacher)
         if config.loss == "jbond":  # the run's judge scores the student's samples against the teacher's
             from jupyter_distill.train.rewards import OnPolicyRewards, teacher_scores
 
@@ -632,7 +646,7 @@ class Run:
             )
         trainer = BondTrainer(
             student, examples, settings, output_dir=output_dir, store=self.store, run_id=self.name,
-            emit=self.emit, stop=self._stop, engine=config.engine, rewards=rewards,
+            emit=self.emit, stop=self._stop, engine=config.engine, rewards=rewards, teacher_logprobs=teacher_logprobs,
         )  # fmt: skip
         self._preparing("measuring the student before training")
         before = self._evaluate_student(student, label="student_before")
@@ -656,6 +670,14 @@ class Run:
         if result.stopped:
             raise RunStopped(f"run {self.name!r} stopped at step {result.steps_done}. {resume_hint(self.name)}")
         self.state.summary.update({"steps": result.steps_done, "engine": result.engine})
+        if teacher_logprobs is not None:  # the teacher's scoring of the student's samples: counted and priced
+            self.state.summary.update(
+                {
+                    "teacher_scoring_calls": teacher_logprobs.calls,
+                    "teacher_scoring_tokens": teacher_logprobs.tokens,
+                    "teacher_scoring_cost": round(teacher_logprobs.cost, 6),
+                }
+            )
         if result.engine_reason:
             self.emit(Event("warning", run=self.name, phase="training", message=result.engine_reason))
         self.store.put_artifact(self.name, "adapter", result.adapter_dir)
@@ -863,7 +885,8 @@ class Run:
         ) + float(self.state.summary.get("eval_judge_cost") or 0.0)
         summary["teacher_cost"] = round(teacher_cost, 6)
         summary["judge_cost"] = round(judge_cost, 6)
-        summary["total_cost"] = round(teacher_cost + judge_cost, 6)
+        scoring_cost = float(self.state.summary.get("teacher_scoring_cost") or 0.0)  # loss: onpolicy
+        summary["total_cost"] = round(teacher_cost + judge_cost + scoring_cost, 6)
         summary["failed"] = [f["prompt_hash"] for f in self.store.get_failures(self.name)]
         if self._announce.failures:  # e.g. the store refused to record events: say so, do not hide it
             summary["event_sink_failures"] = dict(self._announce.failures)
@@ -883,7 +906,7 @@ def _adapter_responder(base: Path, lora: Path, max_tokens: int) -> Any:
     return respond
 
 
-def validate_before_requests(config: DistillConfig, run_name: str, judge: Any = None) -> None:
+def validate_before_requests(config: DistillConfig, run_name: str, judge: Any = None, teacher: Any = None) -> None:
     """Refuse, before the first paid request, a run that could only fail after it.
 
     The student (map key, HF folder or .gguf: found, readable, loadable here, an architecture
@@ -893,7 +916,7 @@ def validate_before_requests(config: DistillConfig, run_name: str, judge: Any = 
     """
     from jupyter_distill.pipeline.preflight import check_run
 
-    check_run(config, run_name, judge)
+    check_run(config, run_name, judge, teacher)
 
 
 def distill(

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from jupyter_distill.core.errors import ConfigError, TeacherError
 from jupyter_distill.core.policy import PolicyDecision
+from jupyter_distill.core.tokenizer_id import TokenizerFingerprint
 
 # scheme -> what it means; the order is the order shown in error messages.
 SCHEMES: dict[str, str] = {
@@ -69,6 +71,44 @@ class Teacher(Protocol):
     ) -> list[Sample]: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """A teacher's log-probabilities of given completion tokens: ``logprobs[i][t]`` is
+    ``log p(completions[i][t] | prompt, completions[i][:t])`` at temperature 1; ``cost`` in USD,
+    ``prompt_tokens`` the tokens the teacher evaluated (what a server bills)."""
+
+    logprobs: list[list[float]]
+    cost: float
+    prompt_tokens: int
+
+
+@runtime_checkable
+class TokenScorer(Protocol):
+    """A teacher that scores token ids it did not generate (needed by ``loss: onpolicy``).
+
+    ``can_score`` says whether this instance can (an HTTP teacher only for servers that return
+    prompt log-probs); :meth:`tokenizer_fingerprint` lets the run compare tokenizers before
+    anything is paid for; :meth:`token_logprobs` takes the *student's* token ids, which the
+    teacher must read with the same tokenizer.
+    """
+
+    can_score: bool
+
+    async def tokenizer_fingerprint(self) -> TokenizerFingerprint: ...
+
+    async def token_logprobs(self, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]]) -> TokenScores: ...
+
+
+def scoring_refusal(teacher: Any) -> str | None:
+    """Why ``teacher`` cannot score the student's tokens, or ``None`` when it can."""
+    if not isinstance(teacher, TokenScorer):
+        return f"a {type(teacher).__name__} teacher returns text only (no per-token log-probs)"
+    if not teacher.can_score:
+        reason = getattr(teacher, "cannot_score_reason", "") or "it returns text only"
+        return f"the teacher {getattr(teacher, 'spec', type(teacher).__name__)} cannot score tokens: {reason}"
+    return None
 
 
 class FatalTeacherError(TeacherError):

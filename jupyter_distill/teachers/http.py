@@ -35,6 +35,7 @@ import json
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,10 +43,13 @@ import httpx
 
 from jupyter_distill.core.errors import PolicyError, TeacherError
 from jupyter_distill.core.policy import PolicyDecision
+from jupyter_distill.core.tokenizer_id import TokenizerFingerprint
+from jupyter_distill.teachers import http_scoring
 from jupyter_distill.teachers.base import (
     FatalTeacherError,
     PartialSampleError,
     Sample,
+    TokenScores,
     check_sample_args,
     redact,
     redact_url,
@@ -473,6 +477,25 @@ class HTTPTeacher:
             price_source=self.price_source,
             provenance=provenance,
         )
+
+    # ------------------------------------------------------------------ scoring (loss: onpolicy)
+    @property
+    def can_score(self) -> bool:
+        """Only a self-hosted OpenAI-compatible server may return prompt log-probs (vLLM does);
+        whether it does, and with the student's tokenizer, the run checks through ``/tokenize``."""
+        return self.scheme in http_scoring.SCORING_SCHEMES
+
+    @property
+    def cannot_score_reason(self) -> str:
+        return f"the {self.scheme} API returns text only (no log-probs of given tokens)"
+
+    async def tokenizer_fingerprint(self) -> TokenizerFingerprint:
+        """The server's tokenizer fingerprint, through its free ``/tokenize`` endpoint."""
+        return await http_scoring.tokenizer_fingerprint(self)
+
+    async def token_logprobs(self, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]]) -> TokenScores:
+        """The server's ``log p`` of each completion token after ``prompt_ids``; one priced request."""
+        return await http_scoring.token_logprobs(self, prompt_ids, completions)
 
     # ------------------------------------------------------------------ models list
     async def list_models(self) -> list[dict[str, Any]]:

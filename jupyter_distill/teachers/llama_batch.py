@@ -254,6 +254,60 @@ class BatchContext:
             )
         return results
 
+    def score(
+        self, prompt: list[int], completions: list[list[int]], stop: threading.Event | None = None
+    ) -> list[list[float]]:
+        """``log p(token)`` of every token of every completion after ``prompt``, at temperature 1.
+
+        The prompt is evaluated once as sequence 0; completion ``i`` then runs as sequence
+        ``i + 1`` over a copy of the prompt's KV cells, with logits requested only where a
+        completion token is predicted (the prompt's last position, then every completion position
+        but the last). Log-softmax over the full vocabulary in float64. Needs ``n_seq`` at least
+        ``len(completions) + 1`` and a context holding the prompt plus every completion.
+        """
+        import numpy as np
+
+        llama_cpp = self._llama_cpp
+        if not prompt:
+            raise ValueError("an empty prompt cannot be scored")
+        if len(completions) + 1 > self.n_seq:
+            raise ValueError(f"{len(completions)} completions need {len(completions) + 1} sequences, not {self.n_seq}")
+        n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        mem = llama_cpp.llama_get_memory(self.ctx)
+        llama_cpp.llama_memory_clear(mem, True)
+
+        def logprob(row: int, token: int) -> float:
+            if not 0 <= token < n_vocab:
+                raise ValueError(f"token id {token} is outside the teacher's vocabulary of {n_vocab}")
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, row), shape=(n_vocab,))
+            values = logits.astype(np.float64)
+            top = float(values.max())
+            return float(values[token] - top - np.log(np.exp(values - top).sum()))
+
+        first_row: int | None = None
+        for start in range(0, len(prompt), self.n_batch):
+            if stop is not None and stop.is_set():
+                raise GenerationStopped
+            chunk = prompt[start : start + self.n_batch]
+            last = start + len(chunk) == len(prompt)
+            self._decode([(t, start + j, 0, last and j == len(chunk) - 1) for j, t in enumerate(chunk)])
+            if last:
+                first_row = len(chunk) - 1
+        assert first_row is not None
+        # the prompt's last logits predict every completion's first token: read them before the next decode
+        out: list[list[float]] = [[logprob(first_row, c[0])] if c else [] for c in completions]
+        for i, completion in enumerate(completions):
+            seq = i + 1
+            llama_cpp.llama_memory_seq_cp(mem, 0, seq, -1, -1)
+            inputs = completion[:-1]  # the last token is predicted, never fed
+            for start in range(0, len(inputs), self.n_batch):
+                if stop is not None and stop.is_set():
+                    raise GenerationStopped
+                chunk = inputs[start : start + self.n_batch]
+                self._decode([(t, len(prompt) + start + j, seq, True) for j, t in enumerate(chunk)])
+                out[i].extend(logprob(j, completion[start + j + 1]) for j in range(len(chunk)))
+        return out
+
     def _accept(self, s: dict[str, Any], row: int, max_tokens: int, stops: list[bytes]) -> None:
         """Sample the next token of ``s`` from logit row ``row`` and decide whether it is finished."""
         llama_cpp = self._llama_cpp

@@ -23,6 +23,7 @@ import dataclasses
 import random
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,15 @@ from jupyter_distill.core.hashing import file_sha256
 from jupyter_distill.core.models import LOCAL_MODELS, resolve_local_gguf
 from jupyter_distill.core.policy import PolicyDecision, PolicyMode, decide
 from jupyter_distill.core.runtime import use_llama
-from jupyter_distill.teachers.base import FatalTeacherError, ParsedSpec, Sample, check_sample_args, local_provenance
+from jupyter_distill.core.tokenizer_id import TokenizerFingerprint, fingerprint
+from jupyter_distill.teachers.base import (
+    FatalTeacherError,
+    ParsedSpec,
+    Sample,
+    TokenScores,
+    check_sample_args,
+    local_provenance,
+)
 from jupyter_distill.teachers.llama_batch import (
     BatchContext,
     Generation,
@@ -82,6 +91,7 @@ class LlamaTeacher:
         self.concurrency = 1  # one context: parallel prompts would only queue on the lock
         self.requests_sent = 0  # generations run
         self.spent = 0.0
+        self.tokens_scored = 0  # completion tokens scored for loss='onpolicy'
         self._sha256: str | None = None
 
     def __repr__(self) -> str:
@@ -188,6 +198,62 @@ class LlamaTeacher:
                 )
             )
         return samples
+
+    # ------------------------------------------------------------------ scoring (loss: onpolicy)
+    can_score = True  # llama.cpp returns the logits of any token sequence we feed it
+
+    def _fingerprint(self) -> TokenizerFingerprint:
+        with use_llama(self.path, n_ctx=self.n_ctx, n_threads=self.n_threads) as llm:
+            return fingerprint(
+                lambda text: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False), llm.n_vocab()
+            )
+
+    async def tokenizer_fingerprint(self) -> TokenizerFingerprint:
+        """How the GGUF's tokenizer encodes the probe texts (loads the model; sends nothing anywhere)."""
+        return await asyncio.to_thread(self._fingerprint)
+
+    def _score(self, prompt_ids: list[int], completions: list[list[int]], stop: threading.Event) -> list[list[float]]:
+        with use_llama(self.path, n_ctx=self.n_ctx, n_threads=self.n_threads) as llm:
+            total = len(prompt_ids) + sum(len(c) for c in completions)
+            if len(prompt_ids) + max((len(c) for c in completions), default=0) > self.n_ctx:
+                raise TeacherError(
+                    f"teacher {self.spec}: a prompt of {len(prompt_ids)} tokens plus a sample does not fit the "
+                    f"context of {self.n_ctx} tokens. Fix: lower jbond_max_new_tokens or load the teacher with a "
+                    "larger n_ctx=.",
+                    field="n_ctx",
+                    value=self.n_ctx,
+                )
+            size = -(-total // 256) * 256
+            threads = self.n_threads or batched_threads()
+            with BatchContext(llm, n_seq=len(completions) + 1, n_ctx=size, n_threads=threads) as batch:
+                return batch.score(prompt_ids, completions, stop)
+
+    async def token_logprobs(self, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]]) -> TokenScores:
+        """The teacher's ``log p`` of each completion token after ``prompt_ids`` (the student's own ids).
+
+        One evaluation of the prompt shared by the completions; free. The ids must come from the
+        same tokenizer (checked before the run by comparing :meth:`tokenizer_fingerprint`).
+        """
+        prompt, items = [int(t) for t in prompt_ids], [[int(t) for t in c] for c in completions]
+        stop = threading.Event()
+        try:
+            values = await asyncio.to_thread(self._score, prompt, items, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        except GenerationStopped:
+            raise asyncio.CancelledError from None
+        except DistillError:
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise TeacherError(
+                f"teacher {self.spec} could not score the student's tokens: {exc}. Fix: check that the teacher "
+                "shares the student's tokenizer, or load it with a larger n_ctx=.",
+                field="teacher",
+                value=self.spec,
+            ) from None
+        self.tokens_scored += sum(len(c) for c in items)
+        return TokenScores(values, cost=0.0, prompt_tokens=len(prompt) + sum(len(c) for c in items))
 
     async def aclose(self) -> None:
         """Nothing to close: the model stays in the shared runtime cache for other callers."""

@@ -47,6 +47,23 @@ class SpendBudget:
             self.reserved += estimate
         return estimate
 
+    def reserve_tokens(self, prompt_tokens: int, completion_tokens: int, prices: tuple[float, float]) -> float:
+        """Reserve the cost of a request whose token counts are known (scoring given token ids)."""
+        estimate = (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6
+        with self._lock:
+            if self.max_cost is not None and self.spent + self.reserved + estimate > self.max_cost + 1e-12:
+                raise BudgetExceeded(
+                    f"max_cost={self.max_cost} USD would be exceeded by the next scoring request to {self.spec}: "
+                    f"spent {self.spent:.6f}, in flight up to {self.reserved:.6f}, next request {estimate:.6f} USD "
+                    f"({prompt_tokens} tokens scored). Fix: raise max_cost, lower steps, jbond_n or "
+                    "jbond_max_new_tokens, or use a local teacher.",
+                    field="max_cost",
+                    value=self.max_cost,
+                    fix="raise max_cost",
+                )
+            self.reserved += estimate
+        return estimate
+
     def settle(self, reserved: float, cost: float) -> None:
         """Release a reservation and count what the request really cost (0 for a failed attempt)."""
         with self._lock:

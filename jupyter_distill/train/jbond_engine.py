@@ -36,12 +36,14 @@ class JBondEngine:
     """``StepEngine`` for J-BOND on the plain PEFT model; see the module docstring."""
 
     name = "plain-jbond"
+    metric_names = JBOND_METRICS
+    counted: tuple[str, ...] = ("judge_calls",)  # summed over micro-batches, not averaged
 
     def __init__(
         self,
         student: LoadedStudent,
         prompts: Sequence[PromptRecord],
-        rewards: OnPolicyRewards,
+        rewards: OnPolicyRewards | None,
         *,
         n: int = 2,
         max_new_tokens: int = 64,
@@ -107,6 +109,7 @@ class JBondEngine:
             max_new_tokens=self.max_new_tokens,
             seed=seed,
         )
+        assert self.rewards is not None
         calls_before = self.rewards.calls
         scored = self.rewards.score([prompts[s.prompt_index] for s in samples], [s.text for s in samples])
 
@@ -144,10 +147,15 @@ class JBondEngine:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
+        assert self.rewards is not None
         return {"anchor": dict(self.anchor or {}), "rewards": self.rewards.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        anchor = state.get("anchor") or None
+        self._load_anchor(state.get("anchor") or None)
+        assert self.rewards is not None
+        self.rewards.load_state_dict(state.get("rewards", {}))
+
+    def _load_anchor(self, anchor: Mapping[str, Tensor] | None) -> None:
         if anchor is not None and self.anchor is not None and set(anchor) != set(self.anchor):
             raise TrainingError(
                 "the checkpoint's EMA anchor holds other LoRA weights than this adapter. "
@@ -157,7 +165,6 @@ class JBondEngine:
                 fix="train(resume=False)",
             )
         self.anchor = {k: v.to(torch.float32).clone() for k, v in anchor.items()} if anchor else None
-        self.rewards.load_state_dict(state.get("rewards", {}))
 
 
 __all__ = ["JBOND_METRICS", "JBondEngine"]

@@ -45,7 +45,6 @@ from jupyter_distill.core.hashing import content_hash
 from jupyter_distill.core.store import PairRecord, PromptRecord, RunStore
 from jupyter_distill.train.choice import select_engine
 from jupyter_distill.train.engines import StepEngine, TokenizedPair
-from jupyter_distill.train.jbond_engine import JBOND_METRICS
 from jupyter_distill.train.rollout import step_seed
 from jupyter_distill.train.student import LoadedStudent
 
@@ -79,7 +78,7 @@ STEP_METRICS: tuple[str, ...] = (
 
 #: every value of ``DistillConfig.loss``, and those this trainer runs
 LOSSES: tuple[str, ...] = ("sft", "bond", "jbond", "onpolicy")
-TRAINABLE_LOSSES: tuple[str, ...] = ("sft", "bond", "jbond")
+TRAINABLE_LOSSES: tuple[str, ...] = ("sft", "bond", "jbond", "onpolicy")
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
 _STATE_FILE = "trainer_state.pt"
@@ -131,8 +130,9 @@ class TrainSettings:
     target_modules: list[str] | None = None
     #: ``sft`` and ``bond`` train through :func:`~jupyter_distill.train.bond.bond_loss` (``sft`` is
     #: it with ``beta = gamma = 0``, i.e. the plain mean NLL of the chosen); ``jbond`` through
-    #: :class:`~jupyter_distill.train.jbond_engine.JBondEngine` (plain engine only); ``onpolicy``
-    #: is refused
+    #: :class:`~jupyter_distill.train.jbond_engine.JBondEngine` and ``onpolicy`` through
+    #: :class:`~jupyter_distill.train.onpolicy_engine.OnPolicyEngine` (plain engine only; the
+    #: ``jbond_n``/``jbond_max_new_tokens``/``jbond_kl``/``jbond_anchor_decay`` knobs apply to both)
     loss: str = "bond"
     beta: float = 0.5
     gamma: float = 0.1
@@ -376,10 +376,14 @@ class BondTrainer:
         stop: threading.Event | None = None,
         engine: str | StepEngine = "auto",
         rewards: Any = None,
+        teacher_logprobs: Any = None,
     ):
         """``rewards`` (an :class:`~jupyter_distill.train.rewards.OnPolicyRewards`) is required for
-        ``loss='jbond'``: the run's judge and the teacher's judged candidates."""
+        ``loss='jbond'``: the run's judge and the teacher's judged candidates. ``teacher_logprobs``
+        (a :class:`~jupyter_distill.train.teacher_logprobs.TeacherLogprobs`) is required for
+        ``loss='onpolicy'``: the teacher that scores the student's tokens."""
         self.rewards = rewards
+        self.teacher_logprobs = teacher_logprobs
         self._onpolicy: Any = None
         if not pairs:
             raise TrainingError(
@@ -466,6 +470,8 @@ class BondTrainer:
         options = {"beta": s.beta, "gamma": s.gamma, "tau": s.tau, "pad_token_id": pad_id}
         if s.loss == "jbond":
             engine, reason = self._jbond_engine(examples, pad_id), "jbond runs on the plain PEFT engine"
+        elif s.loss == "onpolicy":
+            engine, reason = self._onpolicy_engine(examples, pad_id), "onpolicy runs on the plain PEFT engine"
         elif isinstance(self.engine_choice, str):
             engine, reason = select_engine(self.student.info.device, self.engine_choice, **options)
         else:
@@ -587,12 +593,12 @@ class BondTrainer:
             step += 1
             elapsed = time.perf_counter() - t0
             tokens = sums.pop("tokens", 0.0)
-            calls = sums.pop("judge_calls", None)
+            counted = getattr(self._onpolicy, "counted", ())
+            calls = {name: sums.pop(name) for name in counted if name in sums}
             metrics = {name: value / micro for name, value in sums.items() if name != "n_pref"}
             metrics.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / max(elapsed, 1e-9)})
-            if calls is not None:
-                metrics["judge_calls"] = calls
-            names = STEP_METRICS + JBOND_METRICS if self._onpolicy is not None else STEP_METRICS
+            metrics.update(calls)
+            names = STEP_METRICS + self._onpolicy.metric_names if self._onpolicy is not None else STEP_METRICS
             metrics = {k: metrics[k] for k in names if k in metrics and math.isfinite(metrics[k])}
             self.history.append({"step": float(step), **metrics})
             if self.store is not None:
@@ -645,6 +651,32 @@ class BondTrainer:
             n=s.jbond_n,
             max_new_tokens=s.jbond_max_new_tokens,
             mix=s.jbond_mix,
+            kl_weight=s.jbond_kl,
+            anchor_decay=s.jbond_anchor_decay,
+            pad_token_id=pad_id,
+        )
+        return self._onpolicy
+
+    def _onpolicy_engine(self, examples: Sequence[TokenizedPair], pad_id: int) -> StepEngine:
+        from jupyter_distill.train.onpolicy_engine import OnPolicyEngine
+
+        if self.teacher_logprobs is None:
+            raise TrainingError(
+                "loss='onpolicy' needs a teacher that scores the student's tokens. Fix: pass "
+                "teacher_logprobs=TeacherLogprobs(teacher) to BondTrainer (jd.distill does this), or use loss='jbond'.",
+                field="teacher_logprobs",
+                value=None,
+                fix="pass teacher_logprobs=TeacherLogprobs(teacher)",
+            )
+        s = self.settings
+        prompts = [pair.prompt or _prompt_record(pair.messages) for pair in self.pairs]
+        assert len(prompts) == len(examples)
+        self._onpolicy = OnPolicyEngine(
+            self.student,
+            prompts,
+            self.teacher_logprobs,
+            n=s.jbond_n,
+            max_new_tokens=s.jbond_max_new_tokens,
             kl_weight=s.jbond_kl,
             anchor_decay=s.jbond_anchor_decay,
             pad_token_id=pad_id,
@@ -708,23 +740,22 @@ class BondTrainer:
 def check_trainable_loss(loss: str, engine: str = "auto") -> None:
     """Refuse a loss this trainer cannot optimise (or not with ``engine``), before any model is loaded.
 
-    ``onpolicy`` needs a teacher that scores tokens, which no teacher here does; ``jbond`` samples
-    from the student inside the step, which the CUDA fast path (packed, compiled forwards) does not
-    do yet, so it runs on the plain PEFT engine ("auto" picks it), and an explicit "fast" is refused
-    rather than silently replaced.
+    ``jbond`` and ``onpolicy`` sample from the student inside the step, which the CUDA fast path
+    (packed, compiled forwards) does not do yet, so they run on the plain PEFT engine ("auto"
+    picks it), and an explicit "fast" is refused rather than silently replaced. (Whether the
+    teacher can score tokens for ``onpolicy`` is the pipeline's pre-flight check.)
     """
     if loss not in TRAINABLE_LOSSES:
         raise TrainingError(
-            f"loss={loss!r} cannot be trained here: it needs a teacher that scores the student's tokens. "
-            "Fix: use loss='jbond' (on-policy with any teacher), 'bond' (the default) or 'sft'.",
+            f"unknown loss={loss!r}. Fix: use one of {', '.join(TRAINABLE_LOSSES)}.",
             field="loss",
             value=loss,
-            fix="use loss='jbond', 'bond' or 'sft'",
+            fix=f"use one of {', '.join(TRAINABLE_LOSSES)}",
         )
-    if loss == "jbond" and engine == "fast":
+    if loss in ("jbond", "onpolicy") and engine == "fast":
         raise TrainingError(
-            "loss='jbond' samples from the student inside each step, which the CUDA fast engine does not do yet. "
-            "Fix: use engine='plain' or engine='auto' (it picks the plain PEFT engine for jbond).",
+            f"loss={loss!r} samples from the student inside each step, which the CUDA fast engine does not do yet. "
+            f"Fix: use engine='plain' or engine='auto' (it picks the plain PEFT engine for {loss}).",
             field="engine",
             value=engine,
             fix="use engine='plain' or 'auto'",
