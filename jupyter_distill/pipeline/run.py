@@ -502,8 +502,8 @@ class Run:
     def _train_in_workers(self, settings: Any) -> dict[str, Any]:
         """``num_processes > 1``: train in accelerate workers (:mod:`jupyter_distill.train.distributed`),
         then load the student here for the evaluations: the kernel touches no GPU before the workers."""
-        from jupyter_distill.train.distributed import attach_adapter, train_in_workers
         from jupyter_distill.train.choice import student_loader
+        from jupyter_distill.train.distributed import attach_adapter, train_in_workers
         from jupyter_distill.train.student import load_student, resolve_device
 
         config = self.config
