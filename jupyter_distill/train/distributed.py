@@ -197,23 +197,31 @@ def train_in_workers(
 
 
 def _worker_failure(out: Path, num_processes: int, returncode: int) -> TrainingError:
-    """The first worker's own error when one wrote it, else what is known of the exit."""
+    """A worker's own user-facing error when one wrote it, else what is known of the exit.
+
+    A killed worker writes nothing, and the others then fail inside a collective ("connection
+    closed by peer"): that is reported as the exit it is, with the survivor's words as detail.
+    """
+    reports = []
     for rank in range(num_processes):
         path = out / error_file(rank)
         if path.is_file():
-            report = json.loads(path.read_text(encoding="utf-8"))
+            reports.append(json.loads(path.read_text(encoding="utf-8")))
+    for report in reports:
+        if report.get("field"):  # a DistillError: the same error in-process training raises
             return TrainingError(
-                f"training worker {rank} failed: {report['message']}",
-                field=report.get("field") or "num_processes",
+                f"training worker {report['rank']} failed: {report['message']}",
+                field=report["field"],
                 value=report.get("value"),
                 fix=report.get("fix") or f"see {out / LOG_FILE}",
             )
+    detail = f"; worker {reports[0]['rank']}: {reports[0]['type']}: {reports[0]['message'][:300]}" if reports else ""
     checkpoint = _checkpoint_step(out)
     where = f"the last checkpoint (step {checkpoint})" if checkpoint else "the start (no checkpoint was written yet)"
     return TrainingError(
-        f"a training worker ended without finishing (exit code {returncode}; killed, or out of memory). "
-        f"Nothing after {where} is kept. Fix: run the cell again (or %distill resume) to continue from it; "
-        f"the workers' output is in {str(out / LOG_FILE)!r}.",
+        f"a training worker ended without finishing (exit code {returncode}{detail}). A worker killed or out of "
+        f"memory ends the group; nothing after {where} is kept. Fix: run the cell again (or %distill resume) to "
+        f"continue from it; the workers' output is in {str(out / LOG_FILE)!r}.",
         field="num_processes",
         value=num_processes,
         fix="resume the run",
