@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_models import build_tiny_llama
 
 from jupyter_distill.core.config import DistillConfig
 from jupyter_distill.core.errors import ConfigError, TrainingError
@@ -26,7 +27,6 @@ from jupyter_distill.core.store import PairRecord, PromptRecord, RunStore
 from jupyter_distill.train.distributed import train_in_workers
 from jupyter_distill.train.student import load_student
 from jupyter_distill.train.trainer import ADAPTER_DIR, BondTrainer, TrainPair, TrainSettings
-from tests.tiny_models import build_tiny_llama
 
 #: loss and metrics of 2 workers against 1 process: the same tensor computations, gradients summed
 #: in another order, so only float32 rounding differs
