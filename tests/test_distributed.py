@@ -123,13 +123,16 @@ def test_magic_flag_is_derived_from_the_config() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_two_workers_give_the_single_process_loss_curve(student_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_workers_give_the_single_process_loss_curve(student_folder: Path, tmp_path: Path, distributed: str) -> None:
     s = settings()
     store = fill_store(tmp_path, "one")
     fill_store(tmp_path, "two")
     single = in_process(student_folder, store, "one", tmp_path / "one", s)
     events: list[Event] = []
-    double = in_workers(student_folder, tmp_path, "two", tmp_path / "two", s, emit=events.append)
+    double = in_workers(
+        student_folder, tmp_path, "two", tmp_path / "two", s, emit=events.append, distributed=distributed
+    )
     assert double.steps_done == single.steps_done == s.steps and not double.stopped
     assert len(losses(store, "two")) == s.steps
     torch.testing.assert_close(
@@ -200,3 +203,29 @@ def test_a_killed_worker_loses_nothing_before_the_checkpoint(student_folder: Pat
         torch.tensor(losses(store, "killed")), torch.tensor(losses(store, "whole")), rtol=RTOL, atol=ATOL
     )
     assert_same_adapter(out / ADAPTER_DIR, tmp_path / "whole" / ADAPTER_DIR)
+
+
+@pytest.mark.slow
+def test_fsdp_shards_the_frozen_base_and_leaves_lora_whole(student_folder: Path) -> None:
+    """``prepare`` under fsdp: base weights become DTensor shards, the LoRA weights stay plain tensors
+    (summed like ddp, saved in the single-process format). A one-process gloo group is enough to see it."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from jupyter_distill.train.distributed import free_port
+    from jupyter_distill.train.trainer import attach_lora
+    from jupyter_distill.train.workers import WorkerGroup
+
+    student = load_student(str(student_folder), device="cpu")
+    model = attach_lora(student, settings())
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        WorkerGroup(0, 1, "cpu", "fsdp").prepare(model)
+        lora = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+        assert lora and all("lora_" in n and not isinstance(p, DTensor) for n, p in lora.items())
+        assert frozen and all(isinstance(p, DTensor) for p in frozen.values())
+        with pytest.raises(ValueError, match="unknown distributed strategy"):
+            WorkerGroup(0, 1, "cpu", "zero3")
+    finally:
+        dist.destroy_process_group()

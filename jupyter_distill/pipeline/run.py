@@ -510,8 +510,9 @@ class Run:
         result = train_in_workers(
             settings=settings, student=config.student, workdir=config.workdir, run_id=self.name,
             output_dir=Path(config.workdir) / "runs" / self.name / "train", num_processes=config.num_processes,
-            device=config.device, engine=config.engine, chat_template=config.chat_template,
-            quantization=config.quantization, resume=self.resume, emit=self.emit, stop=self._stop,
+            distributed=config.distributed, device=config.device, engine=config.engine,
+            chat_template=config.chat_template, quantization=config.quantization, resume=self.resume,
+            emit=self.emit, stop=self._stop,
         )  # fmt: skip
         if result.stopped:
             return self._trained(None, result, None)

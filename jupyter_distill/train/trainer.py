@@ -494,6 +494,8 @@ class BondTrainer:
         else:
             engine, reason = self.engine_choice, f"engine object {type(self.engine_choice).__name__} passed in"
         model = attach_lora(self.student, self.settings)
+        if self.group is not None:
+            self.group.prepare(model)  # fsdp: shard the frozen base across the workers
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
@@ -693,7 +695,7 @@ class BondTrainer:
         todo = [e for e in examples if e.needs_reference]
         chunk = 16
         for start in range(0, len(todo), chunk):
-            if self.stop.is_set():
+            if self.group is None and self.stop.is_set():  # a group runs these forwards together
                 return
             engine.prepare(model, todo[start : start + chunk])
             self._event(

@@ -91,7 +91,7 @@ def run_worker(launch_path: Path) -> int:
 
     launch = json.loads(launch_path.read_text(encoding="utf-8"))
     output_dir = Path(launch["output_dir"])
-    group = WorkerGroup.from_environment()
+    group = WorkerGroup.from_environment(launch.get("distributed", "ddp"))
     (output_dir / f"worker-{group.rank}.pid").write_text(str(os.getpid()), encoding="utf-8")
     events = EventFile(output_dir / EVENTS_FILE) if group.is_main else None
     emit = events if events is not None else no_emit

@@ -22,17 +22,22 @@ from typing import Any
 
 import torch
 
+STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
+
 
 class WorkerGroup:
     """This process's place in the launched process group, and the three collectives training needs."""
 
-    def __init__(self, rank: int, world: int, device: torch.device | str = "cpu"):
+    def __init__(self, rank: int, world: int, device: torch.device | str = "cpu", strategy: str = "ddp"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown distributed strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
         self.rank = rank
         self.world = world
         self.device = torch.device(device)
+        self.strategy = strategy
 
     @classmethod
-    def from_environment(cls) -> WorkerGroup:
+    def from_environment(cls, strategy: str = "ddp") -> WorkerGroup:
         """Join the group ``accelerate launch`` started (its environment names rank and world size)."""
         from accelerate import PartialState
 
@@ -43,11 +48,38 @@ class WorkerGroup:
                 f"this worker is not part of a process group (accelerate sees {state.distributed_type}); "
                 "start it through jupyter_distill.train.distributed.train_in_workers"
             )
-        return cls(state.process_index, state.num_processes, state.device)
+        return cls(state.process_index, state.num_processes, state.device, strategy)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def prepare(self, model: Any) -> None:
+        """Before the optimizer is built: with ``fsdp``, shard the frozen base across the group.
+
+        Only the base weights (the bulk of the memory: an 8B student's 16 GB in bf16) are sharded,
+        one FSDP2 unit per decoder layer plus one for the rest (embeddings, head); FSDP gathers a
+        layer's weights for its forward and backward and frees them after. The LoRA weights are left
+        out of the shards (``ignored_params``): they, their gradients and the optimizer state are
+        small, stay whole on every worker and are summed as with ``ddp``, so checkpoints and the
+        adapter keep the single-process format.
+        """
+        if self.strategy != "fsdp":
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        trainable = {p for p in model.parameters() if p.requires_grad}
+        layer_types = set(getattr(base, "_no_split_modules", None) or ())
+        layers = [m for m in base.modules() if type(m).__name__ in layer_types]
+        if not layers:
+            raise ValueError(
+                f"distributed='fsdp' finds no decoder layers in {type(base).__name__} (it names none in "
+                "_no_split_modules); use distributed='ddp'"
+            )
+        for layer in layers:
+            fully_shard(layer, ignored_params=trainable & set(layer.parameters()))
+        fully_shard(base, ignored_params=trainable)
 
     def owns(self, index: int, grad_accum: int) -> bool:
         """Whether micro-batch ``index`` (0-based within a step of ``grad_accum``) is computed here."""
