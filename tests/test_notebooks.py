@@ -22,7 +22,7 @@ from jupyter_distill.notebook.magics import parse_cell_line, parse_line
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-EXPECTED = {"quickstart.ipynb", "openrouter.ipynb", "review.ipynb", "gpu.ipynb"}
+EXPECTED = {"quickstart.ipynb", "openrouter.ipynb", "review.ipynb", "gpu.ipynb", "scale.ipynb"}
 STAND_INS = {"DEVICE": "cpu"}  # values for $NAME in magic lines; numbers otherwise
 
 
@@ -176,10 +176,23 @@ def test_notebook_executes(path: Path, quick_env: Path) -> None:
         runs = RunStore(workdir).list_runs() if (workdir / "runs.db").exists() else []
         assert runs == []  # nothing was started, nothing was sent
         return
-    run_name = {"quickstart.ipynb": "quickstart", "review.ipynb": "review-demo", "gpu.ipynb": "gpu"}[path.name]
+    run_name = {
+        "quickstart.ipynb": "quickstart",
+        "review.ipynb": "review-demo",
+        "gpu.ipynb": "gpu",
+        "scale.ipynb": "scale",
+    }[path.name]
     record = RunStore(workdir).get_run(run_name)
     assert record is not None and record["status"] == "done", record
     summary = record["summary"]
+    if path.name == "scale.ipynb":  # two CPU workers trained it; a batch run was collected
+        assert (workdir / "runs" / "scale" / "train" / "worker-result.json").is_file()  # the workers trained it
+        assert summary.get("steps") and summary.get("student_after"), summary
+        assert "largest relative difference" in text
+        batched = RunStore(workdir).get_run("batched")
+        assert batched is not None and batched["status"] == "done", batched
+        assert "batches submitted: 1 | online requests: 0" in text
+        return
     assert summary.get("alias"), summary
     assert "application/vnd.jupyter.distill.run+json" in text  # the summary card was saved
     if path.name == "quickstart.ipynb":

@@ -98,6 +98,18 @@ class DistillConfig(BaseModel):
     engine: Literal["auto", "plain", "fast", "unsloth"] = Field(
         "auto", description="Step engine: the CUDA fast path when available, plain PEFT, or Unsloth's loader."
     )
+    num_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Training processes (one per GPU, or CPU processes with gloo); above 1 the training phase "
+        "runs in worker processes started with accelerate. The global batch stays batch_size x grad_accum.",
+    )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="With num_processes > 1: 'ddp' (every worker holds the student, gradients are summed) or "
+        "'fsdp' (the student's weights are sharded across the workers).",
+    )
 
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     max_prompts: int | None = Field(None, ge=1, description="Use at most this many prompts (after dedupe).")
@@ -174,6 +186,24 @@ class DistillConfig(BaseModel):
             raise ValueError(
                 "export='adapter' writes GGUF files, but quantize=None skips the GGUF export; set quantize "
                 "(e.g. 'q8_0') or use export='merged'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_processes(self) -> DistillConfig:
+        # The workers split each step's grad_accum micro-batches between them, so the step computes
+        # the same gradient whatever num_processes is (see jupyter_distill.train.distributed).
+        if self.num_processes > 1 and self.grad_accum % self.num_processes:
+            raise ValueError(
+                f"grad_accum ({self.grad_accum}) must be a multiple of num_processes ({self.num_processes}): each "
+                f"worker takes grad_accum / num_processes micro-batches of every step; e.g. grad_accum: "
+                f"{self.num_processes * max(1, self.grad_accum // self.num_processes)}"
+            )
+        if self.num_processes > 1 and self.loss in ("jbond", "onpolicy"):
+            raise ValueError(
+                f"loss {self.loss!r} calls the judge or the teacher on the student's samples inside each step, "
+                f"which runs in one process only; use num_processes: 1 with {self.loss}, or loss 'bond' / 'sft' "
+                "with num_processes"
             )
         return self
 

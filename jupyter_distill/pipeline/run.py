@@ -622,8 +622,10 @@ class Run:
         from jupyter_distill.train.trainer import BondTrainer, TrainPair, TrainSettings
 
         config = self.config
-        self._preparing("loading the student")
         settings = TrainSettings.from_config(config)
+        if config.num_processes > 1:  # worker processes train; the kernel loads the student after them
+            return self._train_in_workers(settings)
+        self._preparing("loading the student")
         student = load_student(
             config.student, device=config.device, chat_template=config.chat_template,
             quantization=config.quantization, loader=student_loader(config.engine, resolve_device(config.device)),
@@ -667,6 +669,9 @@ class Run:
                 )
             )
             result = trainer.train(resume=False)
+        return self._trained(student, result, before)
+
+    def _trained(self, student: Any, result: Any, before: Any) -> dict[str, Any]:
         if result.stopped:
             raise RunStopped(f"run {self.name!r} stopped at step {result.steps_done}. {resume_hint(self.name)}")
         self.state.summary.update({"steps": result.steps_done, "engine": result.engine})
@@ -682,6 +687,34 @@ class Run:
             self.emit(Event("warning", run=self.name, phase="training", message=result.engine_reason))
         self.store.put_artifact(self.name, "adapter", result.adapter_dir)
         return {"student": student, "result": result, "before": before}
+
+    def _train_in_workers(self, settings: Any) -> dict[str, Any]:
+        """``num_processes > 1``: train in accelerate workers (:mod:`jupyter_distill.train.distributed`),
+        then load the student here for the evaluations: the kernel touches no GPU before the workers."""
+        from jupyter_distill.train.choice import student_loader
+        from jupyter_distill.train.distributed import attach_adapter, train_in_workers
+        from jupyter_distill.train.student import load_student, resolve_device
+
+        config = self.config
+        result = train_in_workers(
+            settings=settings, student=config.student, workdir=config.workdir, run_id=self.name,
+            output_dir=Path(config.workdir) / "runs" / self.name / "train", num_processes=config.num_processes,
+            distributed=config.distributed, device=config.device, engine=config.engine,
+            chat_template=config.chat_template, quantization=config.quantization, resume=self.resume,
+            emit=self.emit, stop=self._stop,
+        )  # fmt: skip
+        if result.stopped:
+            return self._trained(None, result, None)
+        self._preparing("loading the student")
+        student = load_student(
+            config.student, device=config.device, chat_template=config.chat_template,
+            quantization=config.quantization, loader=student_loader(config.engine, resolve_device(config.device)),
+            max_length=settings.max_length,
+        )  # fmt: skip
+        self._preparing("measuring the student before training")
+        before = self._evaluate_student(student, label="student_before")
+        attach_adapter(student, result.adapter_dir)
+        return self._trained(student, result, before)
 
     def _preparing(self, what: str) -> None:
         """Tell front ends the training phase is still preparing (its step count has not begun)."""

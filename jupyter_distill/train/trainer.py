@@ -47,6 +47,7 @@ from jupyter_distill.train.choice import select_engine
 from jupyter_distill.train.engines import StepEngine, TokenizedPair
 from jupyter_distill.train.rollout import step_seed
 from jupyter_distill.train.student import LoadedStudent
+from jupyter_distill.train.workers import WorkerGroup
 
 ALL_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -81,7 +82,7 @@ LOSSES: tuple[str, ...] = ("sft", "bond", "jbond", "onpolicy")
 TRAINABLE_LOSSES: tuple[str, ...] = ("sft", "bond", "jbond", "onpolicy")
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
-_STATE_FILE = "trainer_state.pt"
+STATE_FILE = "trainer_state.pt"
 
 
 @dataclass
@@ -377,13 +378,20 @@ class BondTrainer:
         engine: str | StepEngine = "auto",
         rewards: Any = None,
         teacher_logprobs: Any = None,
+        group: WorkerGroup | None = None,
     ):
         """``rewards`` (an :class:`~jupyter_distill.train.rewards.OnPolicyRewards`) is required for
         ``loss='jbond'``: the run's judge and the teacher's judged candidates. ``teacher_logprobs``
         (a :class:`~jupyter_distill.train.teacher_logprobs.TeacherLogprobs`) is required for
-        ``loss='onpolicy'``: the teacher that scores the student's tokens."""
+        ``loss='onpolicy'``: the teacher that scores the student's tokens.
+
+        ``group`` (one of several worker processes, :mod:`.workers`): this process computes only
+        its share of each step's ``grad_accum`` micro-batches, gradients and metrics are summed
+        across the group, stop is decided together at step boundaries, and only the main process
+        writes files, metrics and events."""
         self.rewards = rewards
         self.teacher_logprobs = teacher_logprobs
+        self.group = group
         self._onpolicy: Any = None
         if not pairs:
             raise TrainingError(
@@ -420,7 +428,19 @@ class BondTrainer:
         return content_hash("pairs", [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples])
 
     # ------------------------------------------------------------------ checkpoints
+    @property
+    def _writes(self) -> bool:
+        """Whether this process writes checkpoints and the adapter (the group's main process does)."""
+        return self.group is None or self.group.is_main
+
+    def _stop_now(self) -> bool:
+        """The stop flag at a step boundary; in a group, stopped when any process saw it (together)."""
+        flag = self.stop.is_set()
+        return flag if self.group is None else self.group.any(flag)
+
     def _save_adapter(self, model: Any, folder: Path) -> None:
+        if not self._writes:
+            return
         tmp = _tmp_dir(folder)
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
@@ -432,16 +452,19 @@ class BondTrainer:
         _replace_dir(tmp, folder)
 
     def _save_checkpoint(self, model: Any, state: dict[str, Any]) -> None:
+        if not self._writes:
+            return
         folder = self.output_dir / CHECKPOINT_DIR
         tmp = _tmp_dir(folder)
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp / ADAPTER_DIR, safe_serialization=True)
-        torch.save(state, tmp / _STATE_FILE)
+        torch.save(state, tmp / STATE_FILE)
         _replace_dir(tmp, folder)
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
-        recover_dir(self.output_dir / CHECKPOINT_DIR)  # a crash mid-swap left it under another name
-        path = self.output_dir / CHECKPOINT_DIR / _STATE_FILE
+        if self._writes:  # a group's launcher recovered it before the workers started
+            recover_dir(self.output_dir / CHECKPOINT_DIR)  # a crash mid-swap left it under another name
+        path = self.output_dir / CHECKPOINT_DIR / STATE_FILE
         if not path.is_file():
             return None
         try:
@@ -477,6 +500,8 @@ class BondTrainer:
         else:
             engine, reason = self.engine_choice, f"engine object {type(self.engine_choice).__name__} passed in"
         model = attach_lora(self.student, self.settings)
+        if self.group is not None:
+            self.group.prepare(model)  # fsdp: shard the frozen base across the workers
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
@@ -528,7 +553,8 @@ class BondTrainer:
             if self.store is not None:
                 self.store.delete_metrics_after(self.run_id, step)  # type: ignore[arg-type]
         else:
-            shutil.rmtree(self.output_dir / CHECKPOINT_DIR, ignore_errors=True)
+            if self._writes:
+                shutil.rmtree(self.output_dir / CHECKPOINT_DIR, ignore_errors=True)
             if self.store is not None:
                 self.store.delete_metrics_after(self.run_id, 0)  # type: ignore[arg-type]
             torch.manual_seed(s.seed)
@@ -548,18 +574,22 @@ class BondTrainer:
 
         last_saved = step
         stopped = False
-        while step < s.steps and not self.stop.is_set():
+        group = self.group
+        while step < s.steps and not self._stop_now():
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             sums: dict[str, float] = {}
             micro = 0
             cursor = (epoch, position, order, _get_rng())  # to rewind a step abandoned by stop
-            for _ in range(s.grad_accum):
-                if self.stop.is_set():
+            for index in range(s.grad_accum):
+                if group is None and self.stop.is_set():  # a group stops together, between steps
                     break
                 if position >= len(order):
                     epoch, position = epoch + 1, 0
                     order = batch_order(lengths, s.batch_size, s.seed, epoch, s.bucket_batches)
+                if group is not None and not group.owns(index, s.grad_accum):
+                    position += 1  # another process computes this micro-batch; every one walks the order
+                    continue
                 batch = [examples[i] for i in order[position]]
                 if self._onpolicy is not None:  # seeded by its place in the data order: resume redraws it
                     draw = step_seed(s.seed, epoch * 1_000_003 + position)
@@ -579,6 +609,10 @@ class BondTrainer:
                 micro += 1
                 for name, value in {"loss": float(loss.detach()), **parts}.items():
                     sums[name] = sums.get(name, 0.0) + value
+            if group is not None:  # the group's micro-batches together are the one process's step
+                group.sum_gradients(params)
+                sums = group.sum_values(sums)
+                micro = s.grad_accum
             if micro < s.grad_accum:  # stopped mid-step: drop the partial step, rewind data and RNG
                 epoch, position, order, rng = cursor
                 _set_rng(rng)
@@ -609,7 +643,7 @@ class BondTrainer:
                 self._checkpoint(model, optimizer, scheduler, step, epoch, position, order, examples, pairs_hash)
                 last_saved = step
 
-        if self.stop.is_set() and step < s.steps:
+        if step < s.steps and (self.stop.is_set() if group is None else self._stop_now()):
             stopped = True
             if step != last_saved:
                 self._checkpoint(model, optimizer, scheduler, step, epoch, position, order, examples, pairs_hash)
@@ -693,7 +727,7 @@ class BondTrainer:
         todo = [e for e in examples if e.needs_reference]
         chunk = 16
         for start in range(0, len(todo), chunk):
-            if self.stop.is_set():
+            if self.group is None and self.stop.is_set():  # a group runs these forwards together
                 return
             engine.prepare(model, todo[start : start + chunk])
             self._event(
