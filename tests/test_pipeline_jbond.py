@@ -54,6 +54,10 @@ def test_distill_with_jbond_records_on_policy_metrics_and_pays_the_teacher_only_
         assert [m["step"] for m in store.get_metrics("jbond-numbers", name)] == [1, 2], name
     for m in store.get_metrics("jbond-numbers", "win_rate"):
         assert 0.0 <= m["value"] <= 1.0
+    summary = store.get_run("jbond-numbers")["summary"]
+    # the judge's calls during training are counted (2 steps x 2 prompts x jbond_n=2 samples at most)
+    assert 0 < summary["train_judge_calls"] <= 8, summary
+    assert summary["train_judge_cost"] == 0.0 and summary["judge_cost"] == 0.0  # a verifier is free
     # the verifier judged the student's samples: no teacher request was added by training
     jd.distill(on_progress=lambda event: None, **options)
     assert openai_server.requests_total == sampled

@@ -669,9 +669,17 @@ class Run:
                 )
             )
             result = trainer.train(resume=False)
-        return self._trained(student, result, before)
+        return self._trained(student, result, before, rewards=rewards, teacher_logprobs=teacher_logprobs)
 
-    def _trained(self, student: Any, result: Any, before: Any) -> dict[str, Any]:
+    def _trained(
+        self, student: Any, result: Any, before: Any, *, rewards: Any = None, teacher_logprobs: Any = None
+    ) -> dict[str, Any]:
+        """Record a finished training: steps, engine, the adapter, and what the step's own calls cost.
+
+        ``rewards`` (``loss='jbond'``) judged the student's samples during training and
+        ``teacher_logprobs`` (``loss='onpolicy'``) had the teacher score them: both are paid calls,
+        so their counts and cost enter the run's summary and its total cost.
+        """
         if result.stopped:
             raise RunStopped(f"run {self.name!r} stopped at step {result.steps_done}. {resume_hint(self.name)}")
         self.state.summary.update({"steps": result.steps_done, "engine": result.engine})
@@ -683,6 +691,9 @@ class Run:
                     "teacher_scoring_cost": round(teacher_logprobs.cost, 6),
                 }
             )
+        if rewards is not None:  # the judge scoring the student's samples inside each jbond step
+            self.state.summary.update({"train_judge_calls": rewards.calls, "train_judge_cost": round(rewards.cost, 6)})
+            self.state.judge_cost += rewards.cost
         if result.engine_reason:
             self.emit(Event("warning", run=self.name, phase="training", message=result.engine_reason))
         self.store.put_artifact(self.name, "adapter", result.adapter_dir)
@@ -916,6 +927,7 @@ class Run:
         judge_cost = self.store.judge_cost(
             self.name, self.state.summary.get("judge"), self.state.summary.get("teacher")
         ) + float(self.state.summary.get("eval_judge_cost") or 0.0)
+        judge_cost += float(self.state.summary.get("train_judge_cost") or 0.0)  # loss: jbond
         summary["teacher_cost"] = round(teacher_cost, 6)
         summary["judge_cost"] = round(judge_cost, 6)
         scoring_cost = float(self.state.summary.get("teacher_scoring_cost") or 0.0)  # loss: onpolicy
