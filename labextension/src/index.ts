@@ -16,6 +16,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import iconSvg from '../style/icon.svg';
 import { templateCells } from './format';
 import { DistillPanel } from './panel';
+import { addRunCommands } from './runactions';
 
 export const PANEL_ID = 'jupyter-distill-panel';
 
@@ -57,11 +58,17 @@ export function insertTemplate(panel: NotebookPanel): void {
 
 const panelPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-distill:panel',
-  description: 'The Distill sidebar: runs (live) and aliases of the server workdir.',
+  description: 'The Distill sidebar: runs (live; open card, review, notebook) and aliases of the server workdir.',
   autoStart: true,
-  optional: [ILayoutRestorer, ICommandPalette],
-  activate: (app: JupyterFrontEnd, restorer: ILayoutRestorer | null, palette: ICommandPalette | null) => {
-    const panel = new DistillPanel();
+  optional: [ILayoutRestorer, ICommandPalette, INotebookTracker],
+  activate: (
+    app: JupyterFrontEnd,
+    restorer: ILayoutRestorer | null,
+    palette: ICommandPalette | null,
+    tracker: INotebookTracker | null
+  ) => {
+    addRunCommands(app, tracker);
+    const panel = new DistillPanel({ commands: app.commands });
     panel.id = PANEL_ID;
     panel.title.icon = distillIcon;
     panel.title.caption = 'Distill: runs and aliases';
