@@ -125,6 +125,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
     gguf = base / "student.gguf"
     gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    checkout_path = _serve_this_checkouts_build(base / "checkout")
     config_dir = base / "config"
     config_dir.mkdir()
     (config_dir / "jupyter_server_config.json").write_text(
@@ -137,6 +138,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
         "JUPYTER_DISTILL_HOME": str(alias_home),
         "JUPYTER_DISTILL_WORKDIR": ".distill",
+        **checkout_path,
     }
     previous_home = os.environ.get("JUPYTER_DISTILL_HOME")
     os.environ["JUPYTER_DISTILL_HOME"] = str(alias_home)
@@ -192,6 +194,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         shutil.rmtree(base / "runtime", ignore_errors=True)
 
 
+def _serve_this_checkouts_build(folder: Path) -> dict[str, str]:
+    """The environment that makes JupyterLab serve the lab extension built in this checkout, if any.
+
+    JupyterLab loads the first ``labextensions/jupyter-distill`` on its path, and the environment's
+    copy may be another checkout's build; ``$JUPYTER_PATH`` comes before every other folder.
+    """
+    import jupyter_distill
+
+    build = Path(jupyter_distill.__file__).parent / "labextension"
+    if not (build / "package.json").is_file():
+        return {}
+    (folder / "labextensions").mkdir(parents=True, exist_ok=True)
+    (folder / "labextensions" / "jupyter-distill").symlink_to(build, target_is_directory=True)
+    return {"JUPYTER_PATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("JUPYTER_PATH")]))}
+
+
 @pytest.fixture(scope="module")
 def browser(lab: Lab) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
@@ -216,7 +234,14 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def open_distill_panel(page: Any) -> Any:
-    page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-distill-panel"]').click()
+    tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-distill-panel"]')
+    tab.wait_for(state="visible")
+    # The workspace may reopen the panel a previous test left open: wait for that, then click
+    # only a closed tab (clicking the open one closes it).
+    page.wait_for_function("() => window.jupyterapp !== undefined")
+    page.evaluate("async () => { await window.jupyterapp.restored; }")
+    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+        tab.click()
     panel = page.locator("#jupyter-distill-panel")
     panel.wait_for(state="visible")
     return panel
@@ -308,3 +333,44 @@ def test_review_widget_keyboard_decision_reaches_the_store(lab: Lab, page: Any) 
     assert [(r["prompt_hash"], r["action"], r["sample_key"]) for r in reviews] == [
         (first_prompt.hash, "choose", sample_key(first_prompt, 1))
     ]
+
+
+def test_panel_switches_folder_shows_sample_sizes_alias_audit_and_opens_a_run(lab: Lab, page: Any) -> None:
+    other = lab.root / "other-runs"
+    RunStore(other).create_run("elsewhere", {})
+    (lab.root / "made-tickets.ipynb").write_text(json.dumps(notebook([code_cell("%%distill tickets\nsteps: 10")])))
+    try:
+        page.goto(lab.page_url("/lab"))
+        panel = open_distill_panel(page)
+        done = panel.locator('.jp-Distill-run[data-run-id="tickets"]')
+        done.wait_for(state="visible")
+        sizes = done.locator(".jp-Distill-run-sizes")
+        assert sizes.inner_text().startswith("n=1 held-out · 0 training pairs")
+        assert "only 1 held-out prompt" in (sizes.locator(".jp-Distill-warn").get_attribute("title") or "")
+        badge = panel.locator('.jp-Distill-alias[data-alias="keep-me"] .jp-Distill-audit')
+        page.wait_for_function(
+            """() => document.querySelector('.jp-Distill-alias[data-alias="keep-me"] .jp-Distill-audit')
+                      ?.textContent === 'no audit'"""
+        )
+        assert "no run recorded making" in (badge.get_attribute("title") or "")
+
+        done.locator(".jp-Distill-run-card").click()
+        page.locator('#jupyter-distill-card-tickets .jp-Distill-card[data-run-id="tickets"]').wait_for(state="visible")
+        done.locator(".jp-Distill-run-notebook").click()
+        page.locator('.lm-TabBar-tab:has-text("made-tickets.ipynb")').wait_for(state="visible")
+
+        field = panel.locator("input.jp-Distill-workdir")
+        field.fill("no-such-folder")
+        field.press("Enter")
+        error = panel.locator(".jp-Distill-workdir-error")
+        error.wait_for(state="visible")
+        assert "run folder 'no-such-folder' does not exist" in error.inner_text()
+        field.fill("other-runs")
+        field.press("Enter")
+        panel.locator('.jp-Distill-run[data-run-id="elsewhere"]').wait_for(state="visible")
+        assert error.is_hidden() and field.input_value() == str(other.resolve())
+        panel.locator(".jp-Distill-workdir-reset").click()
+        done.wait_for(state="visible")
+        assert panel.locator(".jp-Distill-workdir-reset").is_hidden()
+    finally:  # the folder is the server's state: later tests must see the configured one
+        httpx.delete(f"{lab.url}/jupyter-distill/workdir", headers={"Authorization": f"token {TOKEN}"}, timeout=10)
