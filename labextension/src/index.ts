@@ -58,16 +58,10 @@ export function insertTemplate(panel: NotebookPanel): void {
 
 const panelPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-distill:panel',
-  description: 'The Distill sidebar: runs (live; open card, review, notebook) and aliases of the server workdir.',
+  description: 'The Distill sidebar: runs (live) and aliases of the server workdir.',
   autoStart: true,
-  optional: [ILayoutRestorer, ICommandPalette, INotebookTracker],
-  activate: (
-    app: JupyterFrontEnd,
-    restorer: ILayoutRestorer | null,
-    palette: ICommandPalette | null,
-    tracker: INotebookTracker | null
-  ) => {
-    addRunCommands(app, tracker);
+  optional: [ILayoutRestorer, ICommandPalette],
+  activate: (app: JupyterFrontEnd, restorer: ILayoutRestorer | null, palette: ICommandPalette | null) => {
     const panel = new DistillPanel({ commands: app.commands });
     panel.id = PANEL_ID;
     panel.title.icon = distillIcon;
@@ -126,4 +120,12 @@ const templatePlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [panelPlugin, templatePlugin];
+const runCommandsPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'jupyter-distill:run-commands',
+  description: "Open a run's card, review widget or notebook (the Distill panel's row buttons).",
+  autoStart: true,
+  optional: [INotebookTracker],
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker | null) => addRunCommands(app, tracker)
+};
+
+export default [panelPlugin, templatePlugin, runCommandsPlugin];

@@ -189,7 +189,10 @@ export class DistillPanel extends Widget {
 
   private _renderRuns(list: IRunList, counts: Record<string, IRunCounts>): void {
     if (list.runs.length === 0) {
-      this._runs.replaceChildren(message(emptyRunsMessage(list.workdir)));
+      this._runs.replaceChildren(
+        message(emptyRunsMessage(list.workdir)),
+        message('Runs made in another folder: type it in the field above and press Enter.')
+      );
       return;
     }
     const ul = document.createElement('ul');
