@@ -358,6 +358,20 @@ def test_panel_switches_folder_shows_sample_sizes_alias_audit_and_opens_a_run(la
         page.locator('#jupyter-distill-card-tickets .jp-Distill-card[data-run-id="tickets"]').wait_for(state="visible")
         done.locator(".jp-Distill-run-notebook").click()
         page.locator('.lm-TabBar-tab:has-text("made-tickets.ipynb")').wait_for(state="visible")
+        # Review runs `%distill review tickets` in the active notebook (the one just opened).
+        done.locator(".jp-Distill-run-review").click()
+        review = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jd-review-keys input")
+        dialog = page.locator(".jp-Dialog .jp-mod-accept")
+        deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+        while not (review.count() and review.first.is_visible()):
+            if dialog.count() and dialog.first.is_visible():  # which kernel: take Lab's choice
+                dialog.first.click()
+            if time.monotonic() > deadline:
+                outputs = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea").all_inner_texts()
+                raise AssertionError(f"no review widget after Review; outputs: {outputs}")
+            page.wait_for_timeout(250)
+        sources = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .jp-InputArea-editor").all_inner_texts()
+        assert any("%distill review tickets" in source for source in sources)
 
         field = panel.locator("input.jp-Distill-workdir")
         field.fill("no-such-folder")
