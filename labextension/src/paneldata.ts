@@ -162,6 +162,29 @@ export interface IAliasVersion {
   entry: IAliasTarget | null;
   /** The version a rollback restored. */
   restores: number | null;
+  /** What a promotion measured on the held-out prompts: the new model, and the one it replaced. */
+  report: { candidate: IMeasured | null; current: IMeasured | null } | null;
+}
+
+/** One side of a promotion's comparison. */
+export interface IMeasured {
+  n: number;
+  pass_rate: number;
+}
+
+function parseMeasured(value: unknown): IMeasured | null {
+  if (!isRecord(value) || num(value.pass_rate) === null) {
+    return null;
+  }
+  return { n: count(value.n), pass_rate: value.pass_rate as number };
+}
+
+function parseReport(value: unknown): IAliasVersion['report'] {
+  if (!isRecord(value)) {
+    return null;
+  }
+  const candidate = parseMeasured(value.candidate);
+  return candidate === null ? null : { candidate, current: parseMeasured(value.current) };
 }
 
 export interface ITeacherTerms {
@@ -243,7 +266,8 @@ export function parseAliasDetail(value: unknown): IAliasDetail | null {
         action: str(row.action) ?? 'set',
         at: num(row.at),
         entry: parseAliasTarget(row.entry),
-        restores: num(row.restores)
+        restores: num(row.restores),
+        report: parseReport(row.report)
       })),
     audit: parseAudit(value.audit)
   };
@@ -269,11 +293,22 @@ export function targetLabel(target: IAliasTarget | null): string {
   return target.run ? `${what} (run ${target.run})` : what;
 }
 
-/** One line of an alias's history: "v3 rollback to v1: gguf a.gguf (run r1), 5m ago". */
+/**
+ * One line of an alias's history: "v3 rollback to v1: gguf a.gguf (run r1), 5m ago"; a promotion
+ * adds what it measured: "; pass 80% vs 60% on n=10 held-out".
+ */
 export function historyLine(version: IAliasVersion, ago: (unixSeconds: number | null) => string): string {
   const action = version.restores !== null ? `${version.action} to v${version.restores}` : version.action;
   const when = version.at !== null ? `, ${ago(version.at)}` : '';
-  return `v${version.version} ${action}: ${targetLabel(version.entry)}${when}`;
+  let measured = '';
+  const candidate = version.report?.candidate ?? null;
+  if (candidate !== null) {
+    const current = version.report?.current ?? null;
+    const versus = current !== null ? ` vs ${formatPercent(current.pass_rate)}` : '';
+    const tiny = candidate.n < TINY_SAMPLE ? ' ⚠' : '';
+    measured = `; pass ${formatPercent(candidate.pass_rate)}${versus} on n=${candidate.n} held-out${tiny}`;
+  }
+  return `v${version.version} ${action}: ${targetLabel(version.entry)}${when}${measured}`;
 }
 
 export interface IBadge {

@@ -90,6 +90,26 @@ describe('alias detail', () => {
     expect(historyLine(unset.history[0], ago)).toBe('v4 unset: unset');
   });
 
+  it('adds what a promotion measured, marking a tiny held-out set', () => {
+    const promoted = parseAliasDetail({
+      name: 'x',
+      history: [
+        {
+          version: 2,
+          action: 'promote',
+          entry: { backend: 'gguf', model_path: '/m/new.gguf', run: 'r2' },
+          report: { candidate: { n: 8, pass_rate: 0.75, p95_ms: 40 }, current: { n: 8, pass_rate: 0.5 } }
+        },
+        { version: 1, action: 'promote', entry: { backend: 'gguf', model_path: '/m/old.gguf' }, report: { candidate: { n: 40, pass_rate: 0.5 } } },
+        { version: 0, action: 'set', entry: null, report: { candidate: { n: 3 } } }
+      ]
+    })!;
+    const ago = (): string => 'now';
+    expect(historyLine(promoted.history[0], ago)).toBe('v2 promote: gguf new.gguf (run r2); pass 75% vs 50% on n=8 held-out ⚠');
+    expect(historyLine(promoted.history[1], ago)).toBe('v1 promote: gguf old.gguf; pass 50% on n=40 held-out');
+    expect(promoted.history[2].report).toBeNull(); // no pass rate: nothing to show
+  });
+
   it('turns the audit verdict into a badge and per-teacher lines', () => {
     const changed = parseAliasDetail(detailReply)!.audit;
     expect(auditBadge(changed)).toEqual({
