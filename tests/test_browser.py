@@ -143,6 +143,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
     gguf = base / "student.gguf"
     gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    checkout_path = _serve_this_checkouts_build(base / "checkout")
     config_dir = base / "config"
     config_dir.mkdir()
     (config_dir / "jupyter_server_config.json").write_text(
@@ -155,6 +156,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
         "JUPYTER_DISTILL_HOME": str(alias_home),
         "JUPYTER_DISTILL_WORKDIR": ".distill",
+        **checkout_path,
     }
     previous_home = os.environ.get("JUPYTER_DISTILL_HOME")
     os.environ["JUPYTER_DISTILL_HOME"] = str(alias_home)
@@ -210,6 +212,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         shutil.rmtree(base / "runtime", ignore_errors=True)
 
 
+def _serve_this_checkouts_build(folder: Path) -> dict[str, str]:
+    """The environment that makes JupyterLab serve the lab extension built in this checkout, if any.
+
+    JupyterLab loads the first ``labextensions/jupyter-distill`` on its path, and the environment's
+    copy may be another checkout's build; ``$JUPYTER_PATH`` comes before every other folder.
+    """
+    import jupyter_distill
+
+    build = Path(jupyter_distill.__file__).parent / "labextension"
+    if not (build / "package.json").is_file():
+        return {}
+    (folder / "labextensions").mkdir(parents=True, exist_ok=True)
+    (folder / "labextensions" / "jupyter-distill").symlink_to(build, target_is_directory=True)
+    return {"JUPYTER_PATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("JUPYTER_PATH")]))}
+
+
 @pytest.fixture(scope="module")
 def browser(lab: Lab) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
@@ -234,7 +252,14 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def open_distill_panel(page: Any) -> Any:
-    page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-distill-panel"]').click()
+    tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-distill-panel"]')
+    tab.wait_for(state="visible")
+    # The workspace may reopen the panel a previous test left open: wait for that, then click
+    # only a closed tab (clicking the open one closes it).
+    page.wait_for_function("() => window.jupyterapp !== undefined")
+    page.evaluate("async () => { await window.jupyterapp.restored; }")
+    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+        tab.click()
     panel = page.locator("#jupyter-distill-panel")
     panel.wait_for(state="visible")
     return panel
@@ -367,3 +392,58 @@ def test_keys_after_clicking_the_review_header_never_reach_the_notebook(lab: Lab
     assert after["active"] == 1  # the widget's cell (focused by the click), not moved by j/k
     page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-InputArea-prompt").click()  # leave the widget
     marker_on.wait_for(state="hidden", timeout=30_000)
+
+
+def test_panel_switches_folder_shows_sample_sizes_alias_audit_and_opens_a_run(lab: Lab, page: Any) -> None:
+    other = lab.root / "other-runs"
+    RunStore(other).create_run("elsewhere", {})
+    (lab.root / "made-tickets.ipynb").write_text(json.dumps(notebook([code_cell("%%distill tickets\nsteps: 10")])))
+    try:
+        page.goto(lab.page_url("/lab"))
+        panel = open_distill_panel(page)
+        done = panel.locator('.jp-Distill-run[data-run-id="tickets"]')
+        done.wait_for(state="visible")
+        sizes = done.locator(".jp-Distill-run-sizes")
+        assert sizes.inner_text().startswith("n=1 held-out · 0 training pairs")
+        assert "only 1 held-out prompt" in (sizes.locator(".jp-Distill-warn").get_attribute("title") or "")
+        badge = panel.locator('.jp-Distill-alias[data-alias="keep-me"] .jp-Distill-audit')
+        page.wait_for_function(
+            """() => document.querySelector('.jp-Distill-alias[data-alias="keep-me"] .jp-Distill-audit')
+                      ?.textContent === 'no audit'"""
+        )
+        assert "no run recorded making" in (badge.get_attribute("title") or "")
+
+        done.locator(".jp-Distill-run-card").click()
+        page.locator('#jupyter-distill-card-tickets .jp-Distill-card[data-run-id="tickets"]').wait_for(state="visible")
+        done.locator(".jp-Distill-run-notebook").click()
+        page.locator('.lm-TabBar-tab:has-text("made-tickets.ipynb")').wait_for(state="visible")
+        # Review runs `%distill review tickets` in the active notebook (the one just opened).
+        done.locator(".jp-Distill-run-review").click()
+        review = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jd-review-keys input")
+        dialog = page.locator(".jp-Dialog .jp-mod-accept")
+        deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+        while not (review.count() and review.first.is_visible()):
+            if dialog.count() and dialog.first.is_visible():  # which kernel: take Lab's choice
+                dialog.first.click()
+            if time.monotonic() > deadline:
+                outputs = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea").all_inner_texts()
+                raise AssertionError(f"no review widget after Review; outputs: {outputs}")
+            page.wait_for_timeout(250)
+        sources = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .jp-InputArea-editor").all_inner_texts()
+        assert any("%distill review tickets" in source for source in sources)
+
+        field = panel.locator("input.jp-Distill-workdir")
+        field.fill("no-such-folder")
+        field.press("Enter")
+        error = panel.locator(".jp-Distill-workdir-error")
+        error.wait_for(state="visible")
+        assert "run folder 'no-such-folder' does not exist" in error.inner_text()
+        field.fill("other-runs")
+        field.press("Enter")
+        panel.locator('.jp-Distill-run[data-run-id="elsewhere"]').wait_for(state="visible")
+        assert error.is_hidden() and field.input_value() == str(other.resolve())
+        panel.locator(".jp-Distill-workdir-reset").click()
+        done.wait_for(state="visible")
+        assert panel.locator(".jp-Distill-workdir-reset").is_hidden()
+    finally:  # the folder is the server's state: later tests must see the configured one
+        httpx.delete(f"{lab.url}/jupyter-distill/workdir", headers={"Authorization": f"token {TOKEN}"}, timeout=10)

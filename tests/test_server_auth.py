@@ -79,3 +79,21 @@ async def test_an_authorizer_can_allow_reading_but_not_deleting_or_running(jp_fe
         ("write", "jupyter_distill.aliases"),
         ("execute", "jupyter_distill.models"),
     ]
+
+
+async def test_the_panel_routes_read_and_switching_the_folder_writes(jp_fetch: Any, tmp_path: Path) -> None:
+    assert (await _status(jp_fetch, "aliases", "tiny"))[0] == 200
+    assert (await _status(jp_fetch, "runs", "tickets", "notebooks"))[0] == 200
+    assert (await _status(jp_fetch, "workdir"))[0] == 200
+    code, body = await _status(jp_fetch, "workdir", method="PUT", body=json.dumps({"path": "."}))
+    assert code == 403 and "Traceback" not in body
+    assert (await _status(jp_fetch, "workdir", method="DELETE"))[0] == 403
+    assert json.loads((await _status(jp_fetch, "workdir"))[1])["switched"] is False
+    assert CALLS == [
+        ("read", "jupyter_distill.aliases"),
+        ("read", "jupyter_distill.runs"),
+        ("read", "jupyter_distill.runs"),
+        ("write", "jupyter_distill.runs"),
+        ("write", "jupyter_distill.runs"),
+        ("read", "jupyter_distill.runs"),
+    ]

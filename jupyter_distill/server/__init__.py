@@ -4,7 +4,9 @@ Enabled by default through ``jupyter-config/server-config/jupyter_distill.json``
 ``etc/jupyter/jupyter_server_config.d``). The run folder it shows is the one run-folder setting
 (:mod:`jupyter_distill.core.runfolder`: ``$JUPYTER_DISTILL_WORKDIR``, default ``.distill``) resolved
 under the server's root dir, or ``c.DistillServer.workdir``; the absolute folder is exported to
-the kernels the server starts, so ``%%distill`` cells write where the panel reads. GGUF aliases
+the kernels the server starts, so ``%%distill`` cells write where the panel reads. The panel can
+switch to another existing folder under the root (or ``c.DistillServer.allowed_workdirs``) for the
+server's session (:mod:`jupyter_distill.server.workdir`). GGUF aliases
 are generated in supervised worker processes (``c.DistillServer.model_workers``, see
 :mod:`jupyter_distill.server.worker`), so a crash in llama.cpp costs one request a 503, never the
 server. Nothing in the package imports this module: it is a front end.
@@ -12,12 +14,10 @@ server. Nothing in the package imports this module: it is a front end.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-from jupyter_distill.core.runfolder import RUN_FOLDER_ENV
 from jupyter_distill.server.handlers import DistillContext, DistillServer, handlers
+from jupyter_distill.server.workdir import share_run_folder
 
 __all__ = ["DistillServer", "_load_jupyter_server_extension", "share_run_folder"]
 
@@ -35,15 +35,6 @@ def _load_jupyter_server_extension(server_app: Any) -> None:
         settings.resolve_workdir(server_app.root_dir),
         web_app.settings["base_url"],
     )
-
-
-def share_run_folder(folder: Path) -> None:
-    """Export the absolute run folder to the kernels this server starts (they inherit its environment).
-
-    A kernel runs in its notebook's folder, so a relative ``.distill`` there is another folder than
-    the panel's ``<root>/.distill``; the absolute path makes both one, with nothing to configure.
-    """
-    os.environ[RUN_FOLDER_ENV] = str(folder)
 
 
 def _stop_with_server(server_app: Any, context: DistillContext) -> None:

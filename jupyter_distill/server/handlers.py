@@ -35,15 +35,18 @@ import tornado.web
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado.iostream import StreamClosedError
-from traitlets import Float, Int, Unicode
+from traitlets import Float, Int, List, Unicode
 from traitlets.config import Configurable
 
 from jupyter_distill.core.config import RUN_NAME_PATTERN
 from jupyter_distill.core.errors import DistillError
 from jupyter_distill.core.runfolder import resolve_run_folder
 from jupyter_distill.core.store import RunStore, StoreError
+from jupyter_distill.server.aliasinfo import AuditCache, alias_detail
+from jupyter_distill.server.notebooks import find_run_notebooks
 from jupyter_distill.server.public import public_message
-from jupyter_distill.server.summary import run_detail, run_summary
+from jupyter_distill.server.summary import run_counts, run_detail, run_summary
+from jupyter_distill.server.workdir import choose_workdir, share_run_folder
 from jupyter_distill.server.worker import ModelWorkers, WorkerCrashed, WorkerError
 
 T = TypeVar("T")
@@ -68,6 +71,13 @@ class DistillServer(Configurable):
         "$JUPYTER_DISTILL_WORKDIR). Relative paths are resolved against the server's root_dir. "
         "Empty: $JUPYTER_DISTILL_WORKDIR, else '.distill'.",
     )
+    allowed_workdirs = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="Folders outside the server's root_dir that the panel may switch the run folder to (with their "
+        "sub-folders). Relative paths are resolved against root_dir. Folders under root_dir are always allowed.",
+    )
     poll_interval = Float(
         2.0,
         config=True,
@@ -88,13 +98,21 @@ class DistillServer(Configurable):
 
 
 class DistillContext:
-    """What every handler shares: the resolved workdir and one RunStore per workdir."""
+    """What every handler shares: the resolved workdir, one RunStore per workdir, the alias audit verdicts.
+
+    The workdir is the configured one until the panel switches it (:meth:`switch_workdir`); the
+    switch lasts while this server runs and is shared with the kernels it starts afterwards.
+    """
 
     def __init__(self, settings: DistillServer, root_dir: str | os.PathLike[str]):
         self.settings = settings
         self.root_dir = Path(root_dir)
         self._stores: dict[Path, RunStore] = {}
         self._lock = threading.Lock()
+        self._chosen: Path | None = None
+        # Resolved once: the server exports it to its kernels' environment, which a switch then changes.
+        self._configured = settings.resolve_workdir(self.root_dir)
+        self.audits = AuditCache()
         self.workers: ModelWorkers | None = ModelWorkers(settings.model_workers) if settings.model_workers > 0 else None
 
     def shutdown(self) -> None:
@@ -103,8 +121,37 @@ class DistillContext:
             self.workers.shutdown()
 
     @property
+    def configured_workdir(self) -> Path:
+        """The run folder the server was started with (settings, environment, default)."""
+        return self._configured
+
+    @property
     def workdir(self) -> Path:
-        return self.settings.resolve_workdir(self.root_dir)
+        """The run folder the panel shows now: the one switched to, else the configured one."""
+        with self._lock:
+            chosen = self._chosen
+        return chosen if chosen is not None else self.configured_workdir
+
+    def switch_workdir(self, folder: str | None) -> Path:
+        """Show ``folder`` (validated by :func:`choose_workdir`; None: the configured one) from now on,
+        and start new kernels with it. Returns the folder shown."""
+        chosen = None if folder is None else choose_workdir(folder, self.root_dir, self.settings.allowed_workdirs)
+        with self._lock:
+            self._chosen = chosen
+            shown = chosen if chosen is not None else self.configured_workdir
+            share_run_folder(shown)  # under the lock: the environment always names the folder shown
+        return shown
+
+    def workdir_state(self) -> dict[str, Any]:
+        """What the panel's folder field shows: the folder, the configured one, whether it was switched."""
+        with self._lock:
+            chosen = self._chosen
+        configured = self.configured_workdir
+        return {
+            "workdir": str(chosen if chosen is not None else configured),
+            "configured": str(configured),
+            "switched": chosen is not None,
+        }
 
     def store(self) -> RunStore | None:
         """The workdir's store, or None when no run was ever made there (never create files on a GET)."""
@@ -175,19 +222,20 @@ class RunsHandler(DistillHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        def work() -> list[dict[str, Any]]:
+        def work() -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
             store = self.distill.store()
             if store is None:
-                return []
-            return [run_summary(store, run) for run in store.list_runs()]
+                return [], {}
+            return [run_summary(store, run) for run in store.list_runs()], run_counts(store)
 
-        runs = await self.blocking(work)
+        runs, counts = await self.blocking(work)
         self.finish(
             json.dumps(
                 {
-                    "workdir": str(self.distill.workdir),
+                    **self.distill.workdir_state(),
                     "poll_interval": self.distill.settings.poll_interval,
                     "runs": runs,
+                    "counts": counts,
                 }
             )
         )
@@ -246,6 +294,58 @@ class RunMetricsHandler(DistillHandler):
         self.finish(json.dumps(await self.blocking(work)))
 
 
+class RunNotebooksHandler(DistillHandler):
+    """``GET /jupyter-distill/runs/{id}/notebooks``: notebooks under the server root that start the run.
+
+    Newest first, as paths relative to the root (what JupyterLab opens). ``complete`` is false when
+    the search stopped at its file limit.
+    """
+
+    auth_resource = RUNS_RESOURCE
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self, run_id: str) -> None:
+        _check_run_id(run_id)
+        root = self.distill.root_dir
+        found = await self.blocking(lambda: find_run_notebooks(root, run_id))
+        self.finish(json.dumps({"run": run_id, **found}))
+
+
+class WorkdirHandler(DistillHandler):
+    """``/jupyter-distill/workdir``: the run folder the panel shows.
+
+    GET: ``{workdir, configured, switched}``. PUT ``{"path": "..."}``: show another existing folder
+    under the server root (or an allowed one) for as long as the server runs; kernels started after
+    the switch write there. DELETE: back to the configured folder.
+    """
+
+    auth_resource = RUNS_RESOURCE
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.finish(json.dumps(self.distill.workdir_state()))
+
+    @tornado.web.authenticated
+    @authorized
+    async def put(self) -> None:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise tornado.web.HTTPError(400, 'the request body must be JSON: {"path": "<folder>"}') from None
+        if not isinstance(body, dict) or "path" not in body:
+            raise tornado.web.HTTPError(400, 'the request body must be {"path": "<folder>"}')
+        await self.blocking(self.distill.switch_workdir, body["path"])
+        self.finish(json.dumps(self.distill.workdir_state()))
+
+    @tornado.web.authenticated
+    @authorized
+    async def delete(self) -> None:
+        await self.blocking(self.distill.switch_workdir, None)
+        self.finish(json.dumps(self.distill.workdir_state()))
+
+
 def _registry() -> Any:
     # Imported on first use: the registry module pulls in file locking, which the panel-only
     # endpoints never need, and a broken model stack must not stop the server from starting.
@@ -281,9 +381,27 @@ class AliasesHandler(DistillHandler):
 
 
 class AliasHandler(DistillHandler):
-    """``DELETE /jupyter-distill/aliases/{name}``: unset an alias (the model files stay)."""
+    """``/jupyter-distill/aliases/{name}``: one alias.
+
+    GET: ``{name, current, version, history, audit}``: its target now, its recorded versions
+    (newest first) and the audit verdict of the run that made its target. DELETE: unset it (the
+    model files stay).
+    """
 
     auth_resource = ALIASES_RESOURCE
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        context = self.distill
+
+        def work() -> dict[str, Any]:
+            detail = alias_detail(name, context.audits, context.workdir)
+            if detail is None:
+                raise tornado.web.HTTPError(404, f"no alias {name[:130]!r}")
+            return _plain(detail)
+
+        self.finish(json.dumps(await self.blocking(work)))
 
     @tornado.web.authenticated
     @authorized
@@ -661,6 +779,8 @@ def handlers(base_url: str) -> list[tuple[str, type[APIHandler]]]:
         (url_path_join(prefix, "runs"), RunsHandler),
         (url_path_join(prefix, "runs", "([^/]+)"), RunHandler),
         (url_path_join(prefix, "runs", "([^/]+)", "metrics"), RunMetricsHandler),
+        (url_path_join(prefix, "runs", "([^/]+)", "notebooks"), RunNotebooksHandler),
+        (url_path_join(prefix, "workdir"), WorkdirHandler),
         (url_path_join(prefix, "aliases"), AliasesHandler),
         (url_path_join(prefix, "aliases", "([^/]+)"), AliasHandler),
         (url_path_join(prefix, "v1", "chat", "completions"), ChatCompletionsHandler),

@@ -35,6 +35,7 @@ __all__ = [
     "loss_series",
     "pass_rates",
     "progress",
+    "run_counts",
     "run_detail",
     "run_summary",
 ]
@@ -83,6 +84,22 @@ def run_summary(store: RunStore, run: dict[str, Any], *, full_loss: bool = False
         pass_rates=pass_rates(store, run),
         error=public_message(summary["error"]) if summary.get("error") else None,
     )
+
+
+def run_counts(store: RunStore) -> dict[str, dict[str, int]]:
+    """Per run: train and held-out prompts and training pairs, so a pass rate is shown with its sample sizes.
+
+    Two grouped queries for all runs at once: the panel asks on every refresh.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for row in store.conn.execute(
+        "SELECT run_id, COALESCE(SUM(split='train'), 0) AS train, COALESCE(SUM(split='heldout'), 0) AS heldout "
+        "FROM run_prompts GROUP BY run_id"
+    ):
+        out[row["run_id"]] = {"train": int(row["train"]), "heldout": int(row["heldout"]), "pairs": 0}
+    for row in store.conn.execute("SELECT run_id, COUNT(*) AS pairs FROM pairs GROUP BY run_id"):
+        out.setdefault(row["run_id"], {"train": 0, "heldout": 0, "pairs": 0})["pairs"] = int(row["pairs"])
+    return out
 
 
 def run_detail(store: RunStore, run: dict[str, Any], *, events: int = 50) -> dict[str, Any]:

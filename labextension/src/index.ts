@@ -18,6 +18,7 @@ import iconSvg from '../style/icon.svg';
 import { templateCells } from './format';
 import { DistillPanel } from './panel';
 import { reviewKeysPlugin } from './reviewkeys';
+import { addRunCommands } from './runactions';
 
 export const PANEL_ID = 'jupyter-distill-panel';
 
@@ -63,7 +64,7 @@ const panelPlugin: JupyterFrontEndPlugin<void> = {
   autoStart: true,
   optional: [ILayoutRestorer, ICommandPalette],
   activate: (app: JupyterFrontEnd, restorer: ILayoutRestorer | null, palette: ICommandPalette | null) => {
-    const panel = new DistillPanel();
+    const panel = new DistillPanel({ commands: app.commands });
     panel.id = PANEL_ID;
     panel.title.icon = distillIcon;
     panel.title.caption = 'Distill: runs and aliases';
@@ -121,4 +122,12 @@ const templatePlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [panelPlugin, templatePlugin, reviewKeysPlugin];
+const runCommandsPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'jupyter-distill:run-commands',
+  description: "Open a run's card, review widget or notebook (the Distill panel's row buttons).",
+  autoStart: true,
+  optional: [INotebookTracker],
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker | null) => addRunCommands(app, tracker)
+};
+
+export default [panelPlugin, templatePlugin, reviewKeysPlugin, runCommandsPlugin];

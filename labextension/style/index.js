@@ -1,2 +1,3 @@
 import './base.css';
 import './reviewkeys.css';
+import './panel.css';
