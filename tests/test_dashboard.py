@@ -461,3 +461,26 @@ def test_a_long_curve_is_thinned_for_drawing_but_smoothed_over_every_point() -> 
     ys = [float(p.split(",")[1]) for p in smoothed[10:]]
     # the raw 0/1 zigzag spans the whole panel; the smoothed line stays within the middle half of it
     assert max(ys) - min(ys) < 0.5 * (HEIGHT - PAD_TOP - PAD_BOTTOM)
+
+
+@pytest.mark.parametrize(
+    ("loss", "signal"),
+    [("jbond", "win_rate"), ("onpolicy", "reverse_kl"), ("bond", None)],
+)
+def test_on_policy_runs_plot_their_signal_next_to_the_loss(loss: str, signal: str | None) -> None:
+    from jupyter_distill.notebook.plot_svg import PANEL_WIDTH, metrics_svg
+
+    metrics = {
+        "jbond": {"loss": 1.0, "fwd": 0.8, "win_rate": 0.25, "reward": -0.4},
+        "onpolicy": {"loss": 1.0, "pg": 0.1, "reverse_kl": 0.9},
+        "bond": {"loss": 1.0, "nll": 0.9, "pref": 0.1},
+    }[loss]
+    series = {name: [(step, value + 0.05 * step) for step in (1, 2, 3)] for name, value in metrics.items()}
+    svg = metrics_svg(series, {"student_after": [(3, 0.5)]})
+    panels = 3 if signal else 2
+    assert f"width='{PANEL_WIDTH * panels}'" in svg
+    assert svg.count("class='jd-smooth'") == panels - 1  # the loss and the signal are curves; pass rates are dots
+    if signal:
+        value = metrics[signal] + 0.15
+        assert f"{signal} {value:.4g} (step 3)" in svg
+    assert "student_after 50% (step 3)" in svg

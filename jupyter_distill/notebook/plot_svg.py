@@ -7,8 +7,11 @@ attributes (presentation attributes do not resolve ``var()``), with a fallback f
 lacks them (a saved notebook opened elsewhere). It is a string built from the dashboard state's
 points, cheap enough to rebuild on every render, and it needs no plotting library.
 
-What it draws: the training loss as raw points under a smoothed line, and held-out pass rates
-as markers at the training step of the model they measured. It draws from the first point on
+What it draws: the training loss as raw points under a smoothed line, held-out pass rates as
+markers at the training step of the model they measured, and for the on-policy losses the
+signal that says whether the student's own answers improve: ``win_rate`` (``jbond``: how often
+the judge ranks the student's sample above the teacher's judged candidates) or ``reverse_kl``
+(``onpolicy``: the per-token KL from the teacher on the student's tokens). It draws from the first point on
 (one point is a dot with its value, never empty axes); with no point at all it is empty and the
 dashboard hides it. Long curves are thinned to ``MAX_DRAWN_POINTS`` for drawing (smoothing uses
 every point), which keeps each redraw a few tens of KiB.
@@ -54,6 +57,15 @@ def loss_name(series: dict[str, list[tuple[int, float]]]) -> str | None:
     if series.get("loss"):
         return "loss"
     return next((name for name in sorted(series) if name.endswith("loss") and series[name]), None)
+
+
+#: On-policy signals, in the order looked for: the first one the run reports gets its own panel.
+ON_POLICY_SIGNALS: tuple[str, ...] = ("win_rate", "reverse_kl", "reward")
+
+
+def on_policy_name(series: dict[str, list[tuple[int, float]]]) -> str | None:
+    """The on-policy signal drawn next to the loss (``None`` for ``sft``/``bond`` runs)."""
+    return next((name for name in ON_POLICY_SIGNALS if series.get(name)), None)
 
 
 def _scale(lo: float, hi: float, size: float, start: float, *, flip: bool = False) -> Callable[[float], float]:
@@ -140,20 +152,27 @@ def _pass_rate_panel(evals: dict[str, list[tuple[int, float]]], steps: tuple[int
 
 
 def metrics_svg(series: dict[str, list[tuple[int, float]]], evals: dict[str, list[tuple[int, float]]]) -> str:
-    """The loss and pass-rate panels as one inline ``<svg>``; "" while there is no point to draw."""
+    """The loss, on-policy and pass-rate panels as one inline ``<svg>``; "" while there is no point to draw."""
     name = loss_name(series)
+    signal = on_policy_name(series)
     rates = {label: points for label, points in evals.items() if points}
     panels: list[str] = []
     steps = (0, 1)
+    x0 = 0
     if name is not None:
         points = series[name]
         steps = (points[0][0], points[-1][0])
-        panels += _loss_panel(name, points, 0)
+        panels += _loss_panel(name, points, x0)
+        x0 += PANEL_WIDTH
+    if signal is not None:  # same drawing as the loss: raw points under a smoothed line
+        panels += _loss_panel(signal, series[signal], x0)
+        x0 += PANEL_WIDTH
     if rates:
-        panels += _pass_rate_panel(rates, steps, PANEL_WIDTH if name is not None else 0)
+        panels += _pass_rate_panel(rates, steps, x0)
+        x0 += PANEL_WIDTH
     if not panels:
         return ""
-    width = PANEL_WIDTH * ((name is not None) + bool(rates))
+    width = x0
     return (
         f"<svg class='jd-plot' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{HEIGHT}' "
         f"viewBox='0 0 {width} {HEIGHT}' style='background:var(--jp-layout-color1,transparent)'>"
@@ -162,4 +181,4 @@ def metrics_svg(series: dict[str, list[tuple[int, float]]], evals: dict[str, lis
     )
 
 
-__all__ = ["metrics_svg"]
+__all__ = ["ON_POLICY_SIGNALS", "metrics_svg", "on_policy_name"]
