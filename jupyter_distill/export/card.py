@@ -174,7 +174,7 @@ def write_model_card(path: str | Path, info: dict[str, Any]) -> Path:
         "",
         f"# {info.get('name') or 'Distilled student'}",
         "",
-        "A student model distilled with [jupyter-distill](https://github.com/jupyter-distill/jupyter-distill) "
+        "A student model distilled with jupyter-distill "
         "(best-of-N teacher sampling, judge, BOND training, LoRA merge, GGUF export).",
         "",
         "## Licence chain",

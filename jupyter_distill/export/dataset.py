@@ -129,7 +129,7 @@ def write_dataset(
         "",
         f"# {name}",
         "",
-        "Training pairs curated by [jupyter-distill](https://github.com/jupyter-distill/jupyter-distill): teacher "
+        "Training pairs curated by jupyter-distill: teacher "
         "samples ranked by a judge and, where a human reviewed them, by that review. Each row holds the prompt "
         "(chat messages), the chosen and rejected answers, their scores, the human decision and where the chosen "
         "answer came from (teacher, provider, terms verdict, sample hash, time).",

@@ -34,6 +34,7 @@ from jupyter_distill.core.hashing import content_hash, file_sha256
 from jupyter_distill.core.loops import run_sync
 from jupyter_distill.core.runlog import RunLog
 from jupyter_distill.core.store import PromptRecord, RunLock, RunLockedError, RunStore
+from jupyter_distill.pipeline.curated_run import check_curated_terms, curated_pairs, import_curated
 from jupyter_distill.sampling.batched import BatchPending
 
 #: Held-out pass rate the served (quantized) model may lose against fp32 before the summary warns.
@@ -355,7 +356,7 @@ class Run:
                     field="review",
                     value=True,
                 )
-            self._check_curated_terms()
+            check_curated_terms(self._curated, config)
             teachers = {p.teacher for group in self._curated.values() for p in group}
             # the ledger finds the run's samples by this teacher; several teachers: every teacher's
             self.state.summary["teacher"] = teachers.pop() if len(teachers) == 1 else None
@@ -384,42 +385,6 @@ class Run:
         self._loaded_teacher = teacher
         return teacher
 
-    def _check_curated_terms(self) -> None:
-        """The terms gate a live teacher passes, applied to the teachers that made the dataset's pairs.
-
-        Each pair's recorded provider and model are decided again under the terms installed now and
-        the run's ``policy``: pairs a teacher may no longer be distilled from are refused before
-        anything runs, as its samples would be. Rows that name no provider (hand-made pairs) have no
-        terms to check.
-        """
-        from jupyter_distill.core import policy
-        from jupyter_distill.core.errors import PolicyError
-
-        config = self.config
-        seen: dict[tuple[Any, ...], int] = {}
-        for group in self._curated.values():
-            for pair in group:
-                prov = pair.provenance
-                key = (pair.teacher, prov.get("provider"), prov.get("model"), prov.get("authorization"),
-                       prov.get("licence"))  # fmt: skip
-                seen[key] = seen.get(key, 0) + 1
-        for (teacher, provider, model, authorization, licence), count in seen.items():
-            if not provider or provider not in policy.TERMS:
-                continue
-            try:
-                policy.decide(
-                    str(provider), str(model or ""), mode=config.policy,
-                    authorization=authorization or config.authorization,
-                    enforce_distillable=config.enforce_distillable, licence=str(licence or ""),
-                )  # fmt: skip
-            except PolicyError as exc:
-                raise PolicyError(
-                    f"{count} curated pair(s) of the dataset were made by {teacher}, which the terms installed now "
-                    f"({policy.TERMS_VERSION}) do not allow training on: {exc}",
-                    field="dataset",
-                    value=teacher,
-                ) from None
-
     def _load_curated_judge(self, prompts: list[PromptRecord]) -> Any:
         """The judge of a run on curated pairs: scores held-out answers only, and never the teacher."""
         if self.config.judge is None:
@@ -436,80 +401,17 @@ class Run:
         return self._load_judge(None)
 
     def _import_curated(self, prompts: list[PromptRecord]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-        """Store the dataset's pairs as samples (with the provenance their rows carry) and their scores
-        as judgments; returns ``(samples by prompt, judgments by sample key)`` as sampling and judging do."""
-        from jupyter_distill.core.store import JudgmentRecord, SampleRecord
-
-        source = _dataset_source(self.config.dataset)
-        samples: dict[str, list[SampleRecord]] = {}
-        judgments: dict[str, JudgmentRecord] = {}
-        for prompt in prompts:
-            for pair in self._curated.get(prompt.hash, []):
-                prov = pair.provenance
-                for side, text, score in (("chosen", pair.chosen, pair.chosen_score),
-                                          ("rejected", pair.rejected, pair.rejected_score)):  # fmt: skip
-                    if text is None:
-                        continue
-                    key = content_hash("curated", prompt.hash, pair.teacher, text)
-                    provenance = {
-                        **{k: prov.get(k) for k in ("teacher", "provider", "endpoint", "model", "terms_version",
-                                                    "licence")},
-                        "teacher": pair.teacher,
-                        "time": prov.get("sampled_at"),
-                        "policy": {
-                            "verdict": prov.get("terms_verdict"), "terms_version": prov.get("terms_version"),
-                            "provider": prov.get("provider"), "model": prov.get("model"),
-                            "authorization": prov.get("authorization"), "licence": prov.get("licence"),
-                        },
-                        "imported_from": source,
-                        "source_sample": prov.get(f"{side}_sample"),
-                        "human_decision": pair.human_decision if side == "chosen" else None,
-                        "judge": pair.judge,
-                    }  # fmt: skip
-                    group = samples.setdefault(prompt.hash, [])
-                    if any(s.key == key for s in group):
-                        continue
-                    group.append(
-                        SampleRecord(key, prompt.hash, pair.teacher, {"imported_from": source}, len(group), text,
-                                     provenance=provenance)
-                    )  # fmt: skip
-                    if score is None:  # an edited text, or a row without scores: no judgment was made of it
-                        continue
-                    judge_id = pair.judge or "imported"
-                    judgments[key] = JudgmentRecord(content_hash("judgment", key, judge_id), key, judge_id, score)
-        self.store.put_samples([s for group in samples.values() for s in group])
-        self.store.put_judgments(judgments.values())
-        self.state.summary.update(
-            {"teacher_requests": 0, "teacher_cost": 0.0, "failed_prompts": [], "unsaved_samples": 0,
-             "curated_pairs": sum(map(len, self._curated.values())), "curated_from": source}
-        )  # fmt: skip
+        samples, judgments, summary = import_curated(
+            self.store, self._curated, prompts, _dataset_source(self.config.dataset)
+        )
+        self.state.summary.update(summary)
         return samples, judgments
 
     def _curated_pairs(self, prompts: list[PromptRecord], samples: dict[str, list[Any]]) -> list[Any]:
-        """The dataset's pairs of the training prompts, as they came (held-out prompts are evaluated on)."""
-        from jupyter_distill.core.store import PairRecord
-
-        pairs: list[PairRecord] = []
-        for prompt in prompts:
-            if prompt.split != "train":
-                continue
-            by_text = {s.text: s.key for s in samples.get(prompt.hash, [])}
-            for rank, pair in enumerate(self._curated.get(prompt.hash, [])):
-                rejected = pair.rejected if pair.rejected != pair.chosen else None
-                pairs.append(
-                    PairRecord(prompt.hash, rank, pair.chosen, rejected, by_text.get(pair.chosen),
-                               by_text.get(rejected) if rejected is not None else None, pair.source)
-                )  # fmt: skip
-        self.store.put_pairs(self.name, pairs)
-        if not pairs:
-            raise TrainingError(
-                f"no training pairs for run {self.name!r}: the dataset's curated pairs all fell on held-out prompts. "
-                "Fix: lower heldout_fraction.",
-                field="heldout_fraction",
-                value=self.config.heldout_fraction,
-            )
-        self.state.summary["pairs"] = len(pairs)
-        self.state.summary["pairs_with_rejected"] = sum(p.rejected_text is not None for p in pairs)
+        pairs, counts = curated_pairs(
+            self.store, self.name, self._curated, prompts, samples, self.config.heldout_fraction
+        )
+        self.state.summary.update(counts)
         return pairs
 
     def _load_judge(self, teacher: Any) -> Any:
