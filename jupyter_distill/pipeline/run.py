@@ -519,20 +519,13 @@ class Run:
             check_exportable(found["architecture"], self.config.quantize)
 
     def _train(self, pairs: list[Any]) -> dict[str, Any]:
-        from jupyter_distill.train.choice import student_loader
-        from jupyter_distill.train.student import load_student, resolve_device
         from jupyter_distill.train.trainer import BondTrainer, TrainPair, TrainSettings
 
         config = self.config
         settings = TrainSettings.from_config(config)
         if config.num_processes > 1:  # worker processes train; the kernel loads the student after them
             return self._train_in_workers(settings)
-        self._preparing("loading the student")
-        student = load_student(
-            config.student, device=config.device, chat_template=config.chat_template,
-            quantization=config.quantization, loader=student_loader(config.engine, resolve_device(config.device)),
-            max_length=settings.max_length,
-        )  # fmt: skip
+        student = self._load_student(settings)
         examples = TrainPair.from_records(pairs, self.store.get_prompts(self.name))
         output_dir = Path(config.workdir) / "runs" / self.name / "train"
         rewards = teacher_logprobs = None
@@ -604,9 +597,7 @@ class Run:
     def _train_in_workers(self, settings: Any) -> dict[str, Any]:
         """``num_processes > 1``: train in accelerate workers (:mod:`jupyter_distill.train.distributed`),
         then load the student here for the evaluations: the kernel touches no GPU before the workers."""
-        from jupyter_distill.train.choice import student_loader
         from jupyter_distill.train.distributed import attach_adapter, train_in_workers
-        from jupyter_distill.train.student import load_student, resolve_device
 
         config = self.config
         result = train_in_workers(
@@ -618,16 +609,24 @@ class Run:
         )  # fmt: skip
         if result.stopped:
             return self._trained(None, result, None)
-        self._preparing("loading the student")
-        student = load_student(
-            config.student, device=config.device, chat_template=config.chat_template,
-            quantization=config.quantization, loader=student_loader(config.engine, resolve_device(config.device)),
-            max_length=settings.max_length,
-        )  # fmt: skip
+        student = self._load_student(settings)
         self._preparing("measuring the student before training")
         before = self._evaluate_student(student, label="student_before")
         attach_adapter(student, result.adapter_dir)
         return self._trained(student, result, before)
+
+    def _load_student(self, settings: Any) -> Any:
+        """The student for training or evaluation, loaded as the config says (device, engine, template)."""
+        from jupyter_distill.train.choice import student_loader
+        from jupyter_distill.train.student import load_student, resolve_device
+
+        config = self.config
+        self._preparing("loading the student")
+        return load_student(
+            config.student, device=config.device, chat_template=config.chat_template,
+            quantization=config.quantization, loader=student_loader(config.engine, resolve_device(config.device)),
+            max_length=settings.max_length,
+        )  # fmt: skip
 
     def _preparing(self, what: str) -> None:
         """Tell front ends the training phase is still preparing (its step count has not begun)."""

@@ -96,7 +96,10 @@ class JBondEngine:
         return out.logp
 
     # ------------------------------------------------------------------ the step
-    def loss(self, model: Any, examples: Sequence[TokenizedPair], *, seed: int = 0) -> tuple[Tensor, dict[str, float]]:
+    def _own_samples(
+        self, model: Any, examples: Sequence[TokenizedPair], seed: int
+    ) -> tuple[list[TokenizedPair], list[PromptRecord], list[Any]]:
+        """The step's rows, their prompts and ``n`` samples of the student per prompt (anchor made first)."""
         rows = list(examples)
         if self.anchor is None:
             self.prepare(model, rows)
@@ -109,6 +112,10 @@ class JBondEngine:
             max_new_tokens=self.max_new_tokens,
             seed=seed,
         )
+        return rows, prompts, samples
+
+    def loss(self, model: Any, examples: Sequence[TokenizedPair], *, seed: int = 0) -> tuple[Tensor, dict[str, float]]:
+        rows, prompts, samples = self._own_samples(model, examples, seed)
         assert self.rewards is not None
         calls_before = self.rewards.calls
         scored = self.rewards.score([prompts[s.prompt_index] for s in samples], [s.text for s in samples])

@@ -22,7 +22,6 @@ from jupyter_distill.core.store import PromptRecord
 from jupyter_distill.train.engines import TokenizedPair, _per_row, response_logits
 from jupyter_distill.train.jbond_engine import JBondEngine
 from jupyter_distill.train.onpolicy import onpolicy_loss
-from jupyter_distill.train.rollout import sample_student
 from jupyter_distill.train.student import LoadedStudent
 from jupyter_distill.train.teacher_logprobs import TeacherLogprobs
 
@@ -63,18 +62,7 @@ class OnPolicyEngine(JBondEngine):
         self.scores = scores
 
     def loss(self, model: Any, examples: Sequence[TokenizedPair], *, seed: int = 0) -> tuple[Tensor, dict[str, float]]:
-        rows = list(examples)
-        if self.anchor is None:
-            self.prepare(model, rows)
-        prompts = [self.prompts[e.index] for e in rows]
-        samples = sample_student(
-            self.student,
-            model,
-            [p.messages for p in prompts],
-            n=self.n,
-            max_new_tokens=self.max_new_tokens,
-            seed=seed,
-        )
+        *_, samples = self._own_samples(model, examples, seed)
         calls_before = self.scores.calls
         teacher = self.scores.score([(s.prompt_ids, s.ids) for s in samples])
 
