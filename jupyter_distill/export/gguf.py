@@ -128,6 +128,22 @@ def validate_quantize(quantize: str | None) -> str:
     return name
 
 
+def _export_steps(emit: Any, run_id: str | None, stop: Any) -> Any:
+    """``phase(message, current)``: one export step announced as progress (of 5), refused once ``stop`` is set."""
+
+    def phase(message: str, current: int) -> None:
+        if stop is not None and stop.is_set():
+            raise ExportStopped(
+                f"export stopped before: {message}. Nothing was registered; run the export again to finish it.",
+                field="stop",
+                value=message,
+                fix="resume the run",
+            )
+        emit(Event(kind="progress", phase="export", run=run_id, message=message, current=current, total=5))
+
+    return phase
+
+
 def quantize_gguf(src: str | Path, dst: str | Path, quantize: str, *, nthread: int | None = None) -> Path:
     """Quantize an f16 GGUF with llama.cpp's own quantizer (no compiler: it is in llama-cpp-python).
 
@@ -364,15 +380,7 @@ def export_gguf(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    def phase(message: str, current: int) -> None:
-        if stop is not None and stop.is_set():
-            raise ExportStopped(
-                f"export stopped before: {message}. Nothing was registered; run the export again to finish it.",
-                field="stop",
-                value=message,
-                fix="resume the run",
-            )
-        emit(Event(kind="progress", phase="export", run=run_id, message=message, current=current, total=5))
+    phase = _export_steps(emit, run_id, stop)
 
     t0 = time.perf_counter()
     phase("merging the adapter", 0)
@@ -586,15 +594,7 @@ def export_adapter_gguf(
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    def phase(message: str, current: int) -> None:
-        if stop is not None and stop.is_set():
-            raise ExportStopped(
-                f"export stopped before: {message}. Nothing was registered; run the export again to finish it.",
-                field="stop",
-                value=message,
-                fix="resume the run",
-            )
-        emit(Event(kind="progress", phase="export", run=run_id, message=message, current=current, total=5))
+    phase = _export_steps(emit, run_id, stop)
 
     template = folder_chat_template(adapter_dir) or folder_chat_template(base)
     timings: dict[str, float] = {}
