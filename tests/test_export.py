@@ -274,3 +274,36 @@ def test_adapter_export_shares_one_base(tiny_llama: Path, tmp_path: Path) -> Non
     assert (
         crossed["agreement"]["f16"] < min(first.agreement["f16"], second.agreement["f16"]) - 0.2
     )  # the adapter really is applied
+
+
+def test_a_reference_larger_than_the_ram_budget_is_checked_from_disk_at_full_precision(tmp_path: Path) -> None:
+    """An 8B student's fp32 reference does not fit a 24 GB machine: beyond the budget its layers are
+    offloaded to disk, and the check gives the same greedy tokens and the same agreement as in RAM.
+
+    The tiny Qwen2 has a 512-row vocabulary, so its decoder layers, not its embedding, hold most of
+    its bytes, as in a real model (accelerate keeps room for the largest layer in RAM)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from jupyter_distill.export.check import _reference_tokens, check_agreement, fp32_bytes, load_reference
+
+    tiny = build_tiny_qwen(tmp_path / "tiny-qwen2", "qwen2")
+    total = fp32_bytes(tiny)
+    in_memory = AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32)
+    assert total == 4 * sum(p.numel() for p in in_memory.parameters())  # read from headers, nothing loaded
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny))
+    plain, none_offloaded = load_reference(tiny, tmp_path / "unused", total)
+    assert none_offloaded == 0 and not getattr(plain, "hf_device_map", None)
+    offloaded_model, offloaded = load_reference(tiny, tmp_path / "offload", total // 2)
+    assert 0 < offloaded < total and "disk" in set(offloaded_model.hf_device_map.values())
+    assert all(p.device.type == "meta" for p in offloaded_model.model.layers.parameters())  # not held in RAM
+    expected = _reference_tokens(plain, tokenizer, CHECK_PROMPTS, 8, 512)
+    assert _reference_tokens(offloaded_model, tokenizer, CHECK_PROMPTS, 8, 512) == expected
+    del plain, offloaded_model
+
+    f16 = export_gguf(tiny, tmp_path / "out", quantize="f16", check_prompts=CHECK_PROMPTS).f16_gguf
+    full = check_agreement(tiny, {"f16": f16}, CHECK_PROMPTS, new_tokens=8)
+    tight = check_agreement(tiny, {"f16": f16}, CHECK_PROMPTS, new_tokens=8, ram_budget=total // 2)
+    assert full["reference"]["offloaded_bytes"] == 0 and tight["reference"]["offloaded_bytes"] > 0
+    assert tight["agreement"] == full["agreement"] and full["agreement"]["f16"] >= 0.95
+    assert not list(tiny.parent.glob(".check-offload-*"))  # the offload folder is gone afterwards

@@ -30,7 +30,10 @@ def _config_folder(tmp_path: Path, dtype: str) -> str:
     return str(folder)
 
 
-def test_an_8b_student_needs_32_gb_in_fp32_and_half_to_merge_in_bf16(tmp_path: Path) -> None:
+def test_an_8b_student_needs_32_gb_in_fp32_and_half_to_merge_in_bf16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "available_memory", lambda: int(128 * GB))  # everything fits in RAM
     fp32 = estimate(ROWS, student=_config_folder(tmp_path, "float32"), quantize="q4_k_m")
     bf16 = estimate(ROWS, student=_config_folder(tmp_path, "bfloat16"), quantize="q4_k_m")
     assert 8.0e9 < fp32.student_params_m * 1e6 < 8.1e9
@@ -60,6 +63,31 @@ def test_estimate_warns_when_the_export_does_not_fit(tmp_path: Path, monkeypatch
     assert estimate(ROWS, student=student).warnings == []
     small = estimate(ROWS, student="smollm2-135m")
     assert small.warnings == [] and small.export_memory_gb < 2
+
+
+def test_an_8b_student_exports_on_24_gb_with_the_check_partly_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 merge: ~18.6 GB; the 32 GB fp32 reference keeps 60% of the free RAM and reads the rest from disk."""
+    monkeypatch.setattr(memory, "available_memory", lambda: int(24 * GB))
+    student = _config_folder(tmp_path, "bfloat16")
+    found = estimate(ROWS, student=student, quantize="q4_k_m")
+    parts = found.export_memory_breakdown
+    assert found.warnings == []  # it fits: no "would fail after the teacher was paid"
+    assert parts["check"] < 24 * GB * memory.CHECK_RAM_FRACTION + 2 * GB
+    assert 32 * GB < parts["check_offloaded"] + parts["check"] < 34 * GB
+    assert found.export_memory_gb == round(max(parts["merge"], parts["check"]) / 1e9, 2) < 24
+    assert "read from disk" in repr(found)
+    monkeypatch.setattr(memory, "available_memory", lambda: int(64 * GB))
+    roomy = estimate(ROWS, student=student, quantize="q4_k_m")
+    assert roomy.export_memory_breakdown["check_offloaded"] == 0 and "read from disk" not in repr(roomy)
+
+
+def test_reference_placement_splits_at_the_budget() -> None:
+    assert memory.reference_placement(10, None) == (10, 0)  # memory unknown: all in RAM, as before
+    assert memory.reference_placement(10, 100) == (10, 0)
+    budget = memory.reference_budget(100)
+    assert budget == 60 and memory.reference_placement(100, 100) == (60, 40)
 
 
 def test_available_memory_reads_proc_meminfo_without_psutil(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,6 +45,7 @@ from jupyter_distill.export.check import (
     MIN_F16_AGREEMENT,
     check_agreement,
 )
+from jupyter_distill.export.memory import available_memory, reference_budget
 from jupyter_distill.export.merge import (
     TOKENIZER_FILES,
     adapter_base,
@@ -423,7 +424,9 @@ def export_gguf(
     phase("checking the GGUF against the HF model", 3)
     if not check_prompts and store is not None and run_id is not None:
         check_prompts = store.get_prompts(run_id, split="heldout")[:MAX_CHECK_PROMPTS]
-    report = check_agreement(merged_dir, ggufs, check_prompts, new_tokens=check_tokens)
+    report = check_agreement(
+        merged_dir, ggufs, check_prompts, new_tokens=check_tokens, ram_budget=reference_budget(available_memory())
+    )
     timings["check_s"] = time.perf_counter() - t0
     agreement = report["agreement"]
     if agreement["f16"] < min_agreement:
@@ -616,7 +619,14 @@ def export_adapter_gguf(
     if not check_prompts and store is not None and run_id is not None:
         check_prompts = store.get_prompts(run_id, split="heldout")[:MAX_CHECK_PROMPTS]
     ggufs = {"f16": f16, qtype: quantized} if qtype != "f16" else {"f16": f16}
-    report = check_agreement(merged, ggufs, check_prompts, new_tokens=check_tokens, lora=lora)
+    report = check_agreement(
+        merged,
+        ggufs,
+        check_prompts,
+        new_tokens=check_tokens,
+        lora=lora,
+        ram_budget=reference_budget(available_memory()),
+    )
     timings["check_s"] = time.perf_counter() - t0
     agreement = report["agreement"]
     if agreement["f16"] < min_agreement:

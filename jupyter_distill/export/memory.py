@@ -7,8 +7,11 @@ bf16 base costs 2 bytes per parameter there, not 4), then writes it shard by sha
 model in fp32 as the reference the GGUF is compared with (4 bytes per parameter, plus the logits of
 a check sequence). llama.cpp's converter reads tensors lazily and its quantizer maps the file, so
 neither adds a model-sized peak. An 8B student therefore needs about 16 GB to merge and 32 GB to
-check: :func:`export_peak` says so before a run starts, and :func:`available_memory` says what the
-machine has, so ``estimate`` can warn.
+check in RAM. The check keeps its fp32 precision on a smaller machine: when the fp32 reference does
+not fit in :data:`CHECK_RAM_FRACTION` of the available memory, accelerate places the layers that do
+not fit on disk (:func:`reference_placement`) and streams them in at each forward pass, so the check
+costs time instead of RAM. :func:`export_peak` says all this before a run starts, and
+:func:`available_memory` says what the machine has, so ``estimate`` can warn.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from typing import Any
 MERGE_SHARD_BYTES = 2 * 1024**3  # max_shard_size of the merged folder
 CHECK_CONTEXT = 1024  # tokens of one agreement-check sequence (export.check n_ctx)
 OVERHEAD_BYTES = 512 * 1024**2  # torch, transformers and the tokenizer themselves
+# Share of the available memory the fp32 reference may hold; the rest is left to llama.cpp (which
+# loads each GGUF beside it during the check), the logits and the process itself.
+CHECK_RAM_FRACTION = 0.6
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _DTYPE_NAMES = {"float": "float32", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
@@ -29,8 +35,9 @@ class ExportMemory:
     """Predicted peak bytes of the export's two model-sized steps, and which one decides."""
 
     merge: int  # base in its stored dtype + LoRA + one shard being written
-    check: int  # merged model in fp32 + the logits of one check sequence
+    check: int  # the fp32 reference's share in RAM + the logits of one check sequence
     stored_dtype: str
+    check_offloaded: int = 0  # bytes of the fp32 reference placed on disk because RAM is short
 
     @property
     def peak(self) -> int:
@@ -49,12 +56,32 @@ def stored_dtype(config: dict[str, Any]) -> str:
     return name if name in DTYPE_BYTES else "float32"
 
 
-def export_peak(params: int, vocab: int, *, dtype: str = "float32", lora_params: int = 0) -> ExportMemory:
-    """Peak RAM of merging and checking a student of ``params`` parameters stored in ``dtype``."""
+def export_peak(
+    params: int, vocab: int, *, dtype: str = "float32", lora_params: int = 0, available: int | None = None
+) -> ExportMemory:
+    """Peak RAM of merging and checking a student of ``params`` parameters stored in ``dtype``.
+
+    ``available``: the machine's free memory; when the fp32 reference of the check does not fit in
+    its :data:`CHECK_RAM_FRACTION`, the part that does not fit is counted on disk, not in RAM.
+    """
     weights = params * DTYPE_BYTES.get(dtype, 4)
     merge = weights + min(MERGE_SHARD_BYTES, weights) + lora_params * 4 + OVERHEAD_BYTES
-    check = params * 4 + CHECK_CONTEXT * vocab * 4 + OVERHEAD_BYTES
-    return ExportMemory(merge=int(merge), check=int(check), stored_dtype=dtype)
+    in_ram, offloaded = reference_placement(params * 4, available)
+    check = in_ram + CHECK_CONTEXT * vocab * 4 + OVERHEAD_BYTES
+    return ExportMemory(merge=int(merge), check=int(check), stored_dtype=dtype, check_offloaded=int(offloaded))
+
+
+def reference_budget(available: int | None) -> int | None:
+    """Bytes of RAM the fp32 reference may take, or None when the machine's memory is unknown."""
+    return None if available is None else int(available * CHECK_RAM_FRACTION)
+
+
+def reference_placement(fp32_bytes: int, available: int | None) -> tuple[int, int]:
+    """(bytes in RAM, bytes on disk) of an fp32 reference of ``fp32_bytes`` given ``available`` memory."""
+    budget = reference_budget(available)
+    if budget is None or fp32_bytes <= budget:
+        return fp32_bytes, 0
+    return budget, fp32_bytes - budget
 
 
 def available_memory() -> int | None:
@@ -74,4 +101,12 @@ def available_memory() -> int | None:
     return None
 
 
-__all__ = ["ExportMemory", "available_memory", "export_peak", "stored_dtype"]
+__all__ = [
+    "CHECK_RAM_FRACTION",
+    "ExportMemory",
+    "available_memory",
+    "export_peak",
+    "reference_budget",
+    "reference_placement",
+    "stored_dtype",
+]

@@ -148,10 +148,17 @@ class Estimate:
             (
                 "export memory",
                 f"~{self.export_memory_gb:.1f} GB RAM peak (merge in {parts['stored_dtype']}: "
-                f"{parts['merge'] / 1e9:.1f} GB, fp32 agreement check: {parts['check'] / 1e9:.1f} GB){free}",
+                f"{parts['merge'] / 1e9:.1f} GB, fp32 agreement check: {parts['check'] / 1e9:.1f} GB"
+                f"{self._offload_text(parts)}){free}",
             )
         ]
         return lines + [("warning", w) for w in self.warnings]
+
+    @staticmethod
+    def _offload_text(parts: dict[str, Any]) -> str:
+        """The part of the check's fp32 reference that will not fit in RAM and is read from disk."""
+        offloaded = parts.get("check_offloaded") or 0
+        return f" in RAM + {offloaded / 1e9:.1f} GB read from disk" if offloaded else ""
 
     def _batch_lines(self) -> list[tuple[str, str]]:
         if self.teacher_only_cost_batch is None or not self.priced:
@@ -315,12 +322,14 @@ def _export_memory(
     if config.quantize is None:
         return None, None, free_gb, []
     lora = config.lora_r * 2 * shape.layers * (4 * shape.hidden + 3 * (shape.hidden + shape.ffn))
-    need = export_memory.export_peak(shape.params, shape.vocab, dtype=_student_dtype(config.student), lora_params=lora)
+    need = export_memory.export_peak(
+        shape.params, shape.vocab, dtype=_student_dtype(config.student), lora_params=lora, available=free
+    )
     warnings = []
     if free is not None and need.peak > free:
         warnings.append(
             f"the export needs ~{need.peak / 1e9:.1f} GB of RAM (merge {need.merge / 1e9:.1f} GB in "
-            f"{need.stored_dtype}, fp32 agreement check {need.check / 1e9:.1f} GB) but {free / 1e9:.1f} GB are "
+            f"{need.stored_dtype}, fp32 agreement check {need.check / 1e9:.1f} GB in RAM) but {free / 1e9:.1f} GB are "
             "available: it would fail after the teacher was paid. Fix: free memory or use a larger machine, pick a "
             "smaller student, or set quantize=None and serve the adapter with the PEFT backend."
         )
