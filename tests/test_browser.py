@@ -305,6 +305,29 @@ def test_saved_run_output_renders_as_a_card_without_a_kernel(lab: Lab, page: Any
     assert card.locator(".jp-Distill-sparkline path").count() == 1
 
 
+def test_saved_jbond_card_draws_its_win_rate_next_to_the_loss(lab: Lab, page: Any, tmp_path: Path) -> None:
+    """A jbond run's saved card (the server's shape) shows the on-policy signal's sparkline and latest value."""
+    from jupyter_distill.server.summary import run_summary
+
+    store = RunStore(tmp_path / ".distill")
+    store.create_run("jbond-run", {"loss": "jbond", "steps": 3})
+    for step in (1, 2, 3):
+        store.put_metrics("jbond-run", step, {"loss": 2.0 / step, "reward": -0.5 / step, "win_rate": 0.25 * step})
+    summary = run_summary(store, store.get_run("jbond-run"))
+    store.close()
+    output = {"output_type": "display_data", "metadata": {}, "data": {RUN_MIME: summary, "text/plain": "run jbond"}}
+    (lab.root / "jbond_card.ipynb").write_text(json.dumps(notebook([code_cell("# a jbond run", [output])])))
+
+    page.goto(lab.page_url("/lab/workspaces/jbond-card/tree/jbond_card.ipynb"))
+    card = page.locator('.jp-Distill-card[data-run-id="jbond-run"]')
+    card.wait_for(state="visible")
+    signal = card.locator('.jp-Distill-signal-sparkline[data-signal="win_rate"]')
+    assert signal.count() == 1 and signal.locator("path").count() == 1
+    assert signal.get_attribute("aria-label") == "win rate 75%"
+    assert card.locator(".jp-Distill-sparkline path").count() == 2  # the loss and the signal
+    assert "win rate" in card.inner_text() and "75%" in card.inner_text()
+
+
 def test_panel_lists_runs_live_and_unsets_an_alias(lab: Lab, page: Any) -> None:
     page.goto(lab.page_url("/lab"))
     panel = open_distill_panel(page)

@@ -5,11 +5,18 @@ both emit this payload and the lab extension draws it, so the shape has to live 
 front ends. ``RUN_CARD_SCHEMA`` is the contract; ``labextension/src/format.ts`` declares the
 same fields as ``IRunSummary`` and ``tests/fixtures/run_card.json`` is one example that both the
 Python and the TypeScript tests read.
+
+The optional ``signal`` field carries the on-policy losses' own signal (``ON_POLICY_SIGNALS``),
+the number that says whether the student's own answers improve, which the loss alone does not:
+a falling ``jbond`` loss can come from the forward-KL half while the win rate stays flat. It is
+absent for ``sft``/``bond`` runs, so cards saved before it existed still match the schema.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypedDict
+import math
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from jupyter_distill.core.events import PHASES
 
@@ -23,6 +30,12 @@ LIVE_STATUSES = frozenset({"created", "running", "waiting-review"})
 MAX_SPARK_POINTS = 64
 # The pass-rate labels the evaluation stage writes, in the order the card shows them.
 PASS_RATE_LABELS = ("student_before", "teacher_best_of_n", "student_after", "student_served")
+#: The on-policy signals, in the order looked for: the first one a run reports is the one shown
+#: next to its loss (the notebook dashboard's panel and the lab card's sparkline). ``win_rate``
+#: (``jbond``: how often the judge ranks the student's own sample above the teacher's judged
+#: candidates), ``reverse_kl`` (``onpolicy``: per-token KL from the teacher on the student's
+#: tokens), ``reward`` (``jbond``'s quantile reward, for runs that log no win rate).
+ON_POLICY_SIGNALS: tuple[str, ...] = ("win_rate", "reverse_kl", "reward")
 
 _NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
 _STRING_OR_NULL: dict[str, Any] = {"type": ["string", "null"]}
@@ -46,6 +59,13 @@ class RunCardPassRate(TypedDict):
     mean_score: float | None
 
 
+class RunCardSignal(TypedDict):
+    """The on-policy signal of a ``jbond``/``onpolicy`` run: its metric name and ``[[step, value], ...]``."""
+
+    name: str
+    points: list[list[float]]
+
+
 class RunCard(TypedDict):
     """Everything one run card (or one row of the lab panel) shows about a run."""
 
@@ -63,13 +83,27 @@ class RunCard(TypedDict):
     alias: str | None
     error: str | None
     snippet: str | None
+    signal: NotRequired[RunCardSignal]
 
+
+#: Fields a card may leave out: old saved cards lack them, and ``sft``/``bond`` runs have no signal.
+OPTIONAL_FIELDS: tuple[str, ...] = ("signal",)
+
+_POINTS: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "array",
+        "prefixItems": [{"type": "number"}, {"type": "number"}],
+        "minItems": 2,
+        "maxItems": 2,
+    },
+}
 
 RUN_CARD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "jupyter-distill run card",
     "type": "object",
-    "required": list(RunCard.__annotations__),
+    "required": [name for name in RunCard.__annotations__ if name not in OPTIONAL_FIELDS],
     "additionalProperties": False,
     "properties": {
         "version": {"const": RUN_CARD_VERSION},
@@ -92,15 +126,7 @@ RUN_CARD_SCHEMA: dict[str, Any] = {
             },
         },
         "cost": {"type": "number", "minimum": 0},
-        "loss": {
-            "type": "array",
-            "items": {
-                "type": "array",
-                "prefixItems": [{"type": "number"}, {"type": "number"}],
-                "minItems": 2,
-                "maxItems": 2,
-            },
-        },
+        "loss": _POINTS,
         "pass_rates": {
             "type": "object",
             "additionalProperties": {
@@ -117,6 +143,12 @@ RUN_CARD_SCHEMA: dict[str, Any] = {
         "alias": _STRING_OR_NULL,
         "error": _STRING_OR_NULL,
         "snippet": _STRING_OR_NULL,
+        "signal": {
+            "type": "object",
+            "required": list(RunCardSignal.__annotations__),
+            "additionalProperties": False,
+            "properties": {"name": {"enum": list(ON_POLICY_SIGNALS)}, "points": {**_POINTS, "minItems": 1}},
+        },
     },
 }
 
@@ -157,6 +189,39 @@ def loss_series(store: RunStore, run_id: str) -> list[list[float]]:
             return []
         name = candidates[0]
     return [[float(m["step"]), float(m["value"])] for m in store.get_metrics(run_id, name)]
+
+
+def on_policy_name(reported: Collection[str]) -> str | None:
+    """The on-policy signal shown for a run that reports the metrics ``reported`` (None: not on-policy)."""
+    return next((name for name in ON_POLICY_SIGNALS if name in reported), None)
+
+
+def signal_points(series: Mapping[str, Sequence[Sequence[Any]]]) -> RunCardSignal | None:
+    """The card's ``signal`` from metric series by name: the first on-policy signal with a finite point.
+
+    Non-finite values are dropped (a step where no sample was judged logs a NaN win rate, and NaN
+    is not JSON); a signal with no finite point left counts as not reported.
+    """
+    finite = {
+        name: [[float(step), float(value)] for step, value in points if value is not None and math.isfinite(value)]
+        for name, points in series.items()
+        if name in ON_POLICY_SIGNALS
+    }
+    name = on_policy_name([n for n, points in finite.items() if points])
+    return None if name is None else {"name": name, "points": finite[name]}
+
+
+def signal_series(store: RunStore, run_id: str) -> RunCardSignal | None:
+    """The on-policy signal of a stored run (None for ``sft``/``bond`` runs, which log none)."""
+    rows = store.conn.execute(
+        f"SELECT step, name, value FROM metrics WHERE run_id=? AND name IN ({','.join('?' * len(ON_POLICY_SIGNALS))}) "
+        "ORDER BY step",
+        (run_id, *ON_POLICY_SIGNALS),
+    ).fetchall()
+    series: dict[str, list[list[float]]] = {}
+    for row in rows:
+        series.setdefault(row["name"], []).append([row["step"], row["value"]])
+    return signal_points(series)
 
 
 def summary_pass_rates(
@@ -221,11 +286,16 @@ def make_run_card(
     pass_rates: dict[str, RunCardPassRate],
     error: str | None,
     snippet: str | None = None,
+    signal: RunCardSignal | None = None,
 ) -> RunCard:
-    """The card for ``run`` (a ``RunStore.get_run`` row); the one constructor both producers call."""
+    """The card for ``run`` (a ``RunStore.get_run`` row); the one constructor both producers call.
+
+    ``signal`` is left out of the card when None, so a ``bond`` card is what it was before; its
+    points are thinned here for the sparkline (the dashboard's SVG draws every point).
+    """
     summary = run.get("summary") or {}
     status = str(run.get("status") or "unknown")
-    return {
+    card: RunCard = {
         "version": RUN_CARD_VERSION,
         "id": str(run["id"]),
         "status": status,
@@ -241,3 +311,6 @@ def make_run_card(
         "error": error,
         "snippet": snippet or None,
     }
+    if signal is not None:
+        card["signal"] = {"name": signal["name"], "points": downsample(signal["points"])}
+    return card

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from jupyter_distill.core.runcard import ON_POLICY_SIGNALS
+from jupyter_distill.core.runcard import on_policy_name as _first_signal
 from jupyter_distill.notebook.htmltext import text
 from jupyter_distill.notebook.metric_points import smooth
 
@@ -59,13 +61,13 @@ def loss_name(series: dict[str, list[tuple[int, float]]]) -> str | None:
     return next((name for name in sorted(series) if name.endswith("loss") and series[name]), None)
 
 
-#: On-policy signals, in the order looked for: the first one the run reports gets its own panel.
-ON_POLICY_SIGNALS: tuple[str, ...] = ("win_rate", "reverse_kl", "reward")
-
-
 def on_policy_name(series: dict[str, list[tuple[int, float]]]) -> str | None:
-    """The on-policy signal drawn next to the loss (``None`` for ``sft``/``bond`` runs)."""
-    return next((name for name in ON_POLICY_SIGNALS if series.get(name)), None)
+    """The on-policy signal drawn next to the loss (``None`` for ``sft``/``bond`` runs).
+
+    Which names count, and in what order, is ``core.runcard.ON_POLICY_SIGNALS``: the lab card
+    shows the same signal as this panel.
+    """
+    return _first_signal([name for name, points in series.items() if points])
 
 
 def _scale(lo: float, hi: float, size: float, start: float, *, flip: bool = False) -> Callable[[float], float]:

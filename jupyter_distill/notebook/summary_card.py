@@ -23,11 +23,14 @@ from jupyter_distill.core.errors import DistillError
 from jupyter_distill.core.runcard import (
     RunCard,
     RunCardPassRate,
+    RunCardSignal,
     card_progress,
     downsample,
     loss_series,
     make_run_card,
     number,
+    signal_points,
+    signal_series,
     stored_pass_rates,
     summary_pass_rates,
 )
@@ -62,6 +65,7 @@ class RunSummary:
     rates: dict[str, RunCardPassRate] = field(default_factory=dict)  # stored eval rows per label
     agreement: Agreement | None = None  # judge vs human review, once a human reviewed
     prompt_texts: dict[str, str] = field(default_factory=dict)  # prompt hash -> user text (disagreements)
+    signal: RunCardSignal | None = None  # the on-policy signal of a jbond/onpolicy run, for the card's sparkline
 
     @classmethod
     def from_store(cls, store: RunStore, name: str, *, student: Any = None) -> RunSummary:
@@ -106,6 +110,7 @@ class RunSummary:
             rates=stored_pass_rates(store, run),
             agreement=agreement,
             prompt_texts=disagreement_texts(store, name, agreement),
+            signal=signal_series(store, name),
         )
 
     @classmethod
@@ -122,7 +127,12 @@ class RunSummary:
             if pts
         }
         loss = [[float(step), float(value)] for step, value in state.series.get("loss", [])]
-        return cls(run={"id": state.run, "status": state.status, "summary": summary}, metrics=metrics, loss=loss)
+        return cls(
+            run={"id": state.run, "status": state.status, "summary": summary},
+            metrics=metrics,
+            loss=loss,
+            signal=signal_points(state.series),
+        )
 
     # ------------------------------------------------------------------ derived numbers
     @property
@@ -194,6 +204,7 @@ class RunSummary:
             pass_rates=summary_pass_rates(self.summary, self.rates),
             error=str(error) if error else None,
             snippet=self.snippet(),
+            signal=self.signal,
         )
         return json.loads(json.dumps(card, default=str))
 

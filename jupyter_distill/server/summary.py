@@ -21,6 +21,7 @@ from jupyter_distill.core.runcard import (
     downsample,
     loss_series,
     make_run_card,
+    signal_series,
 )
 from jupyter_distill.core.runcard import number as _number
 from jupyter_distill.core.runcard import stored_pass_rates as pass_rates
@@ -83,6 +84,7 @@ def run_summary(store: RunStore, run: dict[str, Any], *, full_loss: bool = False
         loss=loss if full_loss else downsample(loss),
         pass_rates=pass_rates(store, run),
         error=public_message(summary["error"]) if summary.get("error") else None,
+        signal=signal_series(store, run["id"]),
     )
 
 

@@ -13,6 +13,7 @@ import {
   sparklinePath,
   timeAgo
 } from './format';
+import { signalBadge, signalCell, signalLabel } from './signal';
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
@@ -75,6 +76,10 @@ export function runRow(run: IRunSummary): HTMLElement {
   const stats = el('div', 'jp-Distill-run-stats');
   stats.appendChild(el('span', 'jp-Distill-run-cost', formatCost(run.cost)));
   stats.appendChild(sparkline(run.loss));
+  const signal = signalBadge(run.signal);
+  if (signal !== null) {
+    stats.appendChild(signal);
+  }
   stats.appendChild(el('span', 'jp-Distill-run-pass', passRateLine(run.pass_rates)));
   row.appendChild(stats);
   if (run.error) {
@@ -111,6 +116,9 @@ export function runCard(run: IRunSummary, nowMs: number = Date.now()): HTMLEleme
   lossCell.appendChild(sparkline(run.loss, 160, 32));
   lossCell.appendChild(el('span', '', ` ${lastLoss}`));
   fact('loss', lossCell);
+  if (run.signal) {
+    fact(signalLabel(run.signal.name), signalCell(run.signal));
+  }
   fact('pass@1 before', formatPercent(run.pass_rates.student_before?.pass_rate));
   fact('pass@1 after', formatPercent(run.pass_rates.student_after?.pass_rate));
   if (run.pass_rates.teacher_best_of_n) {

@@ -45,6 +45,15 @@ export interface IPassRate {
 }
 
 /**
+ * The on-policy signal of a `jbond`/`onpolicy` run (`ON_POLICY_SIGNALS` in
+ * jupyter_distill/core/runcard.py): the metric's name and its [step, value] points.
+ */
+export interface IRunSignal {
+  name: string;
+  points: Array<[number, number]>;
+}
+
+/**
  * The run card as sent: `application/vnd.jupyter.distill.run+json` outputs and the server's run
  * list carry exactly these fields. The one definition is `RUN_CARD_SCHEMA` in
  * jupyter_distill/core/runcard.py; a Python test checks that this interface declares its fields.
@@ -66,6 +75,8 @@ export interface IRunCard {
   error: string | null;
   /** Python to call the student (the kernel sends one for finished runs; the server sends null). */
   snippet: string | null;
+  /** Only on-policy runs carry one; cards of `sft`/`bond` runs and cards saved before it lack it. */
+  signal?: IRunSignal;
 }
 
 /** A parsed run card plus what the views derive from it. */
@@ -129,6 +140,16 @@ export function parseSeries(value: unknown): Array<[number, number]> {
   return out;
 }
 
+/** A card's `signal`: undefined unless it has a name and at least one usable point. */
+export function parseSignal(value: unknown): IRunSignal | undefined {
+  if (!isRecord(value)) {
+    return undefined;
+  }
+  const name = str(value.name);
+  const points = parseSeries(value.points);
+  return name !== null && points.length > 0 ? { name, points } : undefined;
+}
+
 function parsePassRates(value: unknown): Record<string, IPassRate> {
   const out: Record<string, IPassRate> = {};
   if (!isRecord(value)) {
@@ -182,6 +203,7 @@ export function parseRunSummary(value: unknown): IRunSummary | null {
   const status = str(value.status) ?? 'unknown';
   const phase = str(value.phase);
   const loss = parseSeries(value.loss);
+  const signal = parseSignal(value.signal);
   return {
     version: num(value.version) ?? 1,
     id,
@@ -197,6 +219,7 @@ export function parseRunSummary(value: unknown): IRunSummary | null {
     alias: str(value.alias),
     error: str(value.error),
     snippet: str(value.snippet),
+    ...(signal !== undefined ? { signal } : {}),
     last_loss: loss.length > 0 ? loss[loss.length - 1][1] : null
   };
 }
