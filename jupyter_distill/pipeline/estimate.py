@@ -32,6 +32,7 @@ from jupyter_distill.core.models import (
 from jupyter_distill.core.store import RunStore
 from jupyter_distill.export import memory as export_memory
 from jupyter_distill.teachers.batch import BATCH_SCHEMES
+from jupyter_distill.teachers.throughput import Throughput, local_throughput
 from jupyter_distill.train.memory import training_peak
 
 CHARS_PER_TOKEN = 4.0
@@ -82,6 +83,10 @@ class Estimate:
     export_memory_gb: float | None = None
     export_memory_breakdown: dict[str, Any] | None = None
     available_memory_gb: float | None = None  # what this machine has free now
+    #: local teachers: the new completions' decoding time at this machine's measured tokens/s
+    #: (``teachers.throughput``); None for HTTP teachers, whose time is the provider's
+    sampling_seconds: float | None = None
+    sampling_throughput: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +127,7 @@ class Estimate:
                 else []
             ),
             ("teacher cost", cost),
+            *self._sampling_lines(),
             *self._batch_lines(),
             ("student", f"{self.student_params_m:.0f}M parameters"),
             ("training", f"~{_duration(self.training_seconds)} on {self.device}"),
@@ -153,6 +159,12 @@ class Estimate:
             )
         ]
         return lines + [("warning", w) for w in self.warnings]
+
+    def _sampling_lines(self) -> list[tuple[str, str]]:
+        if self.sampling_seconds is None or not self.sampling_throughput:
+            return []
+        speed = Throughput(**self.sampling_throughput).describe()
+        return [("sampling", f"~{_duration(self.sampling_seconds)} at {speed}")]
 
     @staticmethod
     def _offload_text(parts: dict[str, Any]) -> str:
@@ -189,14 +201,19 @@ def estimate(
     teacher: Any = "local:smollm2-135m",
     student: str = "smollm2-135m",
     judge: Any = None,
+    calibrate: bool = True,
     **options: Any,
 ) -> Estimate:
-    """Estimate a run of ``distill()`` with the same arguments, without sending or training."""
+    """Estimate a run of ``distill()`` with the same arguments, without sending or training.
+
+    ``calibrate``: for a local GGUF teacher, time its decoding on this machine (a few seconds the
+    first time, then cached per model and thread count) to estimate the sampling time.
+    """
     config = DistillConfig.from_kwargs(dataset=dataset, teacher=teacher, student=student, judge=judge, **options)
-    return estimate_config(config)
+    return estimate_config(config, calibrate=calibrate)
 
 
-def estimate_config(config: DistillConfig) -> Estimate:
+def estimate_config(config: DistillConfig, *, calibrate: bool = True) -> Estimate:
     prompts = data_module.load_dataset(
         config.dataset, prompt_field=config.prompt_field, system_prompt=config.system_prompt,
         max_prompts=config.max_prompts,
@@ -280,6 +297,7 @@ def estimate_config(config: DistillConfig) -> Estimate:
         gradient_checkpointing=config.quantization is not None,
     )
     export_gb, export_parts, free_gb, warnings = _export_memory(config, shape)
+    speed = _local_speed(config, teacher_spec) if calibrate and requests else None
     return Estimate(
         prompts=len(prompts),
         train_prompts=len(prompts) - heldout,
@@ -309,8 +327,33 @@ def estimate_config(config: DistillConfig) -> Estimate:
         export_memory_gb=export_gb,
         export_memory_breakdown=export_parts,
         available_memory_gb=free_gb,
+        sampling_seconds=round(out_typical / speed.tokens_per_s, 1) if speed else None,
+        sampling_throughput=speed.to_dict() if speed else None,
         warnings=warnings,
     )
+
+
+def _local_speed(config: DistillConfig, teacher_spec: str) -> Throughput | None:
+    """This machine's measured decoding speed for a local GGUF teacher (None for other teachers).
+
+    The run decodes the ``n_samples`` candidates of a prompt as one batch, so that is the width
+    measured. A spec that does not resolve is left to preflight to report.
+    """
+    from jupyter_distill.core.errors import DistillError
+    from jupyter_distill.teachers import load_teacher
+    from jupyter_distill.teachers.local import LlamaTeacher
+
+    teacher: Any = config.teacher
+    if isinstance(teacher, str):
+        if not teacher_spec.startswith(("local:", "gguf:")):
+            return None
+        try:
+            teacher = load_teacher(teacher_spec, policy="off")
+        except DistillError:
+            return None
+    if not isinstance(teacher, LlamaTeacher):
+        return None
+    return local_throughput(teacher, config.n_samples)
 
 
 def _export_memory(
