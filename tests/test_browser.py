@@ -625,3 +625,61 @@ def test_third_party_output_of_a_run_lands_in_its_dashboard_log_and_in_no_cell(l
     for key, line in LINES.items():
         assert line in logged, f"{key}: {line!r} is not in the run's log: {logged}"
     assert "[stderr]" in logged and "[stdout]" in logged
+
+
+def test_train_on_a_finished_runs_review_offers_a_resume_and_the_click_starts_it(lab: Lab, page: Any) -> None:
+    """Item 4: "Train on what is reviewed" under `%distill review NAME` of an ended run starts nothing
+    and offers a resume; clicking "Resume the run with this review" starts it as the magics' run, with
+    its dashboard inside the widget and a feedback line that says so.
+
+    Only the run's stages are stand-ins (tests/distill_fakes.py, in the kernel): the widget, the
+    magics and the store are the product's.
+    """
+    workdir = lab.root / "retrain-runs"
+    rows = lab.root / "retrain-rows.jsonl"
+    rows.write_text('{"prompt": "ticket 0"}\n{"prompt": "ticket 1"}\n')
+    store = build_fixture_store(workdir)
+    store.create_run("tickets", {"dataset": str(rows), "teacher": "t", "student": "smollm2-135m", "review": True})
+    (lab.root / "retrain.ipynb").write_text(
+        json.dumps(
+            notebook(
+                [
+                    code_cell(
+                        f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nimport distill_fakes\n"
+                        "distill_fakes.install()\n%load_ext jupyter_distill\n"
+                        "%config DistillMagics.workdir = 'retrain-runs'",
+                        ident="c0",
+                    ),
+                    code_cell("%distill review tickets", ident="c1"),
+                ]
+            )
+        )
+    )
+    run_all_cells(lab, page, "retrain.ipynb")
+    review = page.locator(".jd-review")
+    review.locator(".jd-review-keys input").click()
+    page.keyboard.type("2")  # a decision made after the run ended
+    first_prompt = fixture_prompts()[0]
+    wait_for(lambda: store.get_reviews("tickets"), 60, "the decision in the store")
+
+    review.get_by_role("button", name="Train on what is reviewed").click()
+    choice = review.get_by_text("nothing waits for this review here, so nothing was started")
+    choice.wait_for(state="visible")
+    assert "has ended (status: done)" in choice.inner_text() and "1 of 3 prompts" in choice.inner_text()
+    assert store.get_run("tickets")["status"] == "done"  # the button itself started nothing
+
+    # a real click (not a dispatched event): the key box loses the focus on mouse down, and nothing
+    # above the button may move before mouse up, or the click lands beside it and does nothing
+    review.get_by_role("button", name="Resume the run with this review").click()
+    said = review.get_by_text("Run tickets resumes in the background with review off")
+    try:
+        said.wait_for(state="visible", timeout=60_000)
+    except Exception as exc:
+        raise AssertionError(f"no resume feedback; the widget ends with: {review.inner_text()[-1500:]}") from exc
+    assert "Watch it in its dashboard below this review" in said.inner_text()
+    review.get_by_role("button", name="Resumed with this review").wait_for(state="visible")
+    assert review.get_by_role("button", name="Resumed with this review").is_disabled()
+    review.get_by_role("button", name="Stop").wait_for(state="attached")  # the resumed run's dashboard, inside
+    wait_for(lambda: store.get_run("tickets")["config"].get("review") is False, 60, "the resumed run's config")
+    wait_for(lambda: store.get_run("tickets")["status"] == "done", 60, "the resumed run to end")
+    assert [(r["prompt_hash"], r["action"]) for r in store.get_reviews("tickets")] == [(first_prompt.hash, "choose")]

@@ -389,8 +389,9 @@ def test_key_marker_sits_beside_the_key_box_and_says_when_keys_are_active(store)
     assert list(row.children) == [w.key_box, w.key_marker]  # the CSS uses the key box's next sibling
     assert "jd-review-keymark" in w.key_marker._dom_classes and "jd-review" in w._dom_classes
     # "keys active" is hidden unless the extension's stylesheet sees the key box focused
-    assert "<span class='jd-keys-on' style='display:none'>&#9679; keys active</span>" in w.key_marker.value
-    assert "click anywhere in the review to use its keys" in w.key_marker.value
+    on = "<span class='jd-keys-on' style='display:none;white-space:nowrap'>&#9679; keys active</span>"
+    assert on in w.key_marker.value and "click in the review to use its keys" in w.key_marker.value
+    assert w.key_marker.layout.width == w.key_marker.layout.min_width  # one box for both texts: nothing moves
 
 
 def test_r_opens_the_rubric_and_keys_go_to_it_until_escape(store):

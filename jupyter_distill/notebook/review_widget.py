@@ -58,10 +58,16 @@ _SNIPPET = 48  # characters of a prompt quoted in feedback lines
 # The "keys active" marker beside the key box. In JupyterLab the extension's stylesheet shows the
 # "active" text while the key box has the focus (CSS on the box's focus: always true to it); the
 # text is hidden inline, so a front end without that stylesheet shows only the neutral hint.
+# Both texts stay on one line in a box of one width: when the marker wrapped, a click on a button
+# below it (resume, not now, the resumed run's Stop) took the key box's focus away, the marker
+# changed height between mouse down and up, and the button moved from under the pointer: the
+# first click did nothing.
 _KEY_MARKER = (
-    "<span class='jd-keys-on' style='display:none'>&#9679; keys active</span>"
-    "<span class='jd-keys-off' style='opacity:0.7'>&#9675; click anywhere in the review to use its keys</span>"
+    "<span class='jd-keys-on' style='display:none;white-space:nowrap'>&#9679; keys active</span>"
+    "<span class='jd-keys-off' style='opacity:0.7;white-space:nowrap'>"
+    "&#9675; click in the review to use its keys</span>"
 )
+_KEY_MARKER_LAYOUT = {"width": "20em", "min_width": "20em", "overflow": "hidden"}
 
 
 class _Card:
@@ -192,7 +198,7 @@ class ReviewWidget(widgets.VBox):
             layout=widgets.Layout(width="100%"),
         )
         self.key_box.add_class("jd-review-keys")
-        self.key_marker = widgets.HTML(_KEY_MARKER, layout=widgets.Layout(width="auto", min_width="16em"))
+        self.key_marker = widgets.HTML(_KEY_MARKER, layout=widgets.Layout(**_KEY_MARKER_LAYOUT))
         self.key_marker.add_class("jd-review-keymark")
         self.rubric = RubricPanel(
             self.session.store, self.session.run_id, run=run, on_done=[lambda _agreement: self._rejudged()]
