@@ -679,7 +679,8 @@ def test_train_on_a_finished_runs_review_offers_a_resume_and_the_click_starts_it
     assert "Watch it in its dashboard below this review" in said.inner_text()
     review.get_by_role("button", name="Resumed with this review").wait_for(state="visible")
     assert review.get_by_role("button", name="Resumed with this review").is_disabled()
-    review.get_by_role("button", name="Stop").wait_for(state="attached")  # the resumed run's dashboard, inside
     wait_for(lambda: store.get_run("tickets")["config"].get("review") is False, 60, "the resumed run's config")
     wait_for(lambda: store.get_run("tickets")["status"] == "done", 60, "the resumed run to end")
+    # the resumed run's dashboard is inside the widget, and its Stop button now says how it ended
+    review.get_by_role("button", name="Done").wait_for(state="visible")
     assert [(r["prompt_hash"], r["action"]) for r in store.get_reviews("tickets")] == [(first_prompt.hash, "choose")]
