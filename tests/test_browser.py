@@ -470,3 +470,240 @@ def test_panel_switches_folder_shows_sample_sizes_alias_audit_and_opens_a_run(la
         assert panel.locator(".jp-Distill-workdir-reset").is_hidden()
     finally:  # the folder is the server's state: later tests must see the configured one
         httpx.delete(f"{lab.url}/jupyter-distill/workdir", headers={"Authorization": f"token {TOKEN}"}, timeout=10)
+
+
+TESTS_DIR = Path(__file__).parent
+NOTEBOOK_STATE = """() => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    const cells = panel?.content?.widgets ?? [];
+    return {
+        idle: panel?.sessionContext?.session?.kernel?.status === 'idle',
+        ran: cells.length > 0 && cells.every(cell => cell.model.type !== 'code' || cell.model.executionCount != null),
+    };
+}"""
+
+
+def run_all_cells(lab: Lab, page: Any, name: str, timeout_s: float = UI_TIMEOUT_MS / 1000) -> None:
+    """Open ``name`` in a workspace of its own, run every cell, and wait until each has run and the kernel idles."""
+    page.goto(lab.page_url(f"/lab/workspaces/{Path(name).stem}/tree/{name}"))
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(state="visible")
+    dialog = page.locator(".jp-Dialog")
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(NOTEBOOK_STATE)["idle"]:
+        if dialog.count() and dialog.first.is_visible():  # which kernel: take Lab's choice
+            dialog.first.locator(".jp-mod-accept").click()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the kernel of {name} never became idle")
+        page.wait_for_timeout(250)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    while not all(page.evaluate(NOTEBOOK_STATE).values()):
+        if time.monotonic() > deadline:
+            outputs = page.locator(".jp-Notebook .jp-OutputArea").all_inner_texts()
+            raise AssertionError(f"the cells of {name} did not all run; outputs: {outputs}")
+        page.wait_for_timeout(250)
+
+
+def cell_outputs(page: Any, index: int) -> Any:
+    return page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output")
+
+
+def test_dollar_amounts_in_html_outputs_stay_literal_and_are_never_typeset(lab: Lab, page: Any) -> None:
+    """Item 3: JupyterLab typesets `$...$` in HTML outputs and HTML widgets with MathJax; the run
+    card's HTML, tables, notices and the review widget keep their dollars as text.
+
+    Raw `$...$` HTML outputs before and after the outputs under test are typeset (checked): MathJax
+    runs in this Lab, so its absence in between is the escaping's doing, not a missing typesetter.
+    (ipywidgets 8 typesets HTML widgets only through MathJax 2's global, which JupyterLab 4 does not
+    load, so the review widget is fenced for other front ends; tests/test_review_widget.py checks it.)
+    """
+    from jupyter_distill.core.store import PromptRecord, SampleRecord
+
+    store = RunStore(lab.root / "cash-runs")
+    store.create_run("cash", {"n_samples": 1})
+    store.put_prompts(
+        "cash",
+        [
+            PromptRecord(
+                hash="cash-p",
+                messages=[{"role": "user", "content": "Is $0.12 more than $3.40?"}],
+                row={"expected": "no: $0.12 < $3.40"},
+                position=0,
+            )
+        ],
+    )
+    store.put_samples(
+        [
+            SampleRecord(
+                key="cash-s",
+                prompt_hash="cash-p",
+                teacher="t",
+                params={},
+                sample_index=0,
+                text="$0.12 is less than $3.40",
+            )
+        ]
+    )
+    store.update_run("cash", status="done", phase="done", summary={"teacher_cost": 0.12, "judge_cost": 3.28})
+    under_test = (
+        "from IPython.display import HTML, display\n"
+        "from jupyter_distill.core.store import RunStore\n"
+        "from jupyter_distill.notebook.dashboard import RunSummary\n"
+        "from jupyter_distill.notebook.display import Notice, Table\n"
+        "from jupyter_distill.notebook.review_widget import ReviewWidget\n"
+        "store = RunStore('cash-runs')\n"
+        "display(HTML(RunSummary.from_store(store, 'cash').html()))  # the card's HTML fallback\n"
+        "display(Table('costs', ['what', 'cost'], [['teacher', '$0.12'], ['total', '$3.40']]))\n"
+        "display(Notice('spent $0.12 of $3.40'))\n"
+        "ReviewWidget(store, 'cash')"
+    )
+    (lab.root / "dollars.ipynb").write_text(
+        json.dumps(
+            notebook(
+                [
+                    code_cell(
+                        "from IPython.display import HTML\nHTML(\"<div class='jd-test-math'>$x^2 + 1$</div>\")",
+                        ident="c0",
+                    ),
+                    code_cell(under_test, ident="c1"),
+                    code_cell(
+                        "HTML(\"<div class='jd-test-math-after'>$y^2$</div>\")",
+                        ident="c2",
+                    ),
+                ]
+            )
+        )
+    )
+    run_all_cells(lab, page, "dollars.ipynb")
+    page.locator(".jd-review").get_by_text("Is $0.12 more than $3.40?").wait_for(state="visible")
+    for control in (".jd-test-math", ".jd-test-math-after"):  # MathJax typesets raw dollars in this Lab
+        page.locator(f"{control} mjx-container").first.wait_for(state="attached", timeout=60_000)
+
+    outputs = cell_outputs(page, 1)
+    shown = "\n".join(outputs.all_inner_texts())
+    for literal in (
+        "$0.1200 for",  # the card's teacher cost row
+        "$3.2800",  # judge cost
+        "$3.4000",  # total
+        "$0.12",  # the table
+        "spent $0.12 of $3.40",  # the notice
+        "Is $0.12 more than $3.40?",  # the review widget: prompt, reference, candidate
+        "no: $0.12 < $3.40",
+        "$0.12 is less than $3.40",
+    ):
+        assert literal in shown, f"{literal!r} is not shown as text: {shown}"
+    assert outputs.locator("mjx-container, .MathJax, mjx-math").count() == 0
+
+
+def test_third_party_output_of_a_run_lands_in_its_dashboard_log_and_in_no_cell(lab: Lab, page: Any) -> None:
+    """Item 2: what libraries print on a run's thread goes to the run's collapsible log, never to a cell.
+
+    The run is the product's ``Run.run`` (its capture, its log events, the magics' dashboard) with
+    stand-in stages (tests/noisy_run.py) that write a tqdm bar, stderr text, a print, a warning, a
+    logging record and a worker thread's print, while the *next* cell executes: without the
+    capture, ipykernel would put all of it into that cell.
+    """
+    from noisy_run import LINES
+
+    (lab.root / "noisy.ipynb").write_text(
+        json.dumps(
+            notebook(
+                [
+                    code_cell(
+                        f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nimport noisy_run\nnoisy_run.install()\n"
+                        "%load_ext jupyter_distill\n%config DistillMagics.workdir = 'noisy-runs'",
+                        ident="c0",
+                    ),
+                    code_cell("%%distill noisy\ndataset: [{prompt: a}, {prompt: b}]\nsteps: 3", ident="c1"),
+                    code_cell(
+                        "noisy_run.gate.set()  # the run writes its noise while this cell executes\n"
+                        "assert noisy_run.noise_done.wait(60)\nprint('cell 2 printed this')",
+                        ident="c2",
+                    ),
+                    code_cell("print('cell 3 printed this')", ident="c3"),
+                ]
+            )
+        )
+    )
+    run_all_cells(lab, page, "noisy.ipynb")
+    wait_for(lambda: (RunStore(lab.root / "noisy-runs").get_run("noisy") or {}).get("status") == "done", 60, "the run")
+
+    assert cell_outputs(page, 0).count() == 0
+    assert [t.strip() for t in cell_outputs(page, 2).all_inner_texts()] == ["cell 2 printed this"]
+    assert [t.strip() for t in cell_outputs(page, 3).all_inner_texts()] == ["cell 3 printed this"]
+    notebook_node = page.locator(".jp-Notebook")
+    assert notebook_node.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').count() == 0
+
+    dashboard = cell_outputs(page, 1)
+    assert dashboard.count() == 1  # the dashboard, and nothing the run printed beside it
+    log = dashboard.locator(".jupyter-widget-Collapse, .p-Collapse, .lm-Collapse, .widget-accordion").filter(
+        has_text="log ("
+    )
+    log.first.wait_for(state="visible", timeout=30_000)
+    title = log.first.locator(".jupyter-widget-Collapse-header, .p-Collapse-header, .lm-Collapse-header").first
+    assert "log (" in title.inner_text()
+    title.click()  # collapsed by default: open it to read the lines
+    body = log.first.locator("pre")
+    body.wait_for(state="visible", timeout=30_000)
+    logged = body.inner_text()
+    for key, line in LINES.items():
+        assert line in logged, f"{key}: {line!r} is not in the run's log: {logged}"
+    assert "[stderr]" in logged and "[stdout]" in logged
+
+
+def test_train_on_a_finished_runs_review_offers_a_resume_and_the_click_starts_it(lab: Lab, page: Any) -> None:
+    """Item 4: "Train on what is reviewed" under `%distill review NAME` of an ended run starts nothing
+    and offers a resume; clicking "Resume the run with this review" starts it as the magics' run, with
+    its dashboard inside the widget and a feedback line that says so.
+
+    Only the run's stages are stand-ins (tests/distill_fakes.py, in the kernel): the widget, the
+    magics and the store are the product's.
+    """
+    workdir = lab.root / "retrain-runs"
+    rows = lab.root / "retrain-rows.jsonl"
+    rows.write_text('{"prompt": "ticket 0"}\n{"prompt": "ticket 1"}\n')
+    store = build_fixture_store(workdir)
+    store.create_run("tickets", {"dataset": str(rows), "teacher": "t", "student": "smollm2-135m", "review": True})
+    (lab.root / "retrain.ipynb").write_text(
+        json.dumps(
+            notebook(
+                [
+                    code_cell(
+                        f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nimport distill_fakes\n"
+                        "distill_fakes.install()\n%load_ext jupyter_distill\n"
+                        "%config DistillMagics.workdir = 'retrain-runs'",
+                        ident="c0",
+                    ),
+                    code_cell("%distill review tickets", ident="c1"),
+                ]
+            )
+        )
+    )
+    run_all_cells(lab, page, "retrain.ipynb")
+    review = page.locator(".jd-review")
+    review.locator(".jd-review-keys input").click()
+    page.keyboard.type("2")  # a decision made after the run ended
+    first_prompt = fixture_prompts()[0]
+    wait_for(lambda: store.get_reviews("tickets"), 60, "the decision in the store")
+
+    review.get_by_role("button", name="Train on what is reviewed").click()
+    choice = review.get_by_text("nothing waits for this review here, so nothing was started")
+    choice.wait_for(state="visible")
+    assert "has ended (status: done)" in choice.inner_text() and "1 of 3 prompts" in choice.inner_text()
+    assert store.get_run("tickets")["status"] == "done"  # the button itself started nothing
+
+    # a real click (not a dispatched event): the key box loses the focus on mouse down, and nothing
+    # above the button may move before mouse up, or the click lands beside it and does nothing
+    review.get_by_role("button", name="Resume the run with this review").click()
+    said = review.get_by_text("Run tickets resumes in the background with review off")
+    try:
+        said.wait_for(state="visible", timeout=60_000)
+    except Exception as exc:
+        raise AssertionError(f"no resume feedback; the widget ends with: {review.inner_text()[-1500:]}") from exc
+    assert "Watch it in its dashboard below this review" in said.inner_text()
+    review.get_by_role("button", name="Resumed with this review").wait_for(state="visible")
+    assert review.get_by_role("button", name="Resumed with this review").is_disabled()
+    wait_for(lambda: store.get_run("tickets")["config"].get("review") is False, 60, "the resumed run's config")
+    wait_for(lambda: store.get_run("tickets")["status"] == "done", 60, "the resumed run to end")
+    # the resumed run's dashboard is inside the widget, and its Stop button now says how it ended
+    review.get_by_role("button", name="Done").wait_for(state="visible")
+    assert [(r["prompt_hash"], r["action"]) for r in store.get_reviews("tickets")] == [(first_prompt.hash, "choose")]

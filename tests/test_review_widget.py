@@ -217,7 +217,8 @@ def test_train_button_on_a_finished_run_offers_a_resume_and_starts_nothing(store
     w.continue_button.click()
     w.resume_button.click()
     assert retrained == [w] and w.continue_button.description == "Resumed with this review"
-    assert "resumed with 1 of 3 prompts reviewed" in w.status.value
+    assert "Run r resumes in the background with review off" in w.status.value
+    assert "(1 of 3 prompts;" in w.status.value and "`%distill status r`" in w.status.value  # no dashboard here
 
 
 def test_resume_of_a_run_made_from_python_objects_says_how_instead(store):
@@ -231,6 +232,38 @@ def test_resume_of_a_run_made_from_python_objects_says_how_instead(store):
     w.resume_button.click()
     assert "could not resume run objs" in w.status.value and "re-run its %%distill cell" in w.status.value
     assert w.resumed is None and not w.resume_button.disabled
+
+
+def test_a_stored_wait_whose_run_has_ended_is_not_released(store):
+    """A run that died while waiting leaves `waiting-review` in the store: releasing it would claim a start."""
+
+    class Ended:
+        running = False
+
+    store.update_run("r", status="waiting-review")
+    released = []
+    w = ReviewWidget(store, "r", on_continue=released.append, run=Ended())
+    w.continue_button.click()
+    assert released == [] and w.choice_box.layout.display == "flex"
+    assert "its run in this kernel has ended" in w.choice_text.value and "nothing was started" in w.choice_text.value
+    assert w.continue_button.description == "Train on what is reviewed"
+
+
+def test_resume_refuses_while_another_process_holds_the_run(store):
+    """Waiting for review in another kernel: the resume would fail on its thread after saying it resumes."""
+    from jupyter_distill.core.store import RunLock
+
+    store.update_run("r", status="waiting-review")
+    retrained = []
+    w = ReviewWidget(store, "r", on_retrain=retrained.append)
+    w.continue_button.click()
+    assert "waits for a review in another kernel" in w.choice_text.value
+    with RunLock(store.workdir, "r"):
+        w.resume_button.click()
+    assert retrained == [] and "could not resume run r" in w.status.value and "already running in" in w.status.value
+    assert not w.resume_button.disabled and w.continue_button.description == "Train on what is reviewed"
+    w.resume_button.click()  # the other kernel let go: now it resumes
+    assert retrained == [w]
 
 
 def test_a_running_run_is_not_released_or_resumed(store):
@@ -257,6 +290,23 @@ def test_config_for_retrain_turns_review_off_and_keeps_the_run(tmp_path):
     live = DistillConfig.from_kwargs(dataset=[{"prompt": "q"}], name="live", review=True, workdir=str(s.workdir))
     kept = config_for_retrain(s, "live", Run(live))  # the Run's in-memory config: rows a store cannot hold
     assert kept.review is False and kept.dataset == [{"prompt": "q"}] and live.review is True
+
+
+def test_dollar_signs_in_prompts_candidates_and_rationales_stay_literal(tmp_path):
+    """JupyterLab typesets `$...$` in HTML widgets: every text the widget shows is escaped and fenced."""
+    s = RunStore(tmp_path)
+    s.create_run("cash", {})
+    row = {"expected": "$3.40"}
+    s.put_prompts("cash", [PromptRecord(hash="p", messages=[{"role": "user", "content": "$0.12 or $3.40?"}], row=row)])
+    s.put_samples([SampleRecord(key="s", prompt_hash="p", teacher="t", params={}, sample_index=0, text="$3.40 $")])
+    s.put_judgments([JudgmentRecord(key="j", sample_key="s", judge="v", score=1.0, status="ok", rationale="$1 < $2")])
+    w = ReviewWidget(s, "cash")
+    card = w.cards[0]
+    for html_widget in (w.prompt_view, w.reference_view, card.text, card.rationale, w.title):
+        assert "tex2jax_ignore" in html_widget.value, html_widget.value
+    shown = w.prompt_view.value + w.reference_view.value + card.text.value + card.rationale.value
+    assert "$" not in shown and "&#36;0.12 or &#36;3.40?" in shown and "&#36;1 &lt; &#36;2" in shown
+    assert "$" not in w.html_summary() and "tex2jax_ignore" in w.html_summary()
 
 
 def test_mimebundle_has_text_and_html_fallbacks(store):
@@ -339,8 +389,9 @@ def test_key_marker_sits_beside_the_key_box_and_says_when_keys_are_active(store)
     assert list(row.children) == [w.key_box, w.key_marker]  # the CSS uses the key box's next sibling
     assert "jd-review-keymark" in w.key_marker._dom_classes and "jd-review" in w._dom_classes
     # "keys active" is hidden unless the extension's stylesheet sees the key box focused
-    assert "<span class='jd-keys-on' style='display:none'>&#9679; keys active</span>" in w.key_marker.value
-    assert "click anywhere in the review to use its keys" in w.key_marker.value
+    on = "<span class='jd-keys-on' style='display:none;white-space:nowrap'>&#9679; keys active</span>"
+    assert on in w.key_marker.value and "click in the review to use its keys" in w.key_marker.value
+    assert w.key_marker.layout.width == w.key_marker.layout.min_width  # one box for both texts: nothing moves
 
 
 def test_r_opens_the_rubric_and_keys_go_to_it_until_escape(store):
@@ -469,3 +520,90 @@ def test_resume_with_review_starts_the_run_again_with_review_off(store, tmp_path
     assert len(w.resumed_slot.children) == 1  # the resumed run's dashboard, inside the widget
     assert w.continue_button.disabled and w.choice_box.layout.display == "none"
     assert ReviewSession(store, "again").decisions()  # the review is still there for selection
+
+
+def _half_right(body, index):
+    """The teacher's candidates: index 0 repeats the number (right), index 1 hedges (wrong for the judge)."""
+    number = body["messages"][-1]["content"].rsplit(" ", 1)[-1]
+    return number if index % 2 == 0 else f"I think it is {number}?"
+
+
+@pytest.fixture
+def magic_shell(tmp_path, monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from jupyter_distill.notebook.magics import DistillMagics
+
+    monkeypatch.setenv("JUPYTER_DISTILL_HOME", str(tmp_path / "home"))
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "jupyter_distill")
+    magics = next(c for c in shell.configurables if isinstance(c, DistillMagics))
+    shell.run_line_magic("config", f"DistillMagics.workdir = {str(tmp_path / 'wd')!r}")
+    shell.run_line_magic("config", "DistillMagics.refresh_interval = 0.05")
+    try:
+        yield shell, magics
+    finally:
+        shell.run_line_magic("unload_ext", "jupyter_distill")
+
+
+def test_review_after_a_real_run_ended_resumes_it_on_the_human_decisions(
+    magic_shell, tmp_path, openai_server, tiny_llama_student
+):
+    """`%distill review NAME` once a real (tiny) run has ended: the train button starts nothing and
+    offers the resume; taking it resumes the run in this kernel (`%distill wait` follows it), and the
+    resumed run trains on the pairs the human decided, with no new teacher request.
+    """
+    from jupyter_distill.judging.verifiers import exact_match
+
+    shell, magics = magic_shell
+    openai_server.responder = _half_right
+    shell.user_ns.update(
+        rows=[{"prompt": f"Repeat the number {i}", "expected": str(i)} for i in range(6)],
+        check=exact_match("expected"),
+    )
+    cell = (
+        f"dataset: $rows\nteacher: {openai_server.spec('m')}\nstudent: {tiny_llama_student}\njudge: $check\n"
+        "n_samples: 2\ntop_k: 1\nsteps: 2\nbatch_size: 2\nmax_tokens: 8\nquantize: null\n"
+    )
+    shell.run_cell_magic("distill", "numbers", cell)
+    assert shell.run_line_magic("distill", "wait numbers --timeout 600").status == "done"
+    store = magics.store_for("numbers")
+    sent = openai_server.requests_total
+    judged = {p.prompt_hash: p for p in store.get_pairs("numbers")}
+    assert sent > 0 and all(not p.chosen_text.startswith("I think") for p in judged.values())
+
+    widget = shell.run_line_magic("distill", "review numbers")
+    chosen_item, dropped_item = widget.items[0], widget.items[1]
+    hedged = next(c for c in chosen_item.candidates if c.text.startswith("I think"))
+    widget.handle_key({"key": str(hedged.index + 1)})  # the human prefers the hedged answer
+    said = widget.status.value  # feedback names the prompt acted on, not the one now shown
+    assert said.startswith("<span") and "Prompt 1 (" in said and f"candidate {hedged.index + 1} chosen" in said
+    widget.handle_key({"key": "x"})  # and drops the second prompt
+    assert "Prompt 2 (" in widget.status.value and "rejected" in widget.status.value
+
+    widget.continue_button.click()  # the run has ended: nothing starts, the choice is offered
+    assert widget.choice_box.layout.display == "flex" and "nothing was started" in widget.choice_text.value
+    assert "has ended (status: done)" in widget.choice_text.value and "2 of 5 prompts" in widget.choice_text.value
+    assert not magics.runs["numbers"].running and store.get_run("numbers")["status"] == "done"
+
+    widget.resume_button.click()
+    resumed = magics.runs["numbers"]  # the magics' own run now: status, stop and wait act on it
+    assert widget.resumed is resumed and resumed.config.review is False
+    assert widget.resumed_slot.children == (magics.dashboards["numbers"].widget,)
+    said = widget.status.value
+    assert "Run numbers resumes in the background with review off" in said and "2 of 5 prompts" in said
+    assert "dashboard below this review" in said and "no teacher request" in said
+    assert shell.run_line_magic("distill", "wait numbers --timeout 600").status == "done"
+
+    assert openai_server.requests_total == sent  # samples and judgments came from the store
+    pairs = {p.prompt_hash: p for p in store.get_pairs("numbers")}
+    assert pairs[chosen_item.prompt_hash].chosen_key == hedged.key
+    assert pairs[chosen_item.prompt_hash].chosen_text == hedged.text
+    assert dropped_item.prompt_hash not in pairs
+    assert {h: p.chosen_text for h, p in pairs.items() if h != chosen_item.prompt_hash} == {
+        h: p.chosen_text for h, p in judged.items() if h not in (chosen_item.prompt_hash, dropped_item.prompt_hash)
+    }
+    events = store.get_events("numbers", limit=5000)
+    trained = [e for e in events if e["kind"] == "phase_end" and e["phase"] == "training"]
+    assert len(trained) == 2  # the resumed run trained again, on those pairs
+    assert store.get_run("numbers")["summary"]["pairs"] == len(pairs) == 4

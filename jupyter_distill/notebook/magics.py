@@ -33,7 +33,7 @@ line into a typed command and dispatches it to its handler. Why it is built this
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -189,8 +189,15 @@ class DistillMagics(Magics):
         self.runs[name], self.configs[name], self.dashboards[name] = run, config, dashboard
         self._last = name
 
-    def launch(self, config: DistillConfig, *, resume: bool, wait: bool) -> Any:
-        return launch_run(self, config, resume=resume, wait=wait)
+    def launch(
+        self,
+        config: DistillConfig,
+        *,
+        resume: bool,
+        wait: bool,
+        show: Callable[[RunDashboard], Any] | None = None,
+    ) -> Any:
+        return launch_run(self, config, resume=resume, wait=wait, show=show)
 
     def in_kernel(self) -> bool:
         return self.shell is not None and type(self.shell).__name__ == "ZMQInteractiveShell"

@@ -13,7 +13,7 @@ from typing import Any
 
 from jupyter_distill.core.config import DistillConfig
 from jupyter_distill.core.errors import ConfigError
-from jupyter_distill.core.store import RunStore
+from jupyter_distill.core.store import RunLock, RunStore
 
 
 def config_for_retrain(store: RunStore, run_id: str, run: Any = None) -> DistillConfig:
@@ -40,6 +40,16 @@ def config_for_retrain(store: RunStore, run_id: str, run: Any = None) -> Distill
     return DistillConfig.from_kwargs(**{k: v for k, v in stored.items() if k in DistillConfig.model_fields})
 
 
+def check_free(store: RunStore, run_id: str) -> None:
+    """Raise ``RunLockedError`` (naming the holder) when a process runs ``run_id`` now.
+
+    The resumed run takes the run's lock on its own thread, after the widget has answered; a run
+    still waiting for review in another kernel would make it fail there, behind a feedback line
+    that said it resumes. Probing the lock first lets the widget say so instead.
+    """
+    RunLock(store.workdir, run_id).acquire().release()
+
+
 def resume_with_review(store: RunStore, run_id: str, run: Any = None) -> tuple[Any, Any]:
     """Start the resumed run in the background; returns ``(Run, RunDashboard)`` (the dashboard attached)."""
     from jupyter_distill.notebook.dashboard import RunDashboard
@@ -51,4 +61,4 @@ def resume_with_review(store: RunStore, run_id: str, run: Any = None) -> tuple[A
     return resumed, dashboard
 
 
-__all__ = ["config_for_retrain", "resume_with_review"]
+__all__ = ["check_free", "config_for_retrain", "resume_with_review"]

@@ -37,7 +37,6 @@ notebook still says what was reviewed.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,6 +45,8 @@ import ipywidgets as widgets
 from jupyter_distill.core.errors import DistillError, ReviewError
 from jupyter_distill.core.store import RunStore
 from jupyter_distill.judging.review import Candidate, Decision, Order, ReviewItem, ReviewSession
+from jupyter_distill.notebook.htmltext import no_math
+from jupyter_distill.notebook.htmltext import text as esc
 from jupyter_distill.notebook.rubric_panel import RubricPanel
 
 MAX_CANDIDATES_SHOWN = 9  # digit keys 1-9
@@ -57,10 +58,16 @@ _SNIPPET = 48  # characters of a prompt quoted in feedback lines
 # The "keys active" marker beside the key box. In JupyterLab the extension's stylesheet shows the
 # "active" text while the key box has the focus (CSS on the box's focus: always true to it); the
 # text is hidden inline, so a front end without that stylesheet shows only the neutral hint.
+# Both texts stay on one line in a box of one width: when the marker wrapped, a click on a button
+# below it (resume, not now, the resumed run's Stop) took the key box's focus away, the marker
+# changed height between mouse down and up, and the button moved from under the pointer: the
+# first click did nothing.
 _KEY_MARKER = (
-    "<span class='jd-keys-on' style='display:none'>&#9679; keys active</span>"
-    "<span class='jd-keys-off' style='opacity:0.7'>&#9675; click anywhere in the review to use its keys</span>"
+    "<span class='jd-keys-on' style='display:none;white-space:nowrap'>&#9679; keys active</span>"
+    "<span class='jd-keys-off' style='opacity:0.7;white-space:nowrap'>"
+    "&#9675; click in the review to use its keys</span>"
 )
+_KEY_MARKER_LAYOUT = {"width": "20em", "min_width": "20em", "overflow": "hidden"}
 
 
 class _Card:
@@ -93,22 +100,22 @@ class _Card:
     def show(self, candidate: Candidate, judge_pick: bool) -> None:
         score = "judge failed" if candidate.status == "failed" else "not judged" if candidate.score is None else None
         score = score or f"score {candidate.score:.2f}"
-        badges = [f"<b>{candidate.index + 1}</b>", html.escape(score)]
+        badges = [f"<b>{candidate.index + 1}</b>", esc(score)]
         if candidate.mark:
             badges.append(f"<b style='color:{_MARK_COLOURS[candidate.mark]}'>{candidate.mark}</b>")
         if judge_pick:
             badges.append("<i>judge's pick</i>")
         if candidate.edited_text is not None:
             badges.append("<i>edited</i>")
-        self.header.value = " · ".join(badges)
+        self.header.value = no_math(" · ".join(badges))
         lines = []
         for r in candidate.rationales:
             score = "failed" if r.status != "ok" or r.score is None else f"{r.score:.2f}"
-            text = f": {html.escape(r.text)}" if r.text else ""
-            lines.append(f"<div><b>{html.escape(r.label)}</b> · {score}{text}</div>")
-        self.rationale.value = f"<div style='opacity:0.8;font-size:90%'>{''.join(lines)}</div>" if lines else ""
+            text = f": {esc(r.text)}" if r.text else ""
+            lines.append(f"<div><b>{esc(r.label)}</b> · {score}{text}</div>")
+        self.rationale.value = no_math("".join(lines), style="opacity:0.8;font-size:90%") if lines else ""
         body = candidate.edited_text if candidate.edited_text is not None else candidate.text
-        self.text.value = f"<pre style='white-space:pre-wrap;margin:0'>{html.escape(body)}</pre>"
+        self.text.value = no_math(f"<pre style='white-space:pre-wrap;margin:0'>{esc(body)}</pre>")
         self.box.layout.border = f"2px solid {_MARK_COLOURS[candidate.mark]}"
         self.box.layout.display = "flex"
 
@@ -191,7 +198,7 @@ class ReviewWidget(widgets.VBox):
             layout=widgets.Layout(width="100%"),
         )
         self.key_box.add_class("jd-review-keys")
-        self.key_marker = widgets.HTML(_KEY_MARKER, layout=widgets.Layout(width="auto", min_width="16em"))
+        self.key_marker = widgets.HTML(_KEY_MARKER, layout=widgets.Layout(**_KEY_MARKER_LAYOUT))
         self.key_marker.add_class("jd-review-keymark")
         self.rubric = RubricPanel(
             self.session.store, self.session.run_id, run=run, on_done=[lambda _agreement: self._rejudged()]
@@ -471,7 +478,7 @@ class ReviewWidget(widgets.VBox):
         """
         status = self.run_status()
         reviewed, total = self.session.progress()
-        if status == "waiting-review" and self.on_continue:
+        if status == "waiting-review" and self.on_continue and self._run_alive():
             for callback in list(self.on_continue):
                 try:
                     callback(self)
@@ -492,17 +499,18 @@ class ReviewWidget(widgets.VBox):
                 error=True,
             )
             return
-        why = (
-            "waits for a review in another kernel (or a kernel that has ended)"
-            if status == "waiting-review"
-            else f"has ended (status: {status})"
-        )
-        self.choice_text.value = (
-            f"<b>Run {html.escape(self.session.run_id)} {html.escape(why)}</b>: nothing waits for this review "
+        if status != "waiting-review":
+            why = f"has ended (status: {status})"
+        elif self.run is None:
+            why = "waits for a review in another kernel (or a kernel that has ended)"
+        else:
+            why = "was waiting for a review, but its run in this kernel has ended"
+        self.choice_text.value = no_math(
+            f"<b>Run {esc(self.session.run_id)} {esc(why)}</b>: nothing waits for this review "
             "here, so nothing was started. To train on what is reviewed "
             f"({reviewed} of {total} prompts; the rest as the judge ranked), resume the run with the review "
-            "applied: samples and judgments come from the store (no new teacher requests), and training, "
-            "evaluation and export run again, from the initial student when the training pairs changed."
+            "applied: the samples and judgments in the store are re-used (no teacher request for them), and "
+            "training, evaluation and export run again, from the initial student when the training pairs changed."
         )
         self.choice_box.layout.display = "flex"
         self.resume_button.disabled = False
@@ -512,26 +520,52 @@ class ReviewWidget(widgets.VBox):
         self.choice_box.layout.display = "none"
         self._say("nothing started")
 
-    def resume_with_review(self) -> None:
-        """Start the resumed run (``on_retrain``, else a background run with its dashboard shown here)."""
-        self.resume_button.disabled = True
-        try:
-            if self.on_retrain is not None:
-                self.on_retrain(self)
-            else:
-                from jupyter_distill.notebook.review_retrain import resume_with_review
+    def _run_alive(self) -> bool:
+        """False when this widget's ``Run`` has ended (a stored ``waiting-review`` may outlive it)."""
+        return self.run is None or bool(getattr(self.run, "running", True))
 
-                self.resumed, dashboard = resume_with_review(self.session.store, self.session.run_id, self.run)
-                self.resumed_slot.children = (dashboard.widget,)
+    def resume_with_review(self) -> None:
+        """Start the resumed run: ``on_retrain(widget)`` (returns the ``Run``), else a background run here.
+
+        Either way its dashboard is shown inside this widget (:meth:`show_resumed`), and the
+        feedback line says what started and where to watch it; when starting fails it says why
+        and nothing is claimed.
+        """
+        self.resume_button.disabled = True
+        name = self.session.run_id
+        try:
+            from jupyter_distill.notebook.review_retrain import check_free, resume_with_review
+
+            check_free(self.session.store, name)
+            if self.on_retrain is not None:
+                started = self.on_retrain(self)
+            else:
+                started, dashboard = resume_with_review(self.session.store, name, self.run)
+                self.show_resumed(dashboard)
         except Exception as exc:  # a config that cannot resume from here says why, in place
             self.resume_button.disabled = False
-            self._say(f"could not resume run {self.session.run_id}: {exc}", error=True)
+            self._say(f"could not resume run {name}: {exc}", error=True)
             return
+        if started is not None:
+            self.resumed = started
         self.choice_box.layout.display = "none"
         self.continue_button.disabled = True
         self.continue_button.description = "Resumed with this review"
         reviewed, total = self.session.progress()
-        self._say(f"run {self.session.run_id} resumed with {reviewed} of {total} prompts reviewed")
+        where = (
+            "Watch it in its dashboard below this review (its Stop button stops it)"
+            if self.resumed_slot.children
+            else f"Watch it with `%distill status {name}`"
+        )
+        self._say(
+            f"Run {name} resumes in the background with review off, training on what is reviewed ({reviewed} of "
+            f"{total} prompts; the rest as the judge ranked). Its samples and judgments are read from the store "
+            f"(no teacher request for them). {where}."
+        )
+
+    def show_resumed(self, dashboard: Any) -> None:
+        """Put the resumed run's dashboard inside the widget (a button callback has no cell to display into)."""
+        self.resumed_slot.children = (getattr(dashboard, "widget", dashboard),)
 
     def open_rubric(self) -> None:
         """``r``: the rubric editor, to re-judge the reviewed prompts and compare the agreement."""
@@ -550,7 +584,7 @@ class ReviewWidget(widgets.VBox):
 
     def _say(self, message: str, *, error: bool = False) -> None:
         colour = "#c62828" if error else "#555"
-        self.status.value = f"<span style='color:{colour}'>{html.escape(message)}</span>"
+        self.status.value = no_math(esc(message), tag="span", style=f"color:{colour}")
 
     # ------------------------------------------------------------------ rendering (traits only)
     def _render(self) -> None:
@@ -569,12 +603,12 @@ class ReviewWidget(widgets.VBox):
             self.more.value = ""
             self.reference_view.layout.display = "none"
             return
-        self.title.value = (
+        self.title.value = no_math(
             f"<b>Prompt {self.index + 1} of {len(self.items)}</b> · uncertainty {item.uncertainty:.2f}"
-            f" · {html.escape(item.decision.summary())}"
+            f" · {esc(item.decision.summary())}"
         )
-        self.prompt_view.value = _render_prompt(item)
-        self.reference_view.value = _render_reference(item.reference)
+        self.prompt_view.value = no_math(_render_prompt(item))
+        self.reference_view.value = no_math(_render_reference(item.reference)) if item.reference else ""
         self.reference_view.layout.display = "flex" if item.reference else "none"
         judge_pick = item.judge_best
         for slot, card in enumerate(self.cards):
@@ -603,12 +637,12 @@ class ReviewWidget(widgets.VBox):
             decision = decisions.get(item.prompt_hash)
             verdict = decision.summary() if decision else "not reviewed"
             rows.append(
-                f"<tr><td>{html.escape(_prompt_line(item)[:120])}</td><td>{item.uncertainty:.2f}</td>"
-                f"<td>{html.escape(verdict)}</td></tr>"
+                f"<tr><td>{esc(_prompt_line(item)[:120])}</td><td>{item.uncertainty:.2f}</td>"
+                f"<td>{esc(verdict)}</td></tr>"
             )
-        return (
-            f"<div><b>Review of run {html.escape(self.session.run_id)}</b>: {reviewed} of {total} prompts reviewed"
-            f"<table><tr><th>prompt</th><th>uncertainty</th><th>decision</th></tr>{''.join(rows)}</table></div>"
+        return no_math(
+            f"<b>Review of run {esc(self.session.run_id)}</b>: {reviewed} of {total} prompts reviewed"
+            f"<table><tr><th>prompt</th><th>uncertainty</th><th>decision</th></tr>{''.join(rows)}</table>"
         )
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
@@ -650,7 +684,7 @@ def _render_reference(reference: dict[str, Any]) -> str:
     if not reference:
         return ""
     blocks = "".join(
-        f"<div><i>{html.escape(str(k))}</i><pre style='white-space:pre-wrap;margin:0'>{html.escape(str(v))}</pre></div>"
+        f"<div><i>{esc(str(k))}</i><pre style='white-space:pre-wrap;margin:0'>{esc(str(v))}</pre></div>"
         for k, v in reference.items()
     )
     return f"<div style='border:2px dashed #9e9e9e;padding:6px;height:100%'><b>Reference answer</b>{blocks}</div>"
@@ -659,8 +693,8 @@ def _render_reference(reference: dict[str, Any]) -> str:
 def _render_prompt(item: ReviewItem) -> str:
     blocks = []
     for message in item.prompt.messages:
-        role = html.escape(str(message.get("role", "user")))
-        content = html.escape(str(message.get("content", "")))
+        role = esc(str(message.get("role", "user")))
+        content = esc(str(message.get("content", "")))
         blocks.append(f"<div><b>{role}</b><pre style='white-space:pre-wrap;margin:0 0 4px 0'>{content}</pre></div>")
     return "<div style='border-left:3px solid #9e9e9e;padding-left:8px'>" + "".join(blocks) + "</div>"
 

@@ -7,7 +7,7 @@ state (runs, stores, dashboards of this kernel) live in one place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from jupyter_distill.core.config import DistillConfig
@@ -42,8 +42,15 @@ class MagicContext(Protocol):
         """A cell body and flags into a validated config, with the magic's defaults."""
         ...
 
-    def launch(self, config: DistillConfig, *, resume: bool, wait: bool) -> Any:
-        """Start ``config`` as a background run with its dashboard."""
+    def launch(
+        self,
+        config: DistillConfig,
+        *,
+        resume: bool,
+        wait: bool,
+        show: Callable[[RunDashboard], Any] | None = None,
+    ) -> Any:
+        """Start ``config`` as a background run with its dashboard (in the cell, or where ``show`` puts it)."""
         ...
 
     def remember(self, name: str, run: Any, config: DistillConfig, dashboard: RunDashboard) -> None:

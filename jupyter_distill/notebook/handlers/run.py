@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from jupyter_distill.core.config import DistillConfig
@@ -54,8 +55,20 @@ def config_from_store(ctx: MagicContext, name: str) -> DistillConfig:
     return DistillConfig.from_kwargs(**{k: v for k, v in stored.items() if k in DistillConfig.model_fields})
 
 
-def launch(ctx: MagicContext, config: DistillConfig, *, resume: bool, wait: bool) -> Any:
-    """Start ``config`` on a background thread, draw its dashboard, and return at once (or wait)."""
+def launch(
+    ctx: MagicContext,
+    config: DistillConfig,
+    *,
+    resume: bool,
+    wait: bool,
+    show: Callable[[RunDashboard], Any] | None = None,
+) -> Any:
+    """Start ``config`` on a background thread, draw its dashboard, and return at once (or wait).
+
+    ``show`` places the dashboard where the caller wants it instead of the cell's output: a
+    widget button's callback has no cell to display into (its output would go to JupyterLab's
+    log console), so the review widget's "resume with this review" puts it inside itself.
+    """
     from jupyter_distill.pipeline.run import Run, default_run_name
 
     name = config.name or default_run_name(config)
@@ -81,7 +94,10 @@ def launch(ctx: MagicContext, config: DistillConfig, *, resume: bool, wait: bool
         console = ConsoleRenderer()
         run.add_listener(console)
     ctx.remember(name, run, config, dashboard)
-    dashboard.display()
+    if show is None:
+        dashboard.display()
+    else:
+        show(dashboard)
     if console is not None:
         dashboard.on_final.append(lambda _d: console.close())
     run.start()
